@@ -1,0 +1,39 @@
+"""The errors the library raises: each says what failed and carries a hint for what to do next.
+
+The CLI turns them into ``Error: …`` / ``Hint: …`` lines on stderr and exit code 1 (see
+``cli/_app.py``); nothing in the library prints or exits.
+"""
+
+from __future__ import annotations
+
+
+class Llama3zhError(Exception):
+    """Base class: ``str(err)`` is the one-line message, ``err.hint`` the next step (or None)."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class UsageError(Llama3zhError):
+    """Options that conflict or are out of range, checked before any heavy work."""
+
+
+class ModelNotFoundError(Llama3zhError):
+    """An alias, repo or file that is not known or not on disk."""
+
+
+class InvalidModelError(Llama3zhError):
+    """A file that exists but is not a usable model (not GGUF, truncated, wrong architecture)."""
+
+
+class ChatTemplateError(Llama3zhError):
+    """A chat template that cannot be rendered safely."""
+
+
+class BackendError(Llama3zhError):
+    """llama.cpp refused or failed (load, context creation, decode)."""
+
+
+class InputError(Llama3zhError):
+    """Bad user input to a command (empty prompt, unreadable file)."""

@@ -1,0 +1,592 @@
+"""The generation engine: llama.cpp's C API through llama_cpp's ctypes bindings.
+
+Why not ``llama_cpp.Llama``: its generate loop copies the full logits row into numpy and
+re-detokenizes on every token, which measured 0.81-0.90x of ``llama-bench`` here. This engine keeps
+sampling in llama.cpp's sampler chain, reuses one token buffer, decodes UTF-8 incrementally and
+keeps the KV cache between turns (only the new suffix of the prompt is evaluated).
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import BackendError, UsageError
+
+# llama.cpp's log lines, kept so that a failed load or decode can say why.
+_LOG_TAIL: deque[str] = deque(maxlen=40)
+_log_callback: Any = None  # the ctypes callback must stay referenced for the process lifetime
+_backend_ready = False
+
+DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: a random seed per sampler
+
+
+def lib() -> Any:
+    """The ``llama_cpp`` module, imported on first use and with llama.cpp's logging captured."""
+    global _log_callback, _backend_ready
+    import llama_cpp
+
+    if not _backend_ready:
+
+        def _on_log(level: int, text: bytes, _user: Any) -> None:
+            line = text.decode("utf-8", errors="replace")
+            if os.environ.get("LLAMA3ZH_DEBUG") == "1":
+                os.write(2, text)
+            _LOG_TAIL.append(line)
+
+        _log_callback = llama_cpp.llama_log_callback(_on_log)
+        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+    return llama_cpp
+
+
+def last_log_lines(n: int = 3) -> str:
+    """The last non-empty lines llama.cpp logged (for error messages)."""
+    joined = "".join(_LOG_TAIL)
+    lines = [ln.strip() for ln in joined.splitlines() if ln.strip()]
+    return " | ".join(lines[-n:])
+
+
+def default_threads() -> int:
+    """Physical cores available to this process (what llama.cpp's tools default to)."""
+    try:
+        n_avail = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        n_avail = os.cpu_count() or 1
+    cores: set[tuple[str, str]] = set()
+    try:
+        phys = core = ""
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("physical id"):
+                phys = line.split(":", 1)[1].strip()
+            elif line.startswith("core id"):
+                core = line.split(":", 1)[1].strip()
+                cores.add((phys, core))
+    except OSError:
+        pass
+    n_phys = len(cores) or n_avail
+    return max(1, min(n_phys, n_avail))
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings; defaults are the upstream project's (Chinese-LLaMA-Alpaca-3)."""
+
+    temperature: float = 0.2
+    top_p: float = 0.9
+    top_k: int = 40
+    min_p: float = 0.0
+    repeat_penalty: float = 1.1
+    repeat_last_n: int = 64
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if self.temperature < 0:
+            raise UsageError(f"--temperature {self.temperature}: must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise UsageError(f"--top-p {self.top_p}: must be in (0, 1]")
+        if self.top_k < 0:
+            raise UsageError(f"--top-k {self.top_k}: must be >= 0 (0 disables it)")
+        if self.repeat_penalty <= 0:
+            raise UsageError(f"--repeat-penalty {self.repeat_penalty}: must be > 0")
+
+
+@dataclass
+class GenerationStats:
+    """Timings of one answer (prompt evaluation + generation)."""
+
+    prompt_tokens: int = 0  # tokens of the whole prompt
+    prompt_evaluated: int = 0  # of those, evaluated now (the rest came from the KV cache)
+    prompt_seconds: float = 0.0
+    generated_tokens: int = 0
+    generation_seconds: float = 0.0
+    first_token_seconds: float = 0.0  # from start of prompt evaluation to the first token
+    finish_reason: str = ""  # "stop", "length", "interrupted"
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.prompt_evaluated / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def generation_tps(self) -> float:
+        # The first token comes from the prompt's logits; the rest each cost one decode.
+        n = self.generated_tokens - 1
+        return n / self.generation_seconds if n > 0 and self.generation_seconds > 0 else 0.0
+
+
+class Model:
+    """A loaded GGUF model (weights + vocabulary). Use as a context manager or call ``close()``."""
+
+    def __init__(self, path: str | Path, *, n_gpu_layers: int = 0, use_mmap: bool = True) -> None:
+        ll = lib()
+        self.path = Path(path)
+        params = ll.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        params.use_mmap = use_mmap
+        self._ll = ll
+        self.ptr = ll.llama_model_load_from_file(str(self.path).encode(), params)
+        if not self.ptr:
+            raise BackendError(
+                f"llama.cpp could not load {self.path}: {last_log_lines() or 'no reason given'}",
+                hint="check the file with `llama3zh doctor` or download it again",
+            )
+        self.vocab = ll.llama_model_get_vocab(self.ptr)
+        self.n_vocab: int = ll.llama_vocab_n_tokens(self.vocab)
+        self.n_layer: int = ll.llama_model_n_layer(self.ptr)
+        self.n_ctx_train: int = ll.llama_model_n_ctx_train(self.ptr)
+        self.n_gpu_layers = n_gpu_layers
+        self._piece_buf = ctypes.create_string_buffer(256)
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if getattr(self, "ptr", None):
+            self._ll.llama_model_free(self.ptr)
+            self.ptr = None
+
+    def meta(self, key: str) -> str | None:
+        """A GGUF metadata value as a string (None when absent)."""
+        buf = ctypes.create_string_buffer(4096)
+        n = self._ll.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            self._ll.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace")
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        arr = (ctypes.c_int32 * cap)()
+        n = self._ll.llama_tokenize(self.vocab, data, len(data), arr, cap, add_special, parse_special)
+        if n < 0:  # the buffer was too small: -n is the size needed
+            arr = (ctypes.c_int32 * -n)()
+            n = self._ll.llama_tokenize(
+                self.vocab, data, len(data), arr, -n, add_special, parse_special
+            )
+        return list(arr[:n])
+
+    def token_bytes(self, token: int, *, special: bool = False) -> bytes:
+        buf = self._piece_buf
+        n = self._ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
+        return b"".join(self.token_bytes(t, special=special) for t in tokens).decode(
+            "utf-8", errors="replace"
+        )
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._ll.llama_vocab_is_eog(self.vocab, token))
+
+    def token_id(self, text: str) -> int | None:
+        """The id of a special token given by its text (``<|eot_id|>``), or None."""
+        ids = self.tokenize(text, add_special=False, parse_special=True)
+        return ids[0] if len(ids) == 1 else None
+
+    @property
+    def add_bos(self) -> bool:
+        return bool(self._ll.llama_vocab_get_add_bos(self.vocab))
+
+    def bos_text(self) -> str:
+        bos = self._ll.llama_vocab_bos(self.vocab)
+        return self.token_bytes(bos, special=True).decode("utf-8", errors="replace") if bos >= 0 else ""
+
+
+@dataclass
+class ContextSettings:
+    n_ctx: int = 4096
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    n_threads: int = field(default_factory=default_threads)
+    n_threads_batch: int | None = None
+    flash_attn: str = "auto"  # auto | on | off
+
+
+class Session:
+    """One llama.cpp context with its KV cache and sampler: evaluates prompts and generates.
+
+    The tokens in the KV cache are tracked so that a new prompt that extends the previous
+    conversation evaluates only its new tokens.
+    """
+
+    def __init__(self, model: Model, settings: ContextSettings) -> None:
+        ll = model._ll
+        self._ll = ll
+        self.model = model
+        cp = ll.llama_context_default_params()
+        cp.n_ctx = settings.n_ctx
+        cp.n_batch = min(settings.n_batch, settings.n_ctx)
+        cp.n_ubatch = min(settings.n_ubatch, cp.n_batch)
+        cp.n_threads = settings.n_threads
+        cp.n_threads_batch = settings.n_threads_batch or settings.n_threads
+        cp.flash_attn_type = {"auto": -1, "off": 0, "on": 1}[settings.flash_attn]
+        cp.no_perf = True
+        self.ptr = ll.llama_init_from_model(model.ptr, cp)
+        if not self.ptr:
+            raise BackendError(
+                f"llama.cpp could not create a context of {settings.n_ctx} tokens: "
+                f"{last_log_lines() or 'no reason given'}",
+                hint="try a smaller --ctx or fewer GPU layers (-ngl)",
+            )
+        self.n_ctx: int = ll.llama_n_ctx(self.ptr)
+        self.n_batch: int = ll.llama_n_batch(self.ptr)
+        self._mem = ll.llama_get_memory(self.ptr)
+        self.cached: list[int] = []  # tokens whose keys/values are in the KV cache, in order
+        self._tok = (ctypes.c_int32 * 1)()
+        self._sampler: Any = None
+        self._sampler_key: SamplingParams | None = None
+        self.last_stats = GenerationStats()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sampler:
+            self._ll.llama_sampler_free(self._sampler)
+            self._sampler = None
+        if getattr(self, "ptr", None):
+            self._ll.llama_free(self.ptr)
+            self.ptr = None
+
+    # -- sampling -------------------------------------------------------------------------
+
+    def _sampler_for(self, p: SamplingParams) -> Any:
+        ll = self._ll
+        if self._sampler is not None and self._sampler_key == p:
+            ll.llama_sampler_reset(self._sampler)
+            return self._sampler
+        if self._sampler is not None:
+            ll.llama_sampler_free(self._sampler)
+        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        add = ll.llama_sampler_chain_add
+        if p.temperature <= 0:
+            if p.repeat_penalty != 1.0:
+                add(chain, ll.llama_sampler_init_penalties(0, p.repeat_last_n, p.repeat_penalty, 0, 0))
+            add(chain, ll.llama_sampler_init_greedy())
+        else:
+            if p.repeat_penalty != 1.0 and p.top_k > 0:
+                # The penalty sampler looks up every candidate in a hash map (the whole vocab:
+                # 128k lookups a token for Llama-3). Penalties only lower logits and touch at
+                # most repeat_last_n tokens, so the top-k after penalties lies within the
+                # top (k + repeat_last_n) before them: cutting to that first is exact and cheap.
+                add(chain, ll.llama_sampler_init_top_k(p.top_k + p.repeat_last_n))
+            if p.repeat_penalty != 1.0:
+                add(chain, ll.llama_sampler_init_penalties(0, p.repeat_last_n, p.repeat_penalty, 0, 0))
+            if p.top_k > 0:
+                add(chain, ll.llama_sampler_init_top_k(p.top_k))
+            if p.top_p < 1.0:
+                add(chain, ll.llama_sampler_init_top_p(p.top_p, 1))
+            if p.min_p > 0:
+                add(chain, ll.llama_sampler_init_min_p(p.min_p, 1))
+            add(chain, ll.llama_sampler_init_temp(p.temperature))
+            seed = DEFAULT_SEED if p.seed is None else p.seed & 0xFFFFFFFF
+            add(chain, ll.llama_sampler_init_dist(seed))
+        self._sampler, self._sampler_key = chain, p
+        return chain
+
+    # -- evaluation -----------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget the KV cache."""
+        self._ll.llama_memory_clear(self._mem, True)
+        self.cached = []
+
+    def _decode(self, tokens: Sequence[int]) -> None:
+        ll = self._ll
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            arr = (ctypes.c_int32 * len(chunk))(*chunk)
+            rc = ll.llama_decode(self.ptr, ll.llama_batch_get_one(arr, len(chunk)))
+            if rc != 0:
+                # keep our record in step with what the cache holds, then fail
+                self.reset()
+                raise BackendError(
+                    f"llama.cpp failed to evaluate the prompt (llama_decode returned {rc}): "
+                    f"{last_log_lines() or 'no reason given'}",
+                    hint="try a smaller --ctx, or fewer GPU layers (-ngl)",
+                )
+            self.cached.extend(chunk)
+
+    def evaluate(self, tokens: Sequence[int]) -> int:
+        """Make the KV cache hold exactly ``tokens``; returns how many were evaluated now.
+
+        The longest prefix already cached is kept. At least the last token is always evaluated,
+        so that its logits are there to sample from.
+        """
+        if not tokens:
+            raise UsageError("empty prompt")
+        if len(tokens) > self.n_ctx:
+            raise UsageError(f"prompt of {len(tokens)} tokens exceeds the context of {self.n_ctx}")
+        keep = 0
+        limit = min(len(self.cached), len(tokens) - 1)
+        while keep < limit and self.cached[keep] == tokens[keep]:
+            keep += 1
+        if keep < len(self.cached):
+            if not self._ll.llama_memory_seq_rm(self._mem, -1, keep, -1):
+                self.reset()
+                keep = 0
+            else:
+                del self.cached[keep:]
+        self._decode(tokens[keep:])
+        return len(tokens) - keep
+
+    def generate(
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        *,
+        max_tokens: int = -1,
+        stop_tokens: frozenset[int] = frozenset(),
+        on_stats: Callable[[GenerationStats], None] | None = None,
+    ) -> Iterator[str]:
+        """Evaluate ``prompt`` and yield the answer's text as it is generated.
+
+        Stops at an end-of-generation token (or one of ``stop_tokens``), at ``max_tokens``, or
+        when the context is full. ``self.last_stats`` (and ``on_stats``) get the timings, also
+        when the consumer stops early (Ctrl-C).
+        """
+        ll = self._ll
+        model = self.model
+        stats = GenerationStats(prompt_tokens=len(prompt))
+        self.last_stats = stats
+        sampler = self._sampler_for(params)
+        t0 = time.perf_counter()
+        stats.prompt_evaluated = self.evaluate(prompt)
+        t1 = time.perf_counter()
+        stats.prompt_seconds = t1 - t0
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        tok_arr = self._tok
+        sample = ll.llama_sampler_sample
+        decode = ll.llama_decode
+        batch = ll.llama_batch_get_one(tok_arr, 1)  # points at tok_arr: reused for every token
+        ctx = self.ptr
+        cached = self.cached
+        n_ctx = self.n_ctx
+        is_eog = model.is_eog
+        token_bytes = model.token_bytes
+        stats.finish_reason = "interrupted"
+        try:
+            while True:
+                tok = sample(sampler, ctx, -1)
+                if stats.generated_tokens == 0:
+                    stats.first_token_seconds = time.perf_counter() - t0
+                if is_eog(tok) or tok in stop_tokens:
+                    stats.finish_reason = "stop"
+                    break
+                stats.generated_tokens += 1
+                text = decoder.decode(token_bytes(tok))
+                if text:
+                    yield text
+                if stats.generated_tokens == max_tokens or len(cached) >= n_ctx:
+                    stats.finish_reason = "length"
+                    break
+                tok_arr[0] = tok
+                rc = decode(ctx, batch)
+                if rc != 0:
+                    raise BackendError(
+                        f"llama.cpp failed while generating (llama_decode returned {rc}): "
+                        f"{last_log_lines() or 'no reason given'}"
+                    )
+                cached.append(tok)
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                yield tail
+        finally:
+            stats.generation_seconds = time.perf_counter() - t1 - (
+                stats.first_token_seconds - stats.prompt_seconds
+            )
+            if on_stats is not None:
+                on_stats(stats)
+
+
+_GGML: Any = None
+_DEV_KINDS = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
+
+
+def _libggml() -> Any:
+    """libggml, loaded from where llama_cpp loads its libraries (the device registry lives there)."""
+    global _GGML
+    if _GGML is None:
+        import llama_cpp
+
+        base = os.environ.get("LLAMA_CPP_LIB_PATH") or str(Path(llama_cpp.__file__).parent / "lib")
+        names = ["libggml.so", "libggml.dylib", "ggml.dll"]
+        path = next((Path(base) / n for n in names if (Path(base) / n).exists()), None)
+        if path is None:
+            raise BackendError(
+                f"libggml not found in {base}",
+                hint="reinstall llama-cpp-python: pip install --force-reinstall llama-cpp-python",
+            )
+        g = ctypes.CDLL(str(path))
+        g.ggml_backend_dev_count.restype = ctypes.c_size_t
+        g.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+        g.ggml_backend_dev_get.restype = ctypes.c_void_p
+        for fn in (g.ggml_backend_dev_name, g.ggml_backend_dev_description):
+            fn.argtypes = [ctypes.c_void_p]
+            fn.restype = ctypes.c_char_p
+        g.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+        g.ggml_backend_dev_type.restype = ctypes.c_int
+        g.ggml_backend_dev_memory.argtypes = [
+            ctypes.c_void_p,
+            ctypes.POINTER(ctypes.c_size_t),
+            ctypes.POINTER(ctypes.c_size_t),
+        ]
+        g.ggml_backend_dev_memory.restype = None
+        _GGML = g
+    return _GGML
+
+
+def backend_devices() -> list[tuple[str, str, str, int, int]]:
+    """(name, description, kind, free bytes, total bytes) of each device llama.cpp can use."""
+    lib()
+    g = _libggml()
+    out = []
+    for i in range(g.ggml_backend_dev_count()):
+        dev = g.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        g.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        out.append(
+            (
+                g.ggml_backend_dev_name(dev).decode(errors="replace"),
+                g.ggml_backend_dev_description(dev).decode(errors="replace"),
+                _DEV_KINDS.get(g.ggml_backend_dev_type(dev), "other"),
+                free.value,
+                total.value,
+            )
+        )
+    return out
+
+
+class GGUFArray:
+    """A GGUF array value, by its length (string arrays such as the vocab are not read)."""
+
+    def __init__(self, n: int, items: list[Any] | None = None) -> None:
+        self.n = n
+        self.items = items
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __repr__(self) -> str:
+        return f"GGUFArray(n={self.n})"
+
+
+_GGUF: Any = None
+_GGUF_SCALARS = {
+    0: ("u8", ctypes.c_uint8),
+    1: ("i8", ctypes.c_int8),
+    2: ("u16", ctypes.c_uint16),
+    3: ("i16", ctypes.c_int16),
+    4: ("u32", ctypes.c_uint32),
+    5: ("i32", ctypes.c_int32),
+    6: ("f32", ctypes.c_float),
+    7: ("bool", ctypes.c_bool),
+    10: ("u64", ctypes.c_uint64),
+    11: ("i64", ctypes.c_int64),
+    12: ("f64", ctypes.c_double),
+}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+class _GGUFInitParams(ctypes.Structure):
+    _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.c_void_p)]
+
+
+def _libgguf() -> Any:
+    """libggml-base, whose C GGUF parser reads a header in milliseconds.
+
+    Why not ``gguf.GGUFReader``: it builds a numpy view per array element, 3 s for SmolLM2's 49k
+    token vocab and far more for Llama-3's 128k tokens + 280k merges, on every chat start.
+    """
+    global _GGUF
+    if _GGUF is None:
+        ggml = _libggml()
+        base = Path(ggml._name).parent
+        path = next((p for p in base.glob("*ggml-base*") if p.suffix in (".so", ".dylib", ".dll")))
+        g = ctypes.CDLL(str(path))
+        vp, i64 = ctypes.c_void_p, ctypes.c_int64
+        sigs: dict[str, tuple[list[Any], Any]] = {
+            "gguf_init_from_file": ([ctypes.c_char_p, _GGUFInitParams], vp),
+            "gguf_free": ([vp], None),
+            "gguf_get_n_kv": ([vp], i64),
+            "gguf_get_key": ([vp, i64], ctypes.c_char_p),
+            "gguf_get_kv_type": ([vp, i64], ctypes.c_int),
+            "gguf_get_arr_type": ([vp, i64], ctypes.c_int),
+            "gguf_get_val_str": ([vp, i64], ctypes.c_char_p),
+            "gguf_get_val_data": ([vp, i64], vp),
+            "gguf_get_arr_n": ([vp, i64], ctypes.c_size_t),
+            "gguf_get_arr_data": ([vp, i64], vp),
+            "gguf_get_data_offset": ([vp], ctypes.c_size_t),
+            "gguf_get_n_tensors": ([vp], i64),
+            "gguf_get_tensor_name": ([vp, i64], ctypes.c_char_p),
+            "gguf_get_tensor_offset": ([vp, i64], ctypes.c_size_t),
+            "gguf_get_tensor_size": ([vp, i64], ctypes.c_size_t),
+        }
+        for name, (args, res) in sigs.items():
+            fn = getattr(g, name)
+            fn.argtypes, fn.restype = args, res
+        _GGUF = g
+    return _GGUF
+
+
+def read_gguf_header(path: str | Path) -> tuple[dict[str, Any], list[tuple[str, int, int]]] | None:
+    """Metadata and tensor table of a GGUF file, parsed by llama.cpp's own GGUF reader.
+
+    Returns ``(kv, tensors)`` with tensors as ``(name, absolute offset, size)``, or None when
+    llama.cpp rejects the file (see ``last_log_lines()`` for its reason).
+    """
+    lib()
+    g = _libgguf()
+    ctx = g.gguf_init_from_file(str(path).encode(), _GGUFInitParams(True, None))
+    if not ctx:
+        return None
+    try:
+        kv: dict[str, Any] = {}
+        for i in range(g.gguf_get_n_kv(ctx)):
+            key = g.gguf_get_key(ctx, i).decode("utf-8", errors="replace")
+            typ = g.gguf_get_kv_type(ctx, i)
+            if typ == _GGUF_STRING:
+                kv[key] = g.gguf_get_val_str(ctx, i).decode("utf-8", errors="replace")
+            elif typ == _GGUF_ARRAY:
+                n = g.gguf_get_arr_n(ctx, i)
+                atype = g.gguf_get_arr_type(ctx, i)
+                items = None
+                if atype in _GGUF_SCALARS and n <= 4096:
+                    ctype = _GGUF_SCALARS[atype][1]
+                    items = list((ctype * n).from_address(g.gguf_get_arr_data(ctx, i)))
+                kv[key] = GGUFArray(n, items)
+            elif typ in _GGUF_SCALARS:
+                ctype = _GGUF_SCALARS[typ][1]
+                kv[key] = ctype.from_address(g.gguf_get_val_data(ctx, i)).value
+        base = g.gguf_get_data_offset(ctx)
+        tensors = [
+            (
+                g.gguf_get_tensor_name(ctx, t).decode("utf-8", errors="replace"),
+                base + g.gguf_get_tensor_offset(ctx, t),
+                g.gguf_get_tensor_size(ctx, t),
+            )
+            for t in range(g.gguf_get_n_tensors(ctx))
+        ]
+        return kv, tensors
+    finally:
+        g.gguf_free(ctx)
