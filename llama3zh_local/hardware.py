@@ -151,8 +151,10 @@ def plan_offload(info: GGUFInfo, *, n_ctx: int, requested: int | None, hw: Hardw
         )
     gpus = sorted(hw.gpus, key=lambda d: d.free, reverse=True)
     if not hw.gpu_offload or not gpus:
-        reason = "llama-cpp-python was built without GPU support" if not hw.gpu_offload else (
-            "no GPU device found"
+        reason = (
+            "llama-cpp-python was built without GPU support"
+            if not hw.gpu_offload
+            else ("no GPU device found")
         )
         if requested:
             return OffloadPlan(0, n_layer, None, f"CPU only ({reason}); -ngl {requested} ignored")
@@ -170,5 +172,5 @@ def plan_offload(info: GGUFInfo, *, n_ctx: int, requested: int | None, hw: Hardw
     free_gib = gpu.free / GIB
     summary = f"{n}/{n_layer + 1} layers on {gpu.description} ({free_gib:.1f} GiB free)"
     if n <= n_layer:
-        summary += f"; the rest on the CPU (use a smaller quant or --ctx to fit more)"
+        summary += "; the rest on the CPU (use a smaller quant or --ctx to fit more)"
     return OffloadPlan(n, n_layer, gpu.name, summary)

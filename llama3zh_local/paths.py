@@ -15,7 +15,7 @@ def home() -> Path:
 
 
 def models_dir() -> Path:
-    """One folder per model repo (``<repo-name>/<file>``): the stable local paths of pulled models."""
+    """One folder per model repo (``<repo-name>/<file>``): stable local paths of pulled models."""
     return home() / "models"
 
 

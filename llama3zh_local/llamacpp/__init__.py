@@ -1,1 +1,1 @@
-"""The one place that reaches llama.cpp: its C API (``engine``) and its compiled tools (``tools``)."""
+"""The one place that reaches llama.cpp: its C API (``engine``), its compiled tools (``tools``)."""

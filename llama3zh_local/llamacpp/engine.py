@@ -171,7 +171,9 @@ class Model:
         data = text.encode("utf-8")
         cap = len(data) + 8
         arr = (ctypes.c_int32 * cap)()
-        n = self._ll.llama_tokenize(self.vocab, data, len(data), arr, cap, add_special, parse_special)
+        n = self._ll.llama_tokenize(
+            self.vocab, data, len(data), arr, cap, add_special, parse_special
+        )
         if n < 0:  # the buffer was too small: -n is the size needed
             arr = (ctypes.c_int32 * -n)()
             n = self._ll.llama_tokenize(
@@ -206,7 +208,11 @@ class Model:
 
     def bos_text(self) -> str:
         bos = self._ll.llama_vocab_bos(self.vocab)
-        return self.token_bytes(bos, special=True).decode("utf-8", errors="replace") if bos >= 0 else ""
+        return (
+            self.token_bytes(bos, special=True).decode("utf-8", errors="replace")
+            if bos >= 0
+            else ""
+        )
 
 
 @dataclass
@@ -281,7 +287,10 @@ class Session:
         add = ll.llama_sampler_chain_add
         if p.temperature <= 0:
             if p.repeat_penalty != 1.0:
-                add(chain, ll.llama_sampler_init_penalties(0, p.repeat_last_n, p.repeat_penalty, 0, 0))
+                add(
+                    chain,
+                    ll.llama_sampler_init_penalties(0, p.repeat_last_n, p.repeat_penalty, 0, 0),
+                )
             add(chain, ll.llama_sampler_init_greedy())
         else:
             if p.repeat_penalty != 1.0 and p.top_k > 0:
@@ -291,7 +300,10 @@ class Session:
                 # top (k + repeat_last_n) before them: cutting to that first is exact and cheap.
                 add(chain, ll.llama_sampler_init_top_k(p.top_k + p.repeat_last_n))
             if p.repeat_penalty != 1.0:
-                add(chain, ll.llama_sampler_init_penalties(0, p.repeat_last_n, p.repeat_penalty, 0, 0))
+                add(
+                    chain,
+                    ll.llama_sampler_init_penalties(0, p.repeat_last_n, p.repeat_penalty, 0, 0),
+                )
             if p.top_k > 0:
                 add(chain, ll.llama_sampler_init_top_k(p.top_k))
             if p.top_p < 1.0:
@@ -341,12 +353,13 @@ class Session:
         limit = min(len(self.cached), len(tokens) - 1)
         while keep < limit and self.cached[keep] == tokens[keep]:
             keep += 1
-        if keep < len(self.cached):
-            if not self._ll.llama_memory_seq_rm(self._mem, -1, keep, -1):
-                self.reset()
-                keep = 0
-            else:
-                del self.cached[keep:]
+        # Always trim from `keep`: an interrupted decode (Ctrl-C) can leave positions in the cache
+        # that `self.cached` does not list, and llama_batch_get_one places tokens after them.
+        if self._ll.llama_memory_seq_rm(self._mem, -1, keep, -1):
+            del self.cached[keep:]
+        else:
+            self.reset()
+            keep = 0
         self._decode(tokens[keep:])
         return len(tokens) - keep
 
@@ -412,8 +425,8 @@ class Session:
             if tail:
                 yield tail
         finally:
-            stats.generation_seconds = time.perf_counter() - t1 - (
-                stats.first_token_seconds - stats.prompt_seconds
+            stats.generation_seconds = (
+                time.perf_counter() - t1 - (stats.first_token_seconds - stats.prompt_seconds)
             )
             if on_stats is not None:
                 on_stats(stats)
@@ -423,21 +436,33 @@ _GGML: Any = None
 _DEV_KINDS = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
 
 
-def _libggml() -> Any:
-    """libggml, loaded from where llama_cpp loads its libraries (the device registry lives there)."""
-    global _GGML
-    if _GGML is None:
-        import llama_cpp
+def _libllama() -> Any:
+    """The libllama handle llama_cpp loaded: ggml and gguf symbols resolve through it.
 
-        base = os.environ.get("LLAMA_CPP_LIB_PATH") or str(Path(llama_cpp.__file__).parent / "lib")
-        names = ["libggml.so", "libggml.dylib", "ggml.dll"]
+    Loading libggml*.so by path would not do: the wheel ships copies (libggml.so, .so.0, ...),
+    and a second copy in the process has its own logger and device registry.
+    """
+    import llama_cpp.llama_cpp as bindings
+
+    handle = getattr(bindings, "_lib", None)
+    if handle is None:  # layout changed: load the same file again (the same handle)
+        base = os.environ.get("LLAMA_CPP_LIB_PATH") or str(Path(bindings.__file__).parent / "lib")
+        names = ["libllama.so", "libllama.dylib", "llama.dll"]
         path = next((Path(base) / n for n in names if (Path(base) / n).exists()), None)
         if path is None:
             raise BackendError(
-                f"libggml not found in {base}",
+                f"libllama not found in {base}",
                 hint="reinstall llama-cpp-python: pip install --force-reinstall llama-cpp-python",
             )
-        g = ctypes.CDLL(str(path))
+        handle = ctypes.CDLL(str(path))
+    return handle
+
+
+def _libggml() -> Any:
+    """ggml's device registry functions, typed."""
+    global _GGML
+    if _GGML is None:
+        g = _libllama()
         g.ggml_backend_dev_count.restype = ctypes.c_size_t
         g.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
         g.ggml_backend_dev_get.restype = ctypes.c_void_p
@@ -492,7 +517,7 @@ class GGUFArray:
 
 
 _GGUF: Any = None
-_GGUF_SCALARS = {
+_GGUF_SCALARS: dict[int, tuple[str, Any]] = {
     0: ("u8", ctypes.c_uint8),
     1: ("i8", ctypes.c_int8),
     2: ("u16", ctypes.c_uint16),
@@ -520,10 +545,7 @@ def _libgguf() -> Any:
     """
     global _GGUF
     if _GGUF is None:
-        ggml = _libggml()
-        base = Path(ggml._name).parent
-        path = next((p for p in base.glob("*ggml-base*") if p.suffix in (".so", ".dylib", ".dll")))
-        g = ctypes.CDLL(str(path))
+        g = _libllama()
         vp, i64 = ctypes.c_void_p, ctypes.c_int64
         sigs: dict[str, tuple[list[Any], Any]] = {
             "gguf_init_from_file": ([ctypes.c_char_p, _GGUFInitParams], vp),

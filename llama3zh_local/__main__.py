@@ -1,0 +1,5 @@
+"""``python -m llama3zh_local`` runs the CLI."""
+
+from .cli import main
+
+main()

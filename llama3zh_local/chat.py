@@ -1,0 +1,331 @@
+"""Chat: the prompt template, the conversation, context trimming, and streaming answers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .catalog import DEFAULT_SYSTEM_PROMPT
+from .errors import ChatTemplateError, InputError
+from .llamacpp.engine import GenerationStats, Model, SamplingParams, Session
+
+# Special tokens that end an assistant turn in the Llama-3 format; llama.cpp marks them as
+# end-of-generation in well-made GGUFs, we also stop on them explicitly for older files.
+LLAMA3_STOPS = ("<|eot_id|>", "<|end_of_text|>")
+
+
+@lru_cache(maxsize=1)
+def llama3_template() -> str:
+    """The Llama-3-Instruct chat template (Meta's, as in its tokenizer_config.json)."""
+    text = (
+        resources.files("llama3zh_local.data").joinpath("llama3_instruct.jinja").read_text("utf-8")
+    )
+    return text.rstrip("\n")
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A Jinja chat template and the special-token strings it may use."""
+
+    source: str
+    bos_token: str = "<|begin_of_text|>"
+    eos_token: str = "<|eot_id|>"
+    origin: str = "built-in Llama-3-Instruct"
+
+    def render(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
+        """Render in a sandbox: GGUF templates are untrusted input (cf. CVE-2024-34359).
+
+        Raises:
+            ChatTemplateError: the template is invalid, unsafe or raises an error itself.
+        """
+        from jinja2 import TemplateError
+        from jinja2.sandbox import SecurityError
+
+        try:
+            template = _sandbox().from_string(self.source)
+            return template.render(
+                messages=messages,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token,
+                eos_token=self.eos_token,
+            )
+        except SecurityError as err:
+            raise ChatTemplateError(
+                f"the chat template from {self.origin} tried an unsafe operation and was stopped "
+                f"({err})",
+                hint="use the built-in template instead: --template llama3",
+            ) from err
+        except TemplateError as err:
+            raise ChatTemplateError(
+                f"the chat template from {self.origin} failed: {err}",
+                hint="use the built-in template instead: --template llama3",
+            ) from err
+
+
+@lru_cache(maxsize=1)
+def _sandbox() -> Any:
+    from jinja2.exceptions import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    # The same settings transformers uses for chat templates.
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.globals["raise_exception"] = raise_exception
+    return env
+
+
+def choose_template(model: Model, which: str = "auto") -> ChatTemplate:
+    """The template to chat with: ``auto`` (the GGUF's own, else Llama-3), ``llama3``, ``gguf``."""
+    bos = model.bos_text() or "<|begin_of_text|>"
+    eot = model.token_id("<|eot_id|>")
+    eos = "<|eot_id|>" if eot is not None else ""
+    embedded = model.meta("tokenizer.chat_template")
+    if which == "llama3" or (which == "auto" and not embedded):
+        return ChatTemplate(llama3_template(), bos_token=bos, eos_token=eos or "<|eot_id|>")
+    if not embedded:
+        raise ChatTemplateError(
+            f"{model.path.name} has no chat template (tokenizer.chat_template)",
+            hint="use the built-in Llama-3 template: --template llama3",
+        )
+    eos_id = model._ll.llama_vocab_eos(model.vocab)
+    eos_text = (
+        model.token_bytes(eos_id, special=True).decode("utf-8", "replace") if eos_id >= 0 else ""
+    )
+    return ChatTemplate(embedded, bos_token=bos, eos_token=eos_text, origin=model.path.name)
+
+
+@dataclass
+class Conversation:
+    """System prompt plus alternating user/assistant turns."""
+
+    system: str | None = DEFAULT_SYSTEM_PROMPT
+    turns: list[dict[str, str]] = field(default_factory=list)
+
+    def messages(self) -> list[dict[str, str]]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + self.turns
+
+    def clear(self) -> None:
+        self.turns.clear()
+
+    def save(self, path: str | Path) -> Path:
+        """Write the conversation as JSON (``{"system": ..., "messages": [...]}``), atomically."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(
+            json.dumps(
+                {"system": self.system, "messages": self.turns}, ensure_ascii=False, indent=1
+            ),
+            encoding="utf-8",
+        )
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Conversation:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            turns = [
+                {"role": str(m["role"]), "content": str(m["content"])} for m in data["messages"]
+            ]
+        except FileNotFoundError:
+            raise InputError(f"no conversation file at {path}") from None
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise InputError(
+                f"{path} is not a saved conversation ({err})",
+                hint="files written by /save hold {'system': ..., 'messages': [...]}",
+            ) from err
+        bad = [m["role"] for m in turns if m["role"] not in ("user", "assistant")]
+        if bad:
+            raise InputError(f"{path}: unknown role {bad[0]!r} (expected user or assistant)")
+        return cls(system=data.get("system"), turns=turns)
+
+
+class Chat:
+    """A conversation bound to a model session.
+
+    Args:
+        notify: called with a one-line message when the library has something to tell the user
+            (turns dropped to fit the context, answer cut at the context end).
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        template: ChatTemplate,
+        sampling: SamplingParams,
+        conversation: Conversation | None = None,
+        max_tokens: int = -1,
+        notify: Callable[[str], None] = lambda _msg: None,
+    ) -> None:
+        self.session = session
+        self.model = session.model
+        self.template = template
+        self.sampling = sampling
+        self.conversation = conversation or Conversation()
+        self.max_tokens = max_tokens
+        self.notify = notify
+        self.stop_tokens = frozenset(
+            t for t in (self.model.token_id(s) for s in LLAMA3_STOPS) if t is not None
+        )
+        self.last_stats: GenerationStats | None = None
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of the rendered prompt, with the assistant header to answer after."""
+        text = self.template.render(messages, add_generation_prompt=True)
+        # The template writes BOS itself when it wants one; add it only when it did not.
+        add_bos = self.model.add_bos and not (
+            self.template.bos_token and text.startswith(self.template.bos_token)
+        )
+        return self.model.tokenize(text, add_special=add_bos, parse_special=True)
+
+    def _reserve(self) -> int:
+        n_ctx = self.session.n_ctx
+        if self.max_tokens > 0:
+            return min(self.max_tokens, n_ctx // 2)
+        return min(512, n_ctx // 4)
+
+    def fit(self) -> list[int]:
+        """Prompt tokens for the conversation, dropping the oldest turns until they fit.
+
+        The system prompt and the latest user message are always kept.
+        """
+        conv = self.conversation
+        budget = self.session.n_ctx - self._reserve()
+        dropped = 0
+        while True:
+            tokens = self.prompt_tokens(conv.messages())
+            if len(tokens) <= budget:
+                break
+            if len(conv.turns) <= 1:
+                raise InputError(
+                    f"the message is too long: the prompt needs {len(tokens)} tokens, the context "
+                    f"holds {self.session.n_ctx} (with {self._reserve()} kept for the answer)",
+                    hint="shorten it, or start with a larger context: --ctx 8192",
+                )
+            # drop the oldest exchange: a user turn and the assistant answer after it
+            n = 2 if len(conv.turns) > 2 and conv.turns[1]["role"] == "assistant" else 1
+            del conv.turns[:n]
+            dropped += n
+        if dropped:
+            self.notify(
+                f"context full ({self.session.n_ctx} tokens): dropped the {dropped} oldest "
+                f"message{'s' if dropped > 1 else ''}, kept the system prompt"
+            )
+        return tokens
+
+    def ask(self, text: str) -> Generator[str, None, None]:
+        """Add a user message and stream the answer; the answer joins the conversation.
+
+        When the consumer stops early (Ctrl-C), the part already generated is kept.
+        """
+        if not text.strip():
+            raise InputError("empty message", hint="type a question, or /help for commands")
+        self.conversation.turns.append({"role": "user", "content": text})
+        try:
+            tokens = self.fit()
+        except Exception:
+            self.conversation.turns.pop()
+            raise
+        parts: list[str] = []
+        try:
+            for piece in self.session.generate(
+                tokens, self.sampling, max_tokens=self.max_tokens, stop_tokens=self.stop_tokens
+            ):
+                parts.append(piece)
+                yield piece
+        finally:
+            self.last_stats = self.session.last_stats
+            self.conversation.turns.append({"role": "assistant", "content": "".join(parts)})
+            if self.last_stats.finish_reason == "length" and len(self.session.cached) >= (
+                self.session.n_ctx
+            ):
+                self.notify("the answer reached the end of the context and was cut")
+
+
+def format_stats(stats: GenerationStats) -> str:
+    """One line of per-answer statistics."""
+    cached = stats.prompt_tokens - stats.prompt_evaluated
+    return (
+        f"prompt {stats.prompt_tokens} tokens ({cached} cached, {stats.prompt_evaluated} evaluated "
+        f"at {stats.prompt_tps:.1f} tok/s) | answer {stats.generated_tokens} tokens at "
+        f"{stats.generation_tps:.1f} tok/s | first token after {stats.first_token_seconds:.2f} s"
+    )
+
+
+@dataclass(frozen=True)
+class LoadedChat:
+    """What ``open_chat`` made, and the facts the CLI reports."""
+
+    chat: Chat
+    info: Any  # ggufinfo.GGUFInfo
+    plan: Any  # hardware.OffloadPlan
+    n_ctx: int
+    n_threads: int
+
+
+def open_chat(
+    path: Path,
+    *,
+    n_ctx: int | None = None,
+    gpu_layers: int | None = None,
+    threads: int | None = None,
+    flash_attn: str = "auto",
+    template: str = "auto",
+    sampling: SamplingParams | None = None,
+    system: str | None = DEFAULT_SYSTEM_PROMPT,
+    max_tokens: int = -1,
+    notify: Callable[[str], None] = lambda _msg: None,
+) -> LoadedChat:
+    """Check the GGUF, plan GPU offload, load it and make a chat ready to ``ask``.
+
+    Args:
+        gpu_layers: None for auto (as many layers as fit the free VRAM), -1 for all.
+
+    Raises:
+        ModelNotFoundError, InvalidModelError: the file is missing or not a usable GGUF.
+        UsageError: options out of range (e.g. more GPU layers than the model has).
+        BackendError: llama.cpp could not load the model or create the context.
+    """
+    from . import hardware
+    from .ggufinfo import read_gguf_info
+    from .llamacpp.engine import ContextSettings, default_threads
+
+    sampling = sampling or SamplingParams()
+    sampling.validate()
+    info = read_gguf_info(path)
+    ctx = n_ctx or min(8192, info.n_ctx_train or 8192)
+    hw = hardware.detect()
+    plan = hardware.plan_offload(info, n_ctx=ctx, requested=gpu_layers, hw=hw)
+    n_threads = threads or default_threads()
+    model = Model(path, n_gpu_layers=plan.n_gpu_layers)
+    try:
+        session = Session(
+            model,
+            ContextSettings(n_ctx=ctx, n_threads=n_threads, flash_attn=flash_attn),
+        )
+        tmpl = choose_template(model, template)
+    except Exception:
+        model.close()
+        raise
+    conversation = Conversation(system=system)
+    chat = Chat(
+        session,
+        template=tmpl,
+        sampling=sampling,
+        conversation=conversation,
+        max_tokens=max_tokens,
+        notify=notify,
+    )
+    return LoadedChat(chat=chat, info=info, plan=plan, n_ctx=session.n_ctx, n_threads=n_threads)

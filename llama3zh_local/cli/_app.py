@@ -1,0 +1,44 @@
+"""The typer app: one small module per command, registered here."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from . import chat, doctor, models
+
+app = typer.Typer(
+    name="llama3zh",
+    help="Pull, convert, quantize and chat with the Chinese Llama-3 models on your own machine.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"llama3zh {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", "-V", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Pull, convert, quantize and chat with the Chinese Llama-3 models on your own machine."""
+
+
+app.command("models")(models.models)
+app.command("chat")(chat.chat)
+app.command("doctor")(doctor.doctor)
+
+
+def main() -> None:
+    app()

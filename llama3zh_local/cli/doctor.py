@@ -1,0 +1,73 @@
+"""`llama3zh doctor`: what llama.cpp was built with and what this machine has."""
+
+from __future__ import annotations
+
+import json
+
+from . import _output
+from ._errors import handle_errors
+from ._options import JsonOpt
+
+
+@handle_errors
+def doctor(as_json: JsonOpt = False) -> None:
+    """Show llama.cpp's backend, devices, VRAM/RAM and versions; say how to enable the GPU.
+
+    Examples:
+
+      llama3zh doctor
+
+      llama3zh doctor --json
+    """
+    import platform
+
+    from .. import __version__, hardware
+
+    hw = hardware.detect()
+    hint = hardware.reinstall_hint(hw)
+    gib = hardware.GIB
+    data = {
+        "llama3zh": __version__,
+        "python": platform.python_version(),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "llama_cpp_python": hw.llama_cpp_python,
+        "backend": hw.backend,
+        "backends": list(hw.backends),
+        "gpu_offload": hw.gpu_offload,
+        "devices": [
+            {
+                "name": d.name,
+                "description": d.description,
+                "kind": d.kind,
+                "free_bytes": d.free,
+                "total_bytes": d.total,
+            }
+            for d in hw.devices
+        ],
+        "ram_total_bytes": hw.ram_total,
+        "ram_available_bytes": hw.ram_available,
+        "gpu_hardware": hardware.gpu_hardware_present(),
+        "system_info": hw.system_info,
+        "reinstall": hint,
+    }
+    if as_json:
+        _output.result(json.dumps(data, indent=2))
+        return
+    lines = [
+        f"llama3zh          {__version__} (Python {data['python']}, {data['platform']})",
+        f"llama-cpp-python  {hw.llama_cpp_python}",
+        f"backend           {hw.backend}"
+        + ("" if hw.gpu_offload else " (this build cannot offload to a GPU)"),
+        f"RAM               {hw.ram_available / gib:.1f} GiB free of {hw.ram_total / gib:.1f} GiB",
+    ]
+    for d in hw.devices:
+        mem = f"{d.free / gib:.1f} GiB free of {d.total / gib:.1f} GiB" if d.total else ""
+        lines.append(f"device            {d.name} ({d.kind}): {d.description} {mem}".rstrip())
+    lines.append(f"features          {hw.system_info}")
+    for line in lines:
+        _output.result(line)
+    if hint:
+        _output.warn(
+            f"this machine has a {data['gpu_hardware']} GPU but llama-cpp-python was built for the "
+            f"CPU only. Reinstall it with GPU support:\n  {hint}"
+        )

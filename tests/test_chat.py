@@ -1,0 +1,203 @@
+"""Chat on real models: SmolLM2 (real weights) and the tiny Llama-3 GGUF (real Llama-3 vocab)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import jinja2
+import pytest
+from tokenizers import Tokenizer
+
+from llama3zh_local.chat import ChatTemplate, llama3_template, open_chat
+from llama3zh_local.errors import ChatTemplateError
+from llama3zh_local.llamacpp.engine import SamplingParams
+
+from .models import LLAMA3_CHAT_TEMPLATE
+from .test_cli import assert_one_line_error, run
+
+pytestmark = pytest.mark.slow
+
+GREEDY = SamplingParams(temperature=0.0)
+
+THREE_TURNS = [
+    {"role": "system", "content": "You are a helpful assistant. 你是一个乐于助人的助手。"},
+    {"role": "user", "content": "你好，请介绍一下北京。"},
+    {"role": "assistant", "content": "北京是中华人民共和国的首都，有三千多年的历史。"},
+    {"role": "user", "content": "What about Shanghai? Answer in English."},
+    {
+        "role": "assistant",
+        "content": "Shanghai is China's largest city and a global financial hub.",
+    },
+    {"role": "user", "content": "谢谢！Which one is older?  "},
+]
+
+
+def test_builtin_template_is_metas() -> None:
+    assert llama3_template() == LLAMA3_CHAT_TEMPLATE
+
+
+def test_prompt_tokens_match_hf_tokenizer(
+    tiny_llama3_gguf: Path, llama3_tokenizer_json: Path
+) -> None:
+    """The ids chat builds equal HF tokenizers applied to the Jinja-rendered Llama-3 template."""
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    text = env.from_string(LLAMA3_CHAT_TEMPLATE).render(
+        messages=THREE_TURNS, bos_token="<|begin_of_text|>", add_generation_prompt=True
+    )
+    assert text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n")
+    assert text.endswith("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    expected = (
+        Tokenizer.from_file(str(llama3_tokenizer_json)).encode(text, add_special_tokens=False).ids
+    )
+    assert expected[0] == 128000 and expected.count(128000) == 1
+
+    for which in ("auto", "llama3"):
+        loaded = open_chat(tiny_llama3_gguf, n_ctx=512, template=which, sampling=GREEDY)
+        try:
+            got = loaded.chat.prompt_tokens(THREE_TURNS)
+        finally:
+            loaded.chat.session.close()
+            loaded.chat.model.close()
+        assert got == expected, which
+
+
+def test_stops_include_eot(tiny_llama3_gguf: Path) -> None:
+    loaded = open_chat(tiny_llama3_gguf, n_ctx=256)
+    try:
+        assert {128009, 128001} <= set(loaded.chat.stop_tokens)
+        assert loaded.chat.model.is_eog(128009)
+    finally:
+        loaded.chat.session.close()
+        loaded.chat.model.close()
+
+
+HOSTILE = [
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ cycler.__init__.__globals__.os.popen('touch {marker}').read() }}",
+    "{% for c in [].__class__.__base__.__subclasses__() %}{{ c }}{% endfor %}",
+    "{{ self.__init__.__globals__.__builtins__.open('{marker}', 'w').write('x') }}",
+    "{{ messages.append.__self__.__class__ }}{{ messages.pop() }}",
+]
+
+
+@pytest.mark.parametrize("source", HOSTILE)
+def test_hostile_template_cannot_run_code(source: str, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    tmpl = ChatTemplate(source.replace("{marker}", str(marker)), origin="evil.gguf")
+    with pytest.raises(ChatTemplateError, match="evil.gguf"):
+        tmpl.render([{"role": "user", "content": "hi"}])
+    assert not marker.exists()
+
+
+def test_hostile_template_in_gguf(tmp_path: Path, smollm2_gguf: Path) -> None:
+    import gguf
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.gguf"
+    source = HOSTILE[1].replace("{marker}", str(marker))
+    reader = gguf.GGUFReader(smollm2_gguf)
+    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE).contents()
+    writer = gguf.GGUFWriter(evil, arch=arch, endianess=reader.endianess)
+    new = {gguf.Keys.Tokenizer.CHAT_TEMPLATE: MetadataDetails(gguf.GGUFValueType.STRING, source)}
+    copy_with_new_metadata(reader, writer, new, [])
+    proc = run("chat", str(evil), "-p", "hi")
+    assert_one_line_error(proc, "unsafe operation")
+    assert "--template llama3" in proc.stderr
+    assert not marker.exists()
+
+
+def test_one_shot_greedy_answer_is_sensible(smollm2_gguf: Path) -> None:
+    proc = run("chat", str(smollm2_gguf), "-p", "What is the capital of France?", "--temp", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert "Paris" in proc.stdout
+    # stdout carries only the answer; the model/plan line goes to stderr
+    assert "SmolLM2" not in proc.stdout and "SmolLM2" in proc.stderr
+
+
+def test_question_on_stdin(smollm2_gguf: Path) -> None:
+    proc = run(
+        "chat",
+        str(smollm2_gguf),
+        "--temp",
+        "0",
+        "--stats",
+        stdin="What is the capital of France?\n",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Paris" in proc.stdout
+    assert "tok/s" in proc.stderr and "first token" in proc.stderr
+
+
+def test_seed_makes_sampling_reproducible(smollm2_gguf: Path) -> None:
+    args = ("chat", str(smollm2_gguf), "-p", "Tell me a short story.", "--temp", "1.0", "-n", "40")
+    a = run(*args, "--seed", "7")
+    b = run(*args, "--seed", "7")
+    assert a.returncode == 0 and a.stdout == b.stdout and a.stdout.strip()
+
+
+def test_multi_turn_reuses_the_kv_cache(smollm2_gguf: Path) -> None:
+    loaded = open_chat(smollm2_gguf, n_ctx=2048, sampling=GREEDY, max_tokens=48)
+    chat = loaded.chat
+    try:
+        first = "".join(chat.ask("What is the capital of France?"))
+        assert "Paris" in first
+        assert chat.last_stats is not None
+        assert chat.last_stats.prompt_evaluated == chat.last_stats.prompt_tokens
+        second = "".join(chat.ask("And of Germany?"))
+        stats = chat.last_stats
+        assert "Berlin" in second
+        # only the new turn was evaluated; the earlier conversation came from the cache
+        assert 0 < stats.prompt_evaluated < stats.prompt_tokens / 2
+        assert [t["role"] for t in chat.conversation.turns] == ["user", "assistant"] * 2
+    finally:
+        chat.session.close()
+        chat.model.close()
+
+
+def test_long_conversation_is_trimmed_not_crashed(smollm2_gguf: Path) -> None:
+    notes: list[str] = []
+    loaded = open_chat(smollm2_gguf, n_ctx=256, sampling=GREEDY, max_tokens=40, notify=notes.append)
+    chat = loaded.chat
+    try:
+        for i in range(8):
+            answer = "".join(chat.ask(f"Question {i}: name a famous city and describe it."))
+            assert answer.strip()
+        assert any("dropped the" in n and "system prompt" in n for n in notes), notes
+        assert chat.conversation.system  # the system prompt survives
+        assert chat.conversation.turns[-2]["content"].startswith("Question 7")
+        assert len(chat.session.cached) <= chat.session.n_ctx
+    finally:
+        chat.session.close()
+        chat.model.close()
+
+
+def test_stopping_an_answer_keeps_the_session_usable(tiny_llama3_gguf: Path) -> None:
+    """Closing the stream mid-answer (what Ctrl-C does) keeps the partial answer and the session."""
+    loaded = open_chat(tiny_llama3_gguf, n_ctx=1024, sampling=SamplingParams(seed=1))
+    chat = loaded.chat
+    try:
+        stream = chat.ask("写一个很长的故事。")
+        partial = "".join(itertools.islice(stream, 20))
+        stream.close()
+        assert chat.last_stats is not None and chat.last_stats.finish_reason == "interrupted"
+        assert chat.conversation.turns[-1] == {"role": "assistant", "content": partial}
+        again = list(itertools.islice(chat.ask("Continue."), 5))
+        assert again
+    finally:
+        chat.session.close()
+        chat.model.close()
+
+
+def test_message_longer_than_context(tiny_llama3_gguf: Path) -> None:
+    from llama3zh_local.errors import InputError
+
+    loaded = open_chat(tiny_llama3_gguf, n_ctx=128)
+    try:
+        with pytest.raises(InputError, match="too long"):
+            "".join(loaded.chat.ask("很长的问题 " * 200))
+        assert loaded.chat.conversation.turns == []
+    finally:
+        loaded.chat.session.close()
+        loaded.chat.model.close()

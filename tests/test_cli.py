@@ -1,0 +1,154 @@
+"""The CLI shell: version, help, startup imports, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from llama3zh_local import __version__
+from llama3zh_local.cli import app
+
+runner = CliRunner()
+
+
+def run(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The CLI in a real process (real stdin/stdout, real exit code)."""
+    return subprocess.run(
+        [sys.executable, "-m", "llama3zh_local", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert proc.returncode != 0
+    err_lines = [ln for ln in proc.stderr.splitlines() if ln.startswith(("Error:", "Hint:"))]
+    assert err_lines[0].startswith("Error:") and needle in err_lines[0], proc.stderr
+    assert len([ln for ln in err_lines if ln.startswith("Error:")]) == 1
+    assert any(ln.startswith("Hint:") for ln in err_lines), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"llama3zh {__version__}"
+
+
+def test_help_lists_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for cmd in ("models", "chat", "doctor"):
+        assert cmd in result.stdout
+
+
+def test_help_does_not_import_heavy_libraries() -> None:
+    # `llama3zh --help` must start fast: the heavy clients are imported only when used.
+    code = (
+        "import sys\n"
+        "from llama3zh_local.cli import app\n"
+        "from typer.testing import CliRunner\n"
+        "r = CliRunner().invoke(app, ['--help'])\n"
+        "assert r.exit_code == 0\n"
+        "names = ('llama_cpp', 'huggingface_hub', 'modelscope', 'gguf', 'numpy', 'ollama')\n"
+        "heavy = [m for m in names if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == ""
+
+
+def test_models_json() -> None:
+    result = runner.invoke(app, ["models", "--json"])
+    assert result.exit_code == 0
+    rows = json.loads(result.stdout)
+    assert [r["alias"] for r in rows] == ["base", "instruct", "instruct-v2", "instruct-v3"]
+    v3 = rows[-1]
+    assert v3["default"] and v3["hf"] == "hfl/llama-3-chinese-8b-instruct-v3"
+    assert v3["modelscope"] == "ChineseAlpacaGroup/llama-3-chinese-8b-instruct-v3"
+    assert v3["variants"] == ["full", "gguf"]
+
+
+def test_models_table() -> None:
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0
+    assert "instruct-v3" in result.stdout and "ggml-model-<quant>.gguf" in result.stdout
+
+
+def test_doctor_json() -> None:
+    result = runner.invoke(app, ["doctor", "--json"])
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["backend"] in ("CPU", "CUDA", "METAL", "VULKAN")
+    assert data["llama_cpp_python"]
+    assert any(d["kind"] == "cpu" for d in data["devices"])
+    assert data["ram_total_bytes"] > 0
+
+
+# -- bad input: one line of error + hint, exit != 0, no traceback ---------------------------
+
+
+def test_missing_model_file(tmp_path: Path) -> None:
+    assert_one_line_error(run("chat", str(tmp_path / "nope.gguf"), "-p", "hi"), "no model file")
+
+
+def test_not_a_gguf(tmp_path: Path) -> None:
+    bad = tmp_path / "model.gguf"
+    bad.write_text("this is not a model")
+    assert_one_line_error(run("chat", str(bad), "-p", "hi"), "is not a GGUF file")
+
+
+@pytest.mark.slow
+def test_truncated_gguf(tmp_path: Path, smollm2_gguf: Path) -> None:
+    cut = tmp_path / "cut.gguf"
+    with smollm2_gguf.open("rb") as src, cut.open("wb") as dst:
+        dst.write(src.read(40_000_000))  # header complete, tensor data cut short
+    proc = run("chat", str(cut), "-p", "hi")
+    assert_one_line_error(proc, "truncated")
+    tiny = tmp_path / "tiny.gguf"
+    with smollm2_gguf.open("rb") as src, tiny.open("wb") as dst:
+        dst.write(src.read(100_000))  # inside the vocabulary
+    assert_one_line_error(run("chat", str(tiny), "-p", "hi"), "damaged or truncated")
+
+
+def test_unknown_alias() -> None:
+    assert_one_line_error(run("chat", "instruct-v9", "-p", "hi"), "unknown model 'instruct-v9'")
+
+
+def test_alias_not_pulled() -> None:
+    proc = run("chat", "instruct-v3", "-p", "hi")
+    assert_one_line_error(proc, "not downloaded yet")
+    assert "llama3zh pull instruct-v3" in proc.stderr
+
+
+@pytest.mark.slow
+def test_too_many_gpu_layers(smollm2_gguf: Path) -> None:
+    proc = run("chat", str(smollm2_gguf), "-ngl", "99", "-p", "hi")
+    assert_one_line_error(proc, "has 30 layers")
+
+
+def test_bad_gpu_layers_value(tmp_path: Path) -> None:
+    assert_one_line_error(run("chat", "x.gguf", "-ngl", "lots", "-p", "hi"), "-ngl 'lots'")
+
+
+@pytest.mark.slow
+def test_empty_stdin(smollm2_gguf: Path) -> None:
+    assert_one_line_error(run("chat", str(smollm2_gguf), stdin=""), "no question on stdin")
+
+
+def test_debug_shows_traceback(tmp_path: Path) -> None:
+    proc = run("chat", str(tmp_path / "nope.gguf"), "-p", "hi", env={"LLAMA3ZH_DEBUG": "1"})
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr and "ModelNotFoundError" in proc.stderr
