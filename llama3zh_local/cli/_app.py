@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import chat, doctor, models
+from . import chat, doctor, modelfile, models
 
 app = typer.Typer(
     name="llama3zh",
@@ -38,6 +38,8 @@ def _main(
 app.command("models")(models.models)
 app.command("chat")(chat.chat)
 app.command("doctor")(doctor.doctor)
+app.command("modelfile")(modelfile.modelfile)
+app.command("ollama-create")(modelfile.ollama_create)
 
 
 def main() -> None:
