@@ -37,3 +37,23 @@ class BackendError(Llama3zhError):
 
 class InputError(Llama3zhError):
     """Bad user input to a command (empty prompt, unreadable file)."""
+
+
+class NetworkError(Llama3zhError):
+    """A hub could not be reached, or the connection kept failing."""
+
+
+class HubAccessError(Llama3zhError):
+    """A hub refused access: a gated or private repo without a (valid) token."""
+
+
+class IntegrityError(Llama3zhError):
+    """A downloaded file does not match the checksum or size the hub published."""
+
+
+class DiskSpaceError(Llama3zhError):
+    """Not enough free disk space, checked before downloading or hit while writing."""
+
+
+class UnsafePathError(Llama3zhError):
+    """A hub file name that would be written outside its target folder (``../``, absolute)."""

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import chat, doctor, modelfile, models
+from . import chat, convert, doctor, listing, modelfile, models, pull, rm, show
 
 app = typer.Typer(
     name="llama3zh",
@@ -38,6 +38,12 @@ def _main(
 app.command("models")(models.models)
 app.command("chat")(chat.chat)
 app.command("doctor")(doctor.doctor)
+app.command("convert")(convert.convert)
+app.command("merge-lora")(convert.merge_lora)
+app.command("pull")(pull.pull)
+app.command("list")(listing.list_models)
+app.command("show")(show.show)
+app.command("rm")(rm.rm)
 app.command("modelfile")(modelfile.modelfile)
 app.command("ollama-create")(modelfile.ollama_create)
 

@@ -52,3 +52,59 @@ class TemplateChoice(str, Enum):
     auto = "auto"
     llama3 = "llama3"
     gguf = "gguf"
+
+
+# -- pull / list / show / rm ---------------------------------------------------------------------
+
+HubModelArg = Annotated[
+    str,
+    typer.Argument(
+        help="A catalog alias (base, instruct, instruct-v2, instruct-v3) or a hub repo: "
+        "hf:org/name (Hugging Face), ms:org/name (ModelScope), org/name (--source decides).",
+    ),
+]
+
+
+class SourceChoice(str, Enum):
+    auto = "auto"
+    hf = "hf"
+    modelscope = "modelscope"
+
+
+SourceOpt = Annotated[
+    SourceChoice,
+    typer.Option(
+        "--source",
+        "-s",
+        help="Where to download from: hf (Hugging Face; HF_ENDPOINT for a mirror), modelscope, "
+        "or auto: Hugging Face if it answers within 3 s, else ModelScope (remembered for a day; "
+        "LLAMA3ZH_SOURCE=hf|modelscope sets it for good).",
+    ),
+]
+
+
+class VariantChoice(str, Enum):
+    full = "full"
+    lora = "lora"
+    gguf = "gguf"
+
+
+VariantOpt = Annotated[
+    VariantChoice | None,
+    typer.Option(
+        "--variant",
+        help="For a catalog alias: gguf (default: llama.cpp files), full (HF safetensors) or "
+        "lora (the adapter).",
+    ),
+]
+QuantsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--quant",
+        "-q",
+        help="GGUF quant(s): q8_0, q6_k, q5_k, q5_0, q4_k, q4_0, q3_k, q2_k, f16 (-im for the "
+        "imatrix ones), or all. Repeat or comma-separate. Default: the best that fits this "
+        "machine's memory.",
+    ),
+]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]

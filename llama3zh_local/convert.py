@@ -1,0 +1,888 @@
+"""HF safetensors -> GGUF for Llama-architecture models, with numpy and the gguf library only.
+
+The output is what llama.cpp's ``convert_hf_to_gguf.py`` writes for the same ``--outtype``,
+tensor for tensor byte-identical (tests/test_convert_reference.py runs both), but without torch
+or transformers and streaming: tensors are read from an mmap in chunks of rows, converted and
+written one at a time, so the resident set stays near one chunk whatever the model's size.
+
+What the reference does, and so this does too:
+
+* ``auto`` picks bf16 when the first matrix is bf16, else f16.
+* 1-D tensors and norms are F32; matrices get the out type; Q8_0 falls back to F16 for rows
+  that are not a multiple of 32. f16 conversion overflows to inf (numpy's cast), as there.
+* Q and K rows are permuted from HF's rotate-half order to llama.cpp's interleaved RoPE order.
+* Llama-3.1 ``rope_scaling`` of type llama3 becomes the ``rope_freqs`` tensor.
+
+Where it differs on purpose: the BPE pre-tokenizer is read from tokenizer.json (see hfvocab),
+``add_bos_token`` is always written, and ``<|eot_id|>`` is written as the EOT token.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from . import __version__
+from .errors import DiskSpaceError, InvalidModelError, UsageError
+from .hfcheckpoint import Checkpoint, free_bytes, iter_row_chunks, open_checkpoint
+
+if TYPE_CHECKING:
+    import gguf
+    import numpy as np
+
+    from .hfvocab import GGUFVocab
+
+OUTTYPES = ("auto", "f16", "bf16", "f32", "q8_0")
+LLAMA_ARCHITECTURES = ("LlamaForCausalLM", "LLaMAForCausalLM")
+PREFETCH = 2  # chunks being converted while one is written
+CHUNK_ELEMENTS = 1 << 22  # rows per chunk: about 16 MB as float32, a few times that in flight
+
+
+@dataclass(frozen=True)
+class ConvertProgress:
+    """Where a conversion is: the tensor being written and the bytes written so far."""
+
+    tensor: str
+    index: int  # 1-based, of n_tensors
+    n_tensors: int
+    bytes_done: int
+    bytes_total: int
+
+
+Progress = Callable[[ConvertProgress], None]
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """A written (or, with ``dry_run``, planned) GGUF."""
+
+    path: Path
+    source: Path
+    outtype: str  # resolved: f16, bf16, f32 or q8_0
+    file_type: str  # gguf.LlamaFileType name, e.g. MOSTLY_F16
+    tensor_count: int
+    size: int  # bytes of the file (estimated for a dry run)
+    n_vocab: int
+    pre_tokenizer: str
+    chat_template: bool
+    seconds: float
+    dry_run: bool = False
+    warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+class RowSource(Protocol):
+    """What a tensor is read from: rows of a (n_rows x row_size) matrix."""
+
+    @property
+    def dtype(self) -> str: ...  # F32, F16 or BF16 (raw uint16 bits)
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def rows(self, start: int, stop: int) -> np.ndarray: ...
+
+    def done(self, start: int, stop: int) -> None: ...  # those rows are written
+
+    def release(self) -> None: ...  # the whole tensor is written
+
+
+@dataclass(frozen=True)
+class Permuted:
+    """Rows of ``source`` in a new order (Q/K: HF's rotate-half -> llama.cpp's RoPE layout)."""
+
+    source: RowSource
+    order: np.ndarray  # order[i] = source row of output row i
+
+    @property
+    def dtype(self) -> str:
+        return self.source.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.source.shape
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        return self.source.rows(0, self.shape[0])[self.order[start:stop]]
+
+    def done(self, start: int, stop: int) -> None:
+        pass  # the rows came from all over the tensor: released as a whole at the end
+
+    def release(self) -> None:
+        self.source.release()
+
+
+@dataclass(frozen=True)
+class InMemory:
+    """A small tensor computed here (rope_freqs)."""
+
+    data: np.ndarray
+
+    @property
+    def dtype(self) -> str:
+        return "F32"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        return self.data.reshape(self.data.shape[0], -1)[start:stop]
+
+    def done(self, start: int, stop: int) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """One output tensor: its GGUF name, shape (numpy order), type and where its data comes from."""
+
+    name: str
+    shape: tuple[int, ...]
+    qtype: gguf.GGMLQuantizationType
+    source: RowSource
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class LlamaParams:
+    """The hyperparameters llama.cpp needs, checked from config.json."""
+
+    n_layer: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_vocab: int
+    n_ctx: int | None
+    rope_theta: float | None
+    rms_eps: float | None
+    rope: dict[str, Any] = field(default_factory=dict)
+    tied: bool = False
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+
+def llama_params(cfg: dict[str, Any], *, where: Path) -> LlamaParams:
+    """Check that config.json describes a Llama model this converter handles.
+
+    Raises:
+        InvalidModelError: another architecture, or a missing / invalid hyperparameter.
+    """
+    archs = cfg.get("architectures") or []
+    arch = archs[0] if isinstance(archs, list) and archs else None
+    if arch not in LLAMA_ARCHITECTURES and not (arch is None and cfg.get("model_type") == "llama"):
+        raise InvalidModelError(
+            f"{where}: architecture {arch or cfg.get('model_type') or 'unknown'} is not supported "
+            "(only LlamaForCausalLM: Llama-3 / 3.1, the Chinese Llama-3 models, SmolLM2, ...)",
+            hint="llama.cpp's convert_hf_to_gguf.py handles other architectures",
+        )
+
+    def need(*keys: str) -> int:
+        for k in keys:
+            v = cfg.get(k)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+        raise InvalidModelError(
+            f"{where}: config.json has no valid {keys[0]} (a positive integer)",
+            hint="the config.json is incomplete or not a transformers model config",
+        )
+
+    n_embd = need("hidden_size")
+    n_head = need("num_attention_heads")
+    n_head_kv = cfg.get("num_key_value_heads") or n_head
+    head_dim = cfg.get("head_dim") or n_embd // n_head
+    if not isinstance(n_head_kv, int) or n_head % n_head_kv:
+        raise InvalidModelError(
+            f"{where}: num_key_value_heads {n_head_kv} does not divide num_attention_heads {n_head}"
+        )
+    if not isinstance(head_dim, int) or head_dim % 2:
+        raise InvalidModelError(f"{where}: head_dim {head_dim} must be an even integer")
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    if not isinstance(rope, dict):
+        raise InvalidModelError(f"{where}: rope_scaling must be an object, not {rope!r}")
+    theta = cfg.get("rope_theta", rope.get("rope_theta"))
+    eps = cfg.get("rms_norm_eps")
+    n_ctx = cfg.get("max_position_embeddings")
+    return LlamaParams(
+        n_layer=need("num_hidden_layers"),
+        n_embd=n_embd,
+        n_ff=need("intermediate_size"),
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        head_dim=head_dim,
+        n_vocab=need("vocab_size"),
+        n_ctx=n_ctx if isinstance(n_ctx, int) else None,
+        rope_theta=float(theta) if isinstance(theta, (int, float)) else None,
+        rms_eps=float(eps) if isinstance(eps, (int, float)) else None,
+        rope=dict(rope),
+        tied=bool(cfg.get("tie_word_embeddings", False)),
+    )
+
+
+def expected_shapes(p: LlamaParams) -> dict[str, tuple[int, ...]]:
+    """HF tensor name -> shape, for every tensor a Llama checkpoint must have."""
+    q, kv = p.n_head * p.head_dim, p.n_head_kv * p.head_dim
+    shapes: dict[str, tuple[int, ...]] = {
+        "model.embed_tokens.weight": (p.n_vocab, p.n_embd),
+        "model.norm.weight": (p.n_embd,),
+    }
+    for i in range(p.n_layer):
+        b = f"model.layers.{i}."
+        shapes |= {
+            b + "input_layernorm.weight": (p.n_embd,),
+            b + "post_attention_layernorm.weight": (p.n_embd,),
+            b + "self_attn.q_proj.weight": (q, p.n_embd),
+            b + "self_attn.k_proj.weight": (kv, p.n_embd),
+            b + "self_attn.v_proj.weight": (kv, p.n_embd),
+            b + "self_attn.o_proj.weight": (p.n_embd, q),
+            b + "mlp.gate_proj.weight": (p.n_ff, p.n_embd),
+            b + "mlp.up_proj.weight": (p.n_ff, p.n_embd),
+            b + "mlp.down_proj.weight": (p.n_embd, p.n_ff),
+        }
+    return shapes
+
+
+# -- tensor types ---------------------------------------------------------------------------------
+
+
+def file_type_for(outtype: str, ckpt_dtype: str | None) -> gguf.LlamaFileType:
+    """``--outtype`` -> gguf.LlamaFileType; ``auto`` as the reference guesses it."""
+    import gguf
+
+    if outtype == "auto":
+        outtype = {"BF16": "bf16"}.get(ckpt_dtype or "", "f16")
+    return {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }[outtype]
+
+
+def tensor_qtype(
+    name: str, shape: Sequence[int], ftype: gguf.LlamaFileType
+) -> gguf.GGMLQuantizationType:
+    """The type of one tensor, by the rules of the reference's ``prepare_tensors``."""
+    import gguf
+
+    q = gguf.GGMLQuantizationType
+    if len(shape) <= 1 or name.endswith("_norm.weight"):
+        return q.F32
+    if not name.endswith((".weight", ".lora_a", ".lora_b")):
+        return q.F32
+    qtype = {
+        gguf.LlamaFileType.ALL_F32: q.F32,
+        gguf.LlamaFileType.MOSTLY_F16: q.F16,
+        gguf.LlamaFileType.MOSTLY_BF16: q.BF16,
+        gguf.LlamaFileType.MOSTLY_Q8_0: q.Q8_0,
+    }[ftype]
+    block = gguf.GGML_QUANT_SIZES[qtype][0]
+    if shape[-1] % block:  # the reference catches gguf.QuantError and writes F16
+        return q.F16
+    return qtype
+
+
+def tensor_nbytes(shape: Sequence[int], qtype: gguf.GGMLQuantizationType) -> int:
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    return math.prod(shape[:-1]) * (shape[-1] // block) * size if shape else size
+
+
+def encode(x: np.ndarray, dtype: str, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+    """Rows of a source tensor (``dtype``: F32, F16 or BF16 bits) in ``qtype``, as raw bytes.
+
+    The values go the reference's way: bf16 -> float32, float16 kept, then numpy's cast or
+    ``gguf.quants.quantize`` (Q8_0 and BF16 rounding, bit-exact with ggml).
+    """
+    import gguf
+    import numpy as np
+
+    q = gguf.GGMLQuantizationType
+    if dtype == "BF16" and qtype == q.BF16:
+        # bf16 -> f32 -> bf16 is the identity, except that NaNs come back quiet
+        bits = np.ascontiguousarray(x, dtype=np.uint16)
+        nan = (bits & 0x7FFF) > 0x7F80
+        return np.where(nan, bits | 0x0040, bits).astype(np.uint16) if nan.any() else bits
+    if dtype == "F16" and qtype == q.F16:
+        return np.ascontiguousarray(x)
+    if dtype == "BF16":
+        wide = x.astype(np.uint32)
+        x = np.left_shift(wide, 16, out=wide).view(np.float32)
+    if qtype == q.F32:
+        return np.ascontiguousarray(x, dtype=np.float32)
+    if qtype == q.F16:
+        with np.errstate(over="ignore"):  # overflow to inf is counted and reported by the caller
+            return np.ascontiguousarray(x, dtype=np.float16)
+    return gguf.quants.quantize(np.ascontiguousarray(x, dtype=np.float32), qtype)
+
+
+def qk_order(n_rows: int, n_head: int) -> np.ndarray:
+    """The row order ``LlamaModel.permute`` of the reference gives a Q/K weight (or bias)."""
+    import numpy as np
+
+    return np.arange(n_rows).reshape(n_head, 2, n_rows // n_head // 2).swapaxes(1, 2).reshape(-1)
+
+
+def llama3_rope_factors(p: LlamaParams) -> np.ndarray | None:
+    """Llama-3.1's ``rope_freqs`` (rope_type llama3), computed as the reference does in float32."""
+    import numpy as np
+
+    rope = p.rope
+    if str(rope.get("rope_type", rope.get("type", ""))).lower() != "llama3":
+        return None
+    base = float(rope.get("rope_theta", p.rope_theta or 10000.0))
+    dim = p.head_dim
+    f32 = np.float32
+    exponent = np.arange(0, dim, 2, dtype=f32) / f32(dim)
+    freqs = f32(1.0) / np.power(f32(base), exponent, dtype=f32)
+    factor = float(rope.get("factor", 8.0))
+    low = float(rope.get("low_freq_factor", 1.0))
+    high = float(rope.get("high_freq_factor", 4.0))
+    old_ctx = float(rope.get("original_max_position_embeddings", 8192))
+    low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+    out = []
+    for freq in freqs:
+        wavelen = f32(2 * math.pi) / freq
+        if wavelen < high_wavelen:
+            out.append(f32(1.0))
+        elif wavelen > low_wavelen:
+            out.append(f32(factor))
+        else:
+            smooth = (f32(old_ctx) / wavelen - f32(low)) / f32(high - low)
+            out.append(f32(1.0) / ((f32(1.0) - smooth) / f32(factor) + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+# -- planning -------------------------------------------------------------------------------------
+
+
+def plan_tensors(
+    ckpt: Checkpoint,
+    p: LlamaParams,
+    ftype: gguf.LlamaFileType,
+    *,
+    sources: dict[str, RowSource] | None = None,
+) -> list[TensorPlan]:
+    """The output tensors in the reference's order, with every checkpoint tensor checked.
+
+    Args:
+        sources: HF name -> replacement data (LoRA merges); same shape as the checkpoint's.
+
+    Raises:
+        InvalidModelError: an unknown tensor, a missing one, or a shape that disagrees with
+            config.json.
+    """
+    import gguf
+
+    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, p.n_layer)
+    shapes = expected_shapes(p)
+    if "lm_head.weight" in ckpt.tensors or not p.tied:
+        shapes["lm_head.weight"] = (p.n_vocab, p.n_embd)
+    plans: list[TensorPlan] = []
+    rope = llama3_rope_factors(p)
+    if rope is not None:
+        name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
+        q = gguf.GGMLQuantizationType.F32
+        plans.append(TensorPlan(name, rope.shape, q, InMemory(rope), tensor_nbytes(rope.shape, q)))
+    seen: set[str] = set()
+    for hf_name, ref in ckpt.tensors.items():
+        if hf_name.endswith(".rotary_emb.inv_freq"):
+            continue  # recomputed by llama.cpp
+        mapped = tmap.get_type_and_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if mapped is None:
+            raise InvalidModelError(
+                f"{ref.file.path.name}: tensor {hf_name!r} is not part of a Llama model",
+                hint="the checkpoint is not a plain LlamaForCausalLM (adapters, vision towers "
+                "and quantized weights are not supported)",
+            )
+        src: RowSource = (sources or {}).get(hf_name, ref)
+        shape = tuple(src.shape)
+        want = shapes.get(hf_name)
+        if want is not None and shape != want:
+            where = ref.file.path.name if src is ref else "the LoRA"
+            raise InvalidModelError(
+                f"{where}: {hf_name} has shape {list(shape)}, config.json says {list(want)}",
+                hint="the weights and config.json are from different models, or a shard is from "
+                "another download",
+            )
+        if hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+            src = Permuted(src, qk_order(shape[0], p.n_head))
+        elif hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+            src = Permuted(src, qk_order(shape[0], p.n_head_kv))
+        gguf_name = mapped[1]
+        qtype = tensor_qtype(gguf_name, shape, ftype)
+        plans.append(TensorPlan(gguf_name, shape, qtype, src, tensor_nbytes(shape, qtype)))
+        seen.add(hf_name)
+    missing = [n for n in shapes if n not in seen]
+    if missing:
+        raise InvalidModelError(
+            f"{ckpt.path}: {len(missing)} tensor(s) missing, e.g. {missing[0]}",
+            hint="a shard of the checkpoint is missing or incomplete; download it again",
+        )
+    return plans
+
+
+# -- writing --------------------------------------------------------------------------------------
+
+
+class _Streamed:
+    """Duck-types the ndarray that GGUFWriter.write_tensor_data writes: converts chunk by chunk.
+
+    Chunks are converted on worker threads, ``PREFETCH`` ahead of the one being written: numpy
+    and file writes release the GIL, so conversion and I/O overlap (on two cores, ~2x).
+    """
+
+    def __init__(
+        self,
+        plan: TensorPlan,
+        on_chunk: Callable[[int], None],
+        warn: list[str],
+        pool: ThreadPoolExecutor,
+    ):
+        self.plan = plan
+        self.nbytes = plan.nbytes
+        self._on_chunk = on_chunk
+        self._warn = warn
+        self._pool = pool
+
+    def _work(self, start: int, stop: int) -> tuple[np.ndarray, int]:
+        import gguf
+
+        src, qtype = self.plan.source, self.plan.qtype
+        x = src.rows(start, stop)
+        out = encode(x, src.dtype, qtype)
+        overflow = 0
+        if qtype == gguf.GGMLQuantizationType.F16 and src.dtype != "F16":
+            overflow = _count_inf(out, "F16") - _count_inf(x, src.dtype)
+        return out, overflow
+
+    def tofile(self, fout: Any) -> None:
+        p, src = self.plan, self.plan.source
+        n_rows = p.shape[0] if p.shape else 1
+        chunks = iter(iter_row_chunks(n_rows, math.prod(p.shape[1:]), budget=CHUNK_ELEMENTS))
+        pending: deque[tuple[tuple[int, int], Future[tuple[np.ndarray, int]]]] = deque()
+
+        def submit() -> None:
+            if (rows := next(chunks, None)) is not None:
+                pending.append((rows, self._pool.submit(self._work, *rows)))
+
+        overflow = written = 0
+        try:
+            for _ in range(PREFETCH):
+                submit()
+            while pending:
+                (start, stop), future = pending.popleft()
+                out, inf = future.result()
+                submit()
+                fout.write(out.data.cast("B"))
+                n = out.nbytes
+                del out
+                src.done(start, stop)
+                overflow += inf
+                written += n
+                self._on_chunk(n)
+        finally:
+            for _, future in pending:
+                future.cancel()
+            wait([f for _, f in pending])
+            src.release()
+        if written != p.nbytes:
+            raise RuntimeError(f"{p.name}: wrote {written} bytes, planned {p.nbytes}")
+        if overflow > 0:
+            self._warn.append(
+                f"{p.name}: {overflow:,} values exceed float16's range and became inf "
+                "(as in llama.cpp's converter); --outtype bf16 keeps them"
+            )
+
+
+def _count_inf(x: np.ndarray, dtype: str) -> int:
+    """Infinities among raw values, by their bits (np.isinf is slow on float16)."""
+    import numpy as np
+
+    if dtype == "BF16":
+        return int(np.count_nonzero((x & 0x7FFF) == 0x7F80))
+    if dtype == "F16":
+        return int(np.count_nonzero((x.view(np.uint16) & 0x7FFF) == 0x7C00))
+    return int(np.count_nonzero(np.isinf(x)))
+
+
+def write_gguf(
+    path: Path,
+    plans: Sequence[TensorPlan],
+    add_metadata: Callable[[gguf.GGUFWriter], None],
+    *,
+    progress: Progress | None = None,
+    arch: str = "llama",
+) -> list[str]:
+    """Write a GGUF: tensor infos, metadata from ``add_metadata``, then each tensor streamed.
+
+    ``add_metadata`` runs after the tensor infos are known (so parameter counts work). Returns
+    warnings. Raises DiskSpaceError when the disk fills up.
+    """
+    import gguf
+    import numpy as np
+
+    pool = ThreadPoolExecutor(max_workers=PREFETCH, thread_name_prefix="convert")
+    w = gguf.GGUFWriter(path, arch)
+    for p in plans:
+        w.add_tensor_info(p.name, p.shape, np.dtype(np.float32), p.nbytes, raw_dtype=p.qtype)
+    add_metadata(w)
+    total = sum(p.nbytes for p in plans)
+    done = 0
+    warnings: list[str] = []
+    try:
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        for i, p in enumerate(plans, 1):
+
+            def on_chunk(n: int, name: str = p.name, i: int = i) -> None:
+                nonlocal done
+                done += n
+                if progress is not None:
+                    progress(ConvertProgress(name, i, len(plans), done, total))
+
+            on_chunk(0)
+            w.write_tensor_data(_Streamed(p, on_chunk, warnings, pool))  # type: ignore[arg-type]
+        w.flush()
+        assert w.fout is not None
+        for f in w.fout:
+            os.fsync(f.fileno())
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise DiskSpaceError(
+                f"the disk holding {path.parent} is full ({total / 1e9:.1f} GB to write)",
+                hint="free some space, or write elsewhere with -o",
+            ) from None
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        w.close()
+    return warnings
+
+
+def check_output(out: Path, *, force: bool) -> None:
+    """Refuse an existing output (unless ``force``) before any heavy work."""
+    if out.is_dir():
+        raise UsageError(f"{out} is a folder", hint="give -o the path of a .gguf file")
+    if out.exists() and not force:
+        raise UsageError(
+            f"{out} already exists",
+            hint="add --force to replace it, or choose another path with -o",
+        )
+    if not out.parent.exists():
+        raise UsageError(f"the folder {out.parent} does not exist", hint="create it first")
+
+
+def check_space(out: Path, need: int) -> None:
+    free = free_bytes(out.parent)
+    if free < need + (64 << 20):
+        raise DiskSpaceError(
+            f"not enough free space for {out.name}: it needs {need / 1e9:.2f} GB, "
+            f"{out.parent} has {free / 1e9:.2f} GB free",
+            hint="free some space, or write elsewhere with -o",
+        )
+
+
+def temp_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.tmp-{os.getpid()}")
+
+
+# -- metadata -------------------------------------------------------------------------------------
+
+
+def add_llama_metadata(w: gguf.GGUFWriter, p: LlamaParams, ftype: gguf.LlamaFileType) -> None:
+    """The ``llama.*`` hyperparameters, as ``LlamaModel.set_gguf_parameters`` writes them."""
+    import gguf
+
+    w.add_block_count(p.n_layer)
+    if p.n_ctx is not None:
+        w.add_context_length(p.n_ctx)
+    w.add_embedding_length(p.n_embd)
+    w.add_feed_forward_length(p.n_ff)
+    w.add_head_count(p.n_head)
+    w.add_head_count_kv(p.n_head_kv)
+    rope_type = str(p.rope.get("rope_type", p.rope.get("type", "")) or "").lower()
+    factor = p.rope.get("factor")
+    if rope_type == "linear" and factor is not None:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(float(factor))
+    elif rope_type == "yarn" and factor is not None:
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(float(factor))
+        w.add_rope_scaling_orig_ctx_len(int(p.rope["original_max_position_embeddings"]))
+    elif rope_type not in ("", "default", "llama3"):
+        raise InvalidModelError(
+            f"rope scaling {rope_type!r} is not supported for Llama by this converter",
+            hint="supported: none, linear, yarn, llama3 (Llama-3.1)",
+        )
+    if p.rope_theta is not None:
+        w.add_rope_freq_base(p.rope_theta)
+    if p.rms_eps is not None:
+        w.add_layer_norm_rms_eps(p.rms_eps)
+    w.add_key_length(p.head_dim)
+    w.add_value_length(p.head_dim)
+    w.add_file_type(ftype)
+    w.add_vocab_size(p.n_vocab)
+    w.add_rope_dimension_count(p.head_dim)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def add_general_metadata(
+    w: gguf.GGUFWriter,
+    model_dir: Path,
+    *,
+    name: str | None,
+    provenance: dict[str, str],
+) -> None:
+    """general.* as the reference writes it (gguf.Metadata), plus where the model came from."""
+    import gguf
+
+    w.add_type(gguf.GGUFType.MODEL)
+    total, shared, expert, n_expert = w.get_total_parameter_count()
+    meta = gguf.Metadata.load(None, model_dir, name, total)
+    if meta.name is None:
+        meta.name = model_dir.name
+    if meta.size_label is None and total > 0:
+        meta.size_label = gguf.size_label(total, shared, expert, n_expert)
+    if repo := provenance.get("source.repo"):
+        meta.source_repo_url = meta.source_repo_url or f"https://huggingface.co/{repo}"
+    meta.set_gguf_meta_model(w)
+    add_provenance(w, provenance)
+
+
+def add_provenance(w: gguf.GGUFWriter, provenance: dict[str, str]) -> None:
+    """``llama3zh.*`` keys: the converter and the source repo/revision (when known)."""
+    w.add_string("llama3zh.converter", f"llama3zh-local {__version__} (gguf-py {_gguf_version()})")
+    for key, value in provenance.items():
+        if value:
+            w.add_string(f"llama3zh.{key}", value)
+
+
+def _gguf_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("gguf")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def source_provenance(model_dir: Path, *, repo: str | None = None) -> dict[str, str]:
+    """Source repo and revision of a checkpoint folder: the store's manifest, an HF cache path."""
+    out: dict[str, str] = {}
+    if repo:
+        out["source.repo"] = repo
+    resolved = model_dir.resolve()
+    parts = resolved.parts
+    # huggingface_hub's cache: .../models--ORG--NAME/snapshots/REVISION/
+    for i, part in enumerate(parts[:-2]):
+        if part.startswith("models--") and parts[i + 1] == "snapshots":
+            out.setdefault("source.repo", part[len("models--") :].replace("--", "/"))
+            out["source.revision"] = parts[i + 2]
+    try:
+        from . import store
+
+        entry = store.read_manifest(model_dir).get("config.json")
+    except Exception:  # noqa: BLE001 - provenance is best effort
+        entry = None
+    if entry is not None:
+        out["source.repo"] = entry.repo_id
+        out["source.hub"] = entry.source
+        out["source.revision"] = entry.commit or entry.revision
+    return out
+
+
+# -- read back ------------------------------------------------------------------------------------
+
+
+def verify_gguf(
+    path: Path,
+    plans: Sequence[TensorPlan],
+    *,
+    ftype: gguf.LlamaFileType,
+    vocab: GGUFVocab,
+    p: LlamaParams,
+) -> None:
+    """Read the written file back with llama.cpp's GGUF parser and check it is what was planned.
+
+    Raises:
+        InvalidModelError: anything differs (the caller deletes the file).
+    """
+    from .ggufinfo import read_gguf_info
+    from .llamacpp import engine
+
+    info = read_gguf_info(path)
+    header = engine.read_gguf_header(path)
+    problems = []
+    if info.architecture != "llama":
+        problems.append(f"architecture {info.architecture}")
+    if info.file_type != ftype.name:
+        problems.append(f"file type {info.file_type}, expected {ftype.name}")
+    if info.n_vocab != len(vocab.tokens):
+        problems.append(f"{info.n_vocab} tokens, expected {len(vocab.tokens)}")
+    if (info.n_layer, info.n_embd, info.n_head) != (p.n_layer, p.n_embd, p.n_head):
+        problems.append("hyperparameters differ")
+    want_template = vocab.chat_template if isinstance(vocab.chat_template, str) else None
+    if want_template and info.chat_template != want_template:
+        problems.append("chat template differs")
+    sizes = {name: n for name, _, n in header[1]} if header else {}
+    expect = {pl.name: pl.nbytes for pl in plans}
+    if sizes != expect:
+        diff = sorted(set(sizes.items()) ^ set(expect.items()))
+        problems.append(f"tensor table differs ({diff[:2]})")
+    if problems:
+        raise InvalidModelError(
+            f"the written GGUF does not read back as planned: {'; '.join(problems)}",
+            hint="this is a bug in llama3zh convert; please report it",
+        )
+
+
+# -- the stage ------------------------------------------------------------------------------------
+
+
+def output_path(output: str | Path | None, default_dir: Path, filename: str) -> Path:
+    """``output`` itself, ``output/filename`` for an existing folder, else ``default_dir/filename``.
+
+    The default folder is the source's own, as in llama.cpp's converter and the upstream docs.
+    """
+    if output is None:
+        return default_dir / filename
+    out = Path(output).expanduser()
+    return out / filename if out.is_dir() else out
+
+
+def convert(
+    *,
+    source: str | Path,
+    output: str | Path | None = None,
+    outtype: str = "auto",
+    force: bool = False,
+    dry_run: bool = False,
+    name: str | None = None,
+    repo: str | None = None,
+    progress: Progress | None = None,
+) -> ConvertResult:
+    """Convert an HF Llama checkpoint folder to a GGUF file.
+
+    Args:
+        source: the checkpoint folder (config.json, *.safetensors, tokenizer.json).
+        output: the .gguf to write, or a folder for ``ggml-model-<outtype>.gguf`` (default: the
+            source folder).
+        outtype: auto, f16, bf16, f32 or q8_0 (auto: bf16 for bf16 weights, else f16).
+        force: replace an existing output.
+        dry_run: check and plan everything, write nothing.
+        name: general.name (default: from the model card / folder, as the reference).
+        repo: the hub repo the checkpoint came from, recorded in the metadata.
+        progress: called as bytes are written.
+
+    Raises:
+        UsageError: a bad outtype, or the output exists (without ``force``).
+        ModelNotFoundError / InvalidModelError: missing or broken config, weights or tokenizer.
+        DiskSpaceError: not enough space (checked first) or the disk filled up.
+    """
+    t0 = time.perf_counter()
+    if outtype not in OUTTYPES:
+        raise UsageError(f"--outtype {outtype}: expected one of {', '.join(OUTTYPES)}")
+    src = Path(source).expanduser()
+    from .hfcheckpoint import load_config
+    from .hfvocab import load_vocab
+
+    cfg = load_config(src)
+    params = llama_params(cfg, where=src / "config.json")
+    with open_checkpoint(src) as ckpt:
+        ftype = file_type_for(outtype, ckpt.first_matrix_dtype())
+        resolved = ftype.name.partition("_")[2].lower()
+        out = output_path(output, src, f"ggml-model-{resolved}.gguf")
+        check_output(out, force=force)
+        vocab = load_vocab(src, vocab_size=params.n_vocab)
+        plans = plan_tensors(ckpt, params, ftype)
+        provenance = source_provenance(src, repo=repo)
+        return _write_checked(
+            out=out,
+            plans=plans,
+            params=params,
+            ftype=ftype,
+            vocab=vocab,
+            meta_dir=src,
+            name=name,
+            provenance=provenance,
+            source=src,
+            outtype=resolved,
+            dry_run=dry_run,
+            progress=progress,
+            t0=t0,
+        )
+
+
+def _write_checked(
+    *,
+    out: Path,
+    plans: list[TensorPlan],
+    params: LlamaParams,
+    ftype: gguf.LlamaFileType,
+    vocab: GGUFVocab,
+    meta_dir: Path,
+    name: str | None,
+    provenance: dict[str, str],
+    source: Path,
+    outtype: str,
+    dry_run: bool,
+    progress: Progress | None,
+    t0: float,
+    extra_metadata: Callable[[gguf.GGUFWriter], None] | None = None,
+) -> ConvertResult:
+    """Write ``plans`` to a temporary file, read it back, then rename it to ``out``."""
+    size_estimate = sum(p.nbytes for p in plans) + 16 * len(vocab.tokens) + (8 << 20)
+
+    def result(path: Path, size: int, warnings: Sequence[str] = ()) -> ConvertResult:
+        return ConvertResult(
+            path=path,
+            source=source,
+            outtype=outtype,
+            file_type=ftype.name,
+            tensor_count=len(plans),
+            size=size,
+            n_vocab=len(vocab.tokens),
+            pre_tokenizer=vocab.pre,
+            chat_template=bool(vocab.chat_template),
+            seconds=time.perf_counter() - t0,
+            dry_run=dry_run,
+            warnings=tuple(warnings),
+            notes=vocab.notes,
+        )
+
+    if dry_run:
+        return result(out, size_estimate)
+    check_space(out, size_estimate)
+
+    def metadata(w: gguf.GGUFWriter) -> None:
+        add_general_metadata(w, meta_dir, name=name, provenance=provenance)
+        add_llama_metadata(w, params, ftype)
+        vocab.add_to(w)
+        if extra_metadata is not None:
+            extra_metadata(w)
+
+    tmp = temp_path(out)
+    try:
+        warnings = write_gguf(tmp, plans, metadata, progress=progress)
+        verify_gguf(tmp, plans, ftype=ftype, vocab=vocab, p=params)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return result(out, out.stat().st_size, warnings)

@@ -1,0 +1,696 @@
+"""llama.cpp's command-line tools (llama-bench, ...), compiled against llama_cpp's own libraries.
+
+llama-cpp-python installs libllama and libggml but none of llama.cpp's programs, and a cmake build
+of llama.cpp compiles all of ggml again (14 minutes on 2 cores). Here only the tool and the part
+of llama.cpp's ``common`` library it links are compiled (about a minute, once per version), from
+the llama.cpp source that the installed llama-cpp-python's sdist vendors, and linked to the shared
+libraries that llama-cpp-python installed: a tool runs the same llama.cpp, with the same backend
+(CPU, CUDA, Metal), as the chat engine.
+
+Cache layout, one folder per llama-cpp-python version under ``tools_root()``::
+
+    <version>/llama.cpp/          the needed sources, extracted from the sdist (+ source.json)
+    <version>/build/obj-<hash>/   object files, shared by the tools; <hash> is of the flags
+    <version>/llama-bench         the tools, each with <name>.json saying how it was built
+
+Environment:
+
+* ``LLAMA3ZH_TOOLS_DIR``: the cache root (default ``paths.tools_dir()``, under ``LLAMA3ZH_HOME``).
+* ``LLAMA_CPP_LIB_PATH``: where the llama.cpp libraries are, as for ``llama_cpp`` itself.
+* ``LLAMA3ZH_LLAMA_CPP_SOURCE``: a llama-cpp-python sdist (``.tar.gz``) or an unpacked sdist or
+  llama.cpp tree to use instead of ``pip download`` (machines without PyPI access).
+* ``CXX``: the C++ compiler (default: the first of c++, g++, clang++ on ``PATH``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import importlib.util
+import itertools
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import paths
+from ..errors import BackendError, UsageError
+
+Progress = Callable[[str], None]
+
+TOOLS_DIR_ENV = "LLAMA3ZH_TOOLS_DIR"
+SOURCE_ENV = "LLAMA3ZH_LLAMA_CPP_SOURCE"
+DIST = "llama-cpp-python"
+
+# Where the sdist keeps llama.cpp, and the parts of it a tool build reads.
+SDIST_LLAMA_CPP = "vendor/llama.cpp"
+SOURCE_DIRS = ("include", "ggml/include", "common", "vendor/nlohmann", "vendor/cpp-httplib",
+               "vendor/sheredom")  # fmt: skip
+SOURCE_FILES = ("LICENSE",)
+HTTPLIB = "vendor/cpp-httplib/httplib.cpp"
+# cpp-httplib's compile definitions, from vendor/cpp-httplib/CMakeLists.txt.
+HTTPLIB_DEFINES = (
+    "CPPHTTPLIB_FORM_URL_ENCODED_PAYLOAD_MAX_LENGTH=1048576",
+    "CPPHTTPLIB_LISTEN_BACKLOG=512",
+    "CPPHTTPLIB_REQUEST_URI_MAX_LENGTH=32768",
+    "CPPHTTPLIB_TCP_NODELAY=1",
+)
+CXXFLAGS = ("-std=c++17", "-DNDEBUG", "-pthread", "-ffunction-sections", "-fdata-sections")
+# The tools' own loops (imatrix's statistics, perplexity's softmax) get -O2. common (option
+# parsing, JSON, downloads) and cpp-httplib run outside any timed or hot path, and -O1 halves
+# their compile time (60 s instead of 100 s of CPU for llama-bench); the model itself runs in
+# the installed libraries, whatever these flags are.
+OPT_TOOL, OPT_COMMON = "-O2", "-O1"
+COMMON_ALL = None  # ToolSpec.common: every source of llama.cpp's common library
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """How to build one tool: mirrors llama.cpp's tools/<folder>/CMakeLists.txt (parity test in
+    tests/test_tools.py)."""
+
+    name: str
+    folder: str  # under tools/
+    sources: tuple[str, ...]  # in ``dir``
+    # The common/ sources (without .cpp) the tool needs once the linker drops unused functions
+    # (--gc-sections), or COMMON_ALL: the objects a link against all of common pulled in. If a
+    # newer llama.cpp needs more, the link reports undefined symbols and the build compiles all
+    # of common (slower, never wrong).
+    common: tuple[str, ...] | None
+    httplib: bool = True  # common's arg.cpp downloads models (-hf) through cpp-httplib
+
+
+TOOLS: dict[str, ToolSpec] = {
+    spec.name: spec
+    for spec in (
+        ToolSpec(
+            "llama-bench",
+            "llama-bench",
+            ("llama-bench.cpp", "main.cpp"),
+            ("arg", "common", "download", "fit", "hf-cache", "json", "log", "speculative"),
+        ),
+        # These parse their options with common_params_parse, which reaches chat templates,
+        # samplers and presets: nearly all of common.
+        ToolSpec("llama-imatrix", "imatrix", ("imatrix.cpp",), COMMON_ALL),
+        ToolSpec("llama-perplexity", "perplexity", ("perplexity.cpp", "main.cpp"), COMMON_ALL),
+        # Only for checking quantize.py against it (byte-identical output) and for the speed
+        # bench: quantization itself goes through llama_model_quantize in-process.
+        ToolSpec("llama-quantize", "quantize", ("quantize.cpp", "main.cpp"), COMMON_ALL),
+    )
+}
+
+
+# -- where things are -------------------------------------------------------------------------
+
+
+def tools_root() -> Path:
+    """The tool cache: ``$LLAMA3ZH_TOOLS_DIR``, else ``paths.tools_dir()``."""
+    if env := os.environ.get(TOOLS_DIR_ENV):
+        return Path(env).expanduser()
+    return paths.tools_dir()
+
+
+def llama_cpp_version() -> str:
+    """The installed llama-cpp-python version (without importing it, which loads the libraries)."""
+    try:
+        return importlib.metadata.version(DIST)
+    except importlib.metadata.PackageNotFoundError:
+        raise BackendError(
+            "llama-cpp-python is not installed", hint=f"pip install {DIST}"
+        ) from None
+
+
+def lib_dir() -> Path:
+    """Where llama_cpp loads libllama and libggml from (``$LLAMA_CPP_LIB_PATH`` wins, as there)."""
+    if env := os.environ.get("LLAMA_CPP_LIB_PATH"):
+        return Path(env)
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        raise BackendError("llama-cpp-python is not installed", hint=f"pip install {DIST}")
+    return Path(list(spec.submodule_search_locations)[0]) / "lib"
+
+
+def cache_key(version: str) -> str:
+    """The cache folder name of a llama-cpp-python version (``0.3.36``, ``0.3.36+cu124``)."""
+    key = re.sub(r"[^A-Za-z0-9._+-]", "_", version.strip())
+    if not key.strip("."):
+        raise ValueError(f"not a version: {version!r}")
+    return key
+
+
+def sdist_requirement(version: str) -> str:
+    """The pip requirement of the sdist: a local version label (``+cu124``) is not on PyPI."""
+    return f"{DIST}=={version.split('+', 1)[0]}"
+
+
+def commit_from_changelog(text: str, version: str) -> str | None:
+    """The llama.cpp commit a llama-cpp-python release vendors, from its CHANGELOG.md."""
+    public = re.escape(version.split("+", 1)[0])
+    section = re.search(rf"^## \[{public}\].*?$(.*?)(?=^## \[|\Z)", text, re.M | re.S)
+    if section is None:
+        return None
+    found = re.search(r"llama\.cpp@([0-9a-f]{7,40})", section.group(1))
+    return found.group(1) if found else None
+
+
+def wanted_source(rel: str, tool_dirs: Iterable[str]) -> bool:
+    """Whether a path of the llama.cpp tree (``common/arg.cpp``) is needed to build the tools."""
+    dirs = (*SOURCE_DIRS, *(f"tools/{d}" for d in tool_dirs))
+    if rel in SOURCE_FILES or any(rel.startswith(d + "/") for d in dirs):
+        return True
+    # fit.cpp includes ../src/llama-ext.h; the rest of src/ is compiled into libllama.
+    return rel.startswith("src/") and rel.endswith(".h") and rel.count("/") == 1
+
+
+def common_sources(src: Path, spec: ToolSpec, *, everything: bool = False) -> list[str]:
+    """The common (and vendored) sources to compile for ``spec``, relative to ``src``."""
+    if spec.common is COMMON_ALL or everything:
+        found = [
+            p.relative_to(src).as_posix()
+            for pattern in ("common/*.cpp", "common/jinja/*.cpp", "common/parsers/*.cpp")
+            for p in src.glob(pattern)
+        ]
+        out = sorted(found)
+    else:
+        out = [f"common/{name}.cpp" for name in spec.common]
+    if spec.httplib:
+        out.append(HTTPLIB)
+    return out
+
+
+def tool_binary(name: str, version: str | None = None) -> Path:
+    """Where ``name`` is (or will be) once built for the installed llama-cpp-python."""
+    exe = ".exe" if sys.platform == "win32" else ""
+    return tools_root() / cache_key(version or llama_cpp_version()) / f"{name}{exe}"
+
+
+# -- the source -------------------------------------------------------------------------------
+
+
+def ensure_source(*, version: str | None = None, progress: Progress | None = None) -> Path:
+    """The llama.cpp tree of the installed llama-cpp-python's sdist, downloaded once (pip).
+
+    Returns the folder that holds ``include/``, ``common/`` and ``tools/``.
+    """
+    version = version or llama_cpp_version()
+    base = tools_root() / cache_key(version)
+    dest = base / "llama.cpp"
+    tool_dirs = sorted({spec.folder for spec in TOOLS.values()})
+    if _source_complete(dest, tool_dirs):
+        return dest
+    say = progress or _quiet
+    base.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".source-", dir=base) as tmp:
+        origin = os.environ.get(SOURCE_ENV)
+        if origin:
+            say(f"llama.cpp source: {origin}")
+            sdist = Path(origin).expanduser()
+        else:
+            say(f"downloading the llama.cpp source ({sdist_requirement(version)} sdist, pip)")
+            sdist = _pip_download_sdist(version, Path(tmp) / "download")
+        staged = Path(tmp) / "llama.cpp"
+        changelog = _extract(sdist, staged, tool_dirs)
+        missing = [d for d in ("include", "common", *(f"tools/{t}" for t in tool_dirs))
+                   if not (staged / d).is_dir()]  # fmt: skip
+        if missing:
+            raise BackendError(
+                f"{sdist} has no llama.cpp {', '.join(missing)}",
+                hint=f"unset {SOURCE_ENV} or point it at the {sdist_requirement(version)} sdist",
+            )
+        info = {
+            "llama_cpp_python": version,
+            "llama_cpp_commit": commit_from_changelog(changelog, version) if changelog else None,
+            "origin": str(sdist) if origin else sdist_requirement(version),
+        }
+        (staged / "source.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        if dest.exists():  # an older, incomplete extraction (fewer tools): replace it
+            shutil.rmtree(dest, ignore_errors=True)
+        try:
+            os.rename(staged, dest)
+        except OSError:
+            if not _source_complete(dest, tool_dirs):  # else a concurrent run finished first
+                raise
+    return dest
+
+
+def _source_complete(dest: Path, tool_dirs: Iterable[str]) -> bool:
+    return (dest / "source.json").is_file() and all(
+        (dest / "tools" / d).is_dir() for d in tool_dirs
+    )
+
+
+def _pip_download_sdist(version: str, into: Path) -> Path:
+    # --no-binary for this one package only: the sdist is the point, and pip may still take
+    # wheels for the build backend it installs to read the sdist's metadata.
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", DIST,
+           sdist_requirement(version), "-d", str(into)]  # fmt: skip
+    done = _run(cmd, timeout=1800)
+    found = sorted(into.glob("*.tar.gz")) if done.returncode == 0 else []
+    if not found:
+        raise BackendError(
+            f"pip could not download the {sdist_requirement(version)} sdist: "
+            f"{_tail(done.stdout + done.stderr)}",
+            hint=f"check the network to PyPI, or download it elsewhere and set {SOURCE_ENV}=<file>",
+        )
+    return found[0]
+
+
+def _extract(sdist: Path, dest: Path, tool_dirs: Sequence[str]) -> str | None:
+    """Copy the needed llama.cpp files of an sdist (file or folder) to ``dest``; the CHANGELOG."""
+    if sdist.is_dir():
+        root = sdist / SDIST_LLAMA_CPP if (sdist / SDIST_LLAMA_CPP).is_dir() else sdist
+        for path in root.rglob("*"):
+            rel = path.relative_to(root).as_posix()
+            if path.is_file() and wanted_source(rel, tool_dirs):
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, dest / rel)
+        changelog = sdist / "CHANGELOG.md"
+        return changelog.read_text("utf-8", errors="replace") if changelog.is_file() else None
+    if not tarfile.is_tarfile(sdist):
+        raise BackendError(f"{sdist} is not an sdist archive", hint=f"check {SOURCE_ENV}")
+    text = None
+    with tarfile.open(sdist) as tar:
+        for member in tar:
+            top, _, inner = member.name.partition("/")
+            if inner == "CHANGELOG.md" and member.isfile():
+                f = tar.extractfile(member)
+                text = f.read().decode("utf-8", errors="replace") if f else None
+                continue
+            if not inner.startswith(SDIST_LLAMA_CPP + "/") or not member.isfile():
+                continue
+            rel = inner[len(SDIST_LLAMA_CPP) + 1 :]
+            if ".." in rel.split("/") or not wanted_source(rel, tool_dirs):
+                continue
+            f = tar.extractfile(member)
+            if f is None:
+                continue
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            with f, open(dest / rel, "wb") as out:
+                shutil.copyfileobj(f, out)
+    return text
+
+
+# -- the build --------------------------------------------------------------------------------
+
+
+def find_compiler() -> str:
+    """The C++ compiler: ``$CXX``, else c++, g++ or clang++ on ``PATH``."""
+    if sys.platform == "win32":
+        raise UsageError(
+            "building llama.cpp tools is not supported on Windows",
+            hint="use WSL, or the llama.cpp release binaries of the same version",
+        )
+    candidates = [os.environ["CXX"]] if os.environ.get("CXX") else ["c++", "g++", "clang++"]
+    for name in candidates:
+        found = shutil.which(name)
+        if found:
+            return found
+    hint = (
+        "install the Xcode command line tools: xcode-select --install"
+        if sys.platform == "darwin"
+        else "install a C++ compiler: sudo apt install g++ (Debian/Ubuntu), "
+        "sudo dnf install gcc-c++ (Fedora)"
+    )
+    raise BackendError(f"no C++ compiler found (looked for {', '.join(candidates)})", hint=hint)
+
+
+def compile_command(
+    cxx: str, src: Path, rel: str, obj: Path, *, extra_includes: Sequence[Path] = ()
+) -> list[str]:
+    """The compiler command for one source, with the include dirs cmake would give it."""
+    cmd = [cxx, *CXXFLAGS, OPT_TOOL if rel.startswith("tools/") else OPT_COMMON]
+    if rel == HTTPLIB:
+        cmd += [f"-D{d}" for d in HTTPLIB_DEFINES]
+    for inc in ("include", "ggml/include", "common", "vendor"):
+        cmd.append(f"-I{src / inc}")
+    cmd += [f"-I{p}" for p in extra_includes]
+    return [*cmd, "-c", str(src / rel), "-o", str(obj)]
+
+
+def link_command(cxx: str, objects: Sequence[Path], out: Path, libs: Path) -> list[str]:
+    """The link command: llama.cpp's shared libraries by rpath, unused functions dropped."""
+    gc = "-Wl,-dead_strip" if sys.platform == "darwin" else "-Wl,--gc-sections"
+    return [
+        cxx, *map(str, objects), "-o", str(out), f"-L{libs}", "-lllama", "-lggml", "-lggml-base",
+        f"-Wl,-rpath,{libs}", "-pthread", gc,
+    ]  # fmt: skip
+
+
+def _flags_hash(cxx: str) -> str:
+    return hashlib.sha256(
+        json.dumps([cxx, CXXFLAGS, OPT_TOOL, OPT_COMMON, HTTPLIB_DEFINES]).encode()
+    ).hexdigest()[:10]
+
+
+def ensure_tool(name: str, *, progress: Progress | None = None, rebuild: bool = False) -> Path:
+    """The path of llama.cpp tool ``name``, compiled on first use for the installed llama_cpp.
+
+    Raises:
+        UsageError: ``name`` is not a tool this module knows how to build.
+        BackendError: no compiler, no source, or the build failed (the compiler's last lines).
+    """
+    spec = TOOLS.get(name)
+    if spec is None:
+        raise UsageError(f"unknown llama.cpp tool {name!r}", hint=f"one of: {', '.join(TOOLS)}")
+    version = llama_cpp_version()
+    out = tool_binary(name, version)
+    if out.is_file() and not rebuild:
+        return out
+    with _build_lock(out.parent / f".{name}.lock"):
+        if out.is_file() and not rebuild:  # built by whoever held the lock
+            return out
+        return _build(spec, version, out, progress or _quiet)
+
+
+def _build(spec: ToolSpec, version: str, out: Path, say: Progress) -> Path:
+    libs = lib_dir()
+    missing = [n for n in ("llama", "ggml", "ggml-base") if not _has_lib(libs, n)]
+    if missing:
+        raise BackendError(
+            f"lib{missing[0]} not found in {libs}",
+            hint=f"reinstall llama-cpp-python: pip install --force-reinstall {DIST}=={version}",
+        )
+    cxx = find_compiler()
+    t0 = time.perf_counter()
+    src = ensure_source(version=version, progress=say)
+    build = out.parent / "build"
+    objdir = build / f"obj-{_flags_hash(cxx)}"
+    objdir.mkdir(parents=True, exist_ok=True)
+    info = json.loads((src / "source.json").read_text(encoding="utf-8"))
+    build_info = _write_build_info(src, build, cxx, info.get("llama_cpp_commit"))
+    tool_dir = src / "tools" / spec.folder
+    units: dict[str, tuple[Path, list[Path]]] = {
+        f"tools/{spec.folder}/{s}": (objdir / f"{spec.folder}__{s}.o", [tool_dir])
+        for s in spec.sources
+    }
+    units[str(build_info)] = (build / f"build-info-{_flags_hash(cxx)}.o", [])
+
+    def add(rels: Iterable[str]) -> None:
+        for rel in rels:
+            units.setdefault(rel, (objdir / (rel.replace("/", "__") + ".o"), []))
+
+    add(common_sources(src, spec))
+    fallback = False
+    t_compile = time.perf_counter()
+    _compile_all(cxx, src, units, say)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    say(f"linking {spec.name}")
+    done = _run(link_command(cxx, [o for o, _ in units.values()], tmp, libs))
+    if done.returncode != 0 and _undefined_symbols(done.stderr):
+        # this llama.cpp needs more of common than ToolSpec.common lists: compile all of it
+        fallback = True
+        say(f"{spec.name} needs more of llama.cpp's common library; compiling all of it")
+        add(common_sources(src, spec, everything=True))
+        _compile_all(cxx, src, units, say)
+        done = _run(link_command(cxx, [o for o, _ in units.values()], tmp, libs))
+    if done.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise BackendError(
+            f"linking {spec.name} failed: {_tail(done.stderr or done.stdout)}",
+            hint=f"the libraries in {libs} may not match {DIST} {version}; reinstall it",
+        )
+    seconds = time.perf_counter() - t0
+    record = {
+        "tool": spec.name,
+        "llama_cpp_python": version,
+        "llama_cpp_commit": info.get("llama_cpp_commit"),
+        "lib_dir": str(libs),
+        "compiler": cxx,
+        "flags": [*CXXFLAGS, f"tools: {OPT_TOOL}", f"common: {OPT_COMMON}"],
+        "sources": sorted(units),
+        "all_of_common": fallback or spec.common is COMMON_ALL,
+        "seconds": round(seconds, 1),
+        "compile_seconds": round(time.perf_counter() - t_compile, 1),
+        "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    _write_atomic(out.with_name(out.name + ".json"), json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, out)
+    say(f"built {spec.name} in {seconds:.0f} s: {out}")
+    return out
+
+
+def _compile_all(
+    cxx: str, src: Path, units: Mapping[str, tuple[Path, list[Path]]], say: Progress
+) -> None:
+    """Compile the units whose object file is missing, longest first, one job per core."""
+    todo = [(rel, obj, inc) for rel, (obj, inc) in units.items() if not obj.is_file()]
+    if not todo:
+        return
+    # src / rel is rel itself when rel is absolute (the generated build-info.cpp)
+    todo.sort(key=lambda t: (src / t[0]).stat().st_size, reverse=True)
+    jobs = min(len(todo), _cpu_count())
+    n = f"{len(todo)} llama.cpp source{'s' if len(todo) > 1 else ''}"
+    say(f"compiling {n} with {jobs} job{'s' if jobs > 1 else ''} (once per llama-cpp-python)")
+    counter = itertools.count(1)
+
+    def one(rel: str, obj: Path, inc: list[Path]) -> None:
+        tmp = obj.with_name(f".{obj.name}.tmp-{os.getpid()}")
+        done = _run(compile_command(cxx, src, rel, tmp, extra_includes=inc))
+        if done.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise BackendError(
+                f"compiling {rel} failed: {_tail(done.stderr or done.stdout, 6)}",
+                hint=f"{Path(cxx).name} must support C++17 (gcc >= 9, clang >= 10)",
+            )
+        os.replace(tmp, obj)
+        say(f"compiled {Path(rel).name} [{next(counter)}/{len(todo)}]")
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(one, *t) for t in todo]
+        finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        for f in finished:
+            if (exc := f.exception()) is not None:
+                for other in futures:
+                    other.cancel()
+                raise exc
+
+
+def _write_build_info(src: Path, build: Path, cxx: str, commit: str | None) -> Path:
+    """common/build-info.cpp, which cmake configures from build-info.cpp.in."""
+    template = (src / "common" / "build-info.cpp.in").read_text(encoding="utf-8")
+    version = _run([cxx, "--version"]).stdout.splitlines()
+    values = {
+        "LLAMA_BUILD_NUMBER": "0",
+        "LLAMA_BUILD_COMMIT": commit or "unknown",
+        "BUILD_COMPILER": (version[0] if version else Path(cxx).name).replace('"', "'"),
+        "BUILD_TARGET": f"{platform.system()} {platform.machine()}",
+    }
+    text = re.sub(r"@(\w+)@", lambda m: values.get(m.group(1), m.group(0)), template)
+    out = build / "build-info.cpp"
+    if not out.is_file() or out.read_text(encoding="utf-8") != text:
+        _write_atomic(out, text)
+        for stale in build.glob("build-info-*.o"):
+            stale.unlink(missing_ok=True)
+    return out
+
+
+def _undefined_symbols(linker_output: str) -> bool:
+    return bool(
+        re.search(r"undefined reference to|Undefined symbols for|undefined symbol:", linker_output)
+    )
+
+
+def _has_lib(libs: Path, name: str) -> bool:
+    return any((libs / f"lib{name}{ext}").exists() for ext in (".so", ".dylib"))
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path) -> Iterator[None]:
+    """One build per tool at a time across processes (two test runs, two terminals)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: builds are not supported there anyway
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# -- running ----------------------------------------------------------------------------------
+
+
+def tool_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a tool: llama_cpp's library dir first on the loader path.
+
+    The rpath points at the libraries the tool was linked with; this makes a tool follow
+    ``LLAMA_CPP_LIB_PATH`` and a reinstalled llama-cpp-python the way ``llama_cpp`` does.
+    """
+    env = dict(os.environ if base is None else base)
+    var = "DYLD_LIBRARY_PATH" if sys.platform == "darwin" else "LD_LIBRARY_PATH"
+    env[var] = os.pathsep.join(p for p in (str(lib_dir()), env.get(var, "")) if p)
+    return env
+
+
+def run_tool(
+    args: Sequence[str],
+    *,
+    check: bool = True,
+    timeout: float | None = None,
+    cwd: str | Path | None = None,
+    progress: Progress | None = None,
+    on_output: Callable[[str, str], None] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run llama.cpp tool ``args[0]`` (built on first use) with ``args[1:]``; output captured.
+
+    ``on_output(stream, text)`` (stream "stdout" or "stderr") sees the output as it comes, in
+    pieces that need not end at a newline (the tools print progress like ``[3]12.34,``).
+
+    Raises:
+        BackendError: the tool could not start, timed out, or (with ``check``) exited non-zero;
+            the message ends with its last lines of output.
+    """
+    if not args:
+        raise UsageError("run_tool needs a tool name")
+    exe = ensure_tool(args[0], progress=progress)
+    cmd = [str(exe), *map(str, args[1:])]
+    try:
+        if on_output is None:
+            done = _run(cmd, timeout=timeout, cwd=cwd, env=tool_env())
+        else:
+            done = _run_streaming(cmd, on_output, timeout=timeout, cwd=cwd, env=tool_env())
+    except subprocess.TimeoutExpired as e:
+        raw = e.stderr or e.stdout or b""  # bytes, whatever text= says
+        out = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+        raise BackendError(
+            f"{args[0]} did not finish within {timeout:.0f} s: {_tail(out)}",
+            hint="give it more time, or a smaller model / fewer tokens",
+        ) from None
+    except OSError as e:
+        raise BackendError(
+            f"{args[0]} could not start: {e}",
+            hint=f"rebuild it: delete {exe} and run again",
+        ) from None
+    if check and done.returncode != 0:
+        raise BackendError(
+            f"{args[0]} failed (exit code {done.returncode}): "
+            f"{_tail(done.stderr or done.stdout) or 'no output'}",
+            hint=f"run it by hand to see all of its output: {shlex.join(cmd)}",
+        )
+    return done
+
+
+def _run(
+    cmd: Sequence[str],
+    *,
+    timeout: float | None = None,
+    cwd: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """A subprocess from an argument list, its output kept as UTF-8 (the tools print Chinese)."""
+    return subprocess.run(
+        list(cmd),
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=timeout,
+        cwd=cwd,
+        env=None if env is None else dict(env),
+        check=False,
+    )
+
+
+def _run_streaming(
+    cmd: Sequence[str],
+    on_output: Callable[[str, str], None],
+    *,
+    timeout: float | None = None,
+    cwd: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``_run``, with each piece of output passed to ``on_output`` as it arrives.
+
+    The child is killed when the caller is interrupted (Ctrl-C) or the timeout passes.
+    """
+    import codecs
+    import threading
+
+    proc = subprocess.Popen(
+        list(cmd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        env=None if env is None else dict(env),
+    )
+    kept: dict[str, list[str]] = {"stdout": [], "stderr": []}
+    lock = threading.Lock()
+
+    def pump(name: str, pipe: Any) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while True:
+            data = os.read(pipe.fileno(), 65536)
+            text = decoder.decode(data, final=not data)
+            if text:
+                kept[name].append(text)
+                with lock:  # one callback at a time: callers need no locking of their own
+                    with contextlib.suppress(Exception):
+                        on_output(name, text)
+            if not data:
+                break
+
+    threads = [
+        threading.Thread(target=pump, args=(name, pipe), daemon=True)
+        for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr))
+    ]
+    for t in threads:
+        t.start()
+    try:
+        proc.wait(timeout=timeout)
+    except BaseException as e:  # TimeoutExpired, KeyboardInterrupt: the tool must not outlive us
+        proc.kill()
+        proc.wait()
+        for t in threads:
+            t.join(timeout=5)
+        if isinstance(e, subprocess.TimeoutExpired):
+            raise subprocess.TimeoutExpired(
+                e.cmd, e.timeout, output="".join(kept["stdout"]), stderr="".join(kept["stderr"])
+            ) from None
+        raise
+    for t in threads:
+        t.join()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+    return subprocess.CompletedProcess(
+        list(cmd), proc.returncode, "".join(kept["stdout"]), "".join(kept["stderr"])
+    )
+
+
+def _tail(text: str, n: int = 3) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return " | ".join(lines[-n:])
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS
+        return max(1, os.cpu_count() or 1)
+
+
+def _quiet(_message: str) -> None:
+    pass
