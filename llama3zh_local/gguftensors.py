@@ -79,7 +79,12 @@ def _parse(buf: mmap.mmap, path: Path) -> list[TensorInfo]:
             pos += 12
             if itype in _SCALAR_SIZE:
                 return pos + n * _SCALAR_SIZE[itype]
-            for _ in range(n):  # strings (the vocabulary) or nested arrays
+            if itype == _STRING:  # the vocabulary and merges: the hot loop
+                length = u64.unpack_from
+                for _ in range(n):
+                    pos += 8 + length(buf, pos)[0]
+                return pos
+            for _ in range(n):  # nested arrays
                 pos = skip_value(pos, itype)
             return pos
         raise InvalidModelError(f"{path}: unknown GGUF value type {vtype}")

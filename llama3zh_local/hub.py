@@ -211,7 +211,7 @@ def select_files(
     *,
     variant: Variant | None,
     quants: Sequence[str] = (),
-    budget: Callable[[], tuple[int, str]] = memory_budget,
+    budget: Callable[[], tuple[int, str]] | None = None,
 ) -> tuple[Variant, list[RemoteFile], list[str]]:
     """The files to pull from a listing, the variant they make up, and notes on the choice.
 
@@ -238,15 +238,21 @@ def select_files(
         if not wanted:
             sizes = {q: sum(f.size for f in fs) for q, fs in by_quant.items()}
             plain = {q: s for q, s in sizes.items() if not q.endswith("-im")} or sizes
-            mem, where = budget()
-            choice = pick_default_quant(plain, mem)
-            fits = plain[choice] + MEMORY_HEADROOM <= mem
-            notes.append(
-                f"quant {choice} ({plain[choice] / GIB:.2f} GiB): the best that fits {where}"
-                if fits
-                else f"quant {choice} ({plain[choice] / GIB:.2f} GiB): the smallest; even it may "
-                f"not fit {where}"
-            )
+            if budget is None:  # this machine: GPU first, KV cache counted (recommend.py)
+                from .recommend import default_quant
+
+                choice, note = default_quant(plain)
+                notes.append(note)
+            else:
+                mem, where = budget()
+                choice = pick_default_quant(plain, mem)
+                fits = plain[choice] + MEMORY_HEADROOM <= mem
+                notes.append(
+                    f"quant {choice} ({plain[choice] / GIB:.2f} GiB): the best that fits {where}"
+                    if fits
+                    else f"quant {choice} ({plain[choice] / GIB:.2f} GiB): the smallest; even it "
+                    f"may not fit {where}"
+                )
             wanted = [choice]
         elif "all" in wanted:
             wanted = sorted(by_quant)

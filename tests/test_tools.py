@@ -320,14 +320,43 @@ def test_run_tool_keeps_output_for_the_error(
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="a POSIX shell script stands in for a tool")
-def test_run_tool_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_tool_streams_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    script = tmp_path / "progress-tool"
+    # progress without newlines, as llama-imatrix prints it, and a character split across writes
+    script.write_text(
+        "#!/bin/sh\nprintf '[1]5.25,'\nsleep 0.2\nprintf '[2]4.75,\\344\\270'\nsleep 0.2\n"
+        "printf '\\255\\n'\necho '加载' >&2\n",
+        encoding="utf-8",
+    )
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(tools, "ensure_tool", lambda name, progress=None: script)
+    seen: list[tuple[str, str]] = []
+
+    def on_output(stream: str, text: str) -> None:
+        seen.append((stream, text))
+        if len(seen) == 1:
+            raise RuntimeError("a broken progress callback does not stop the tool")
+
+    done = tools.run_tool(["llama-imatrix"], on_output=on_output)
+    assert done.stdout == "[1]5.25,[2]4.75,中\n" and done.stderr == "加载\n"
+    assert "".join(t for s, t in seen if s == "stdout") == done.stdout
+    assert "".join(t for s, t in seen if s == "stderr") == done.stderr
+    assert seen[0] == ("stdout", "[1]5.25,")  # as it came, not at the end
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a POSIX shell script stands in for a tool")
+@pytest.mark.parametrize("stream", [False, True])
+def test_run_tool_timeout(stream: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     script = tmp_path / "slow-tool"
     script.write_text("#!/bin/sh\necho '加载模型' >&2\nexec sleep 30\n", encoding="utf-8")
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setattr(tools, "ensure_tool", lambda name, progress=None: script)
+    on_output = (lambda _s, _t: None) if stream else None
     with pytest.raises(BackendError) as err:
-        tools.run_tool(["llama-bench"], timeout=0.5)
-    assert "did not finish within" in str(err.value)
+        tools.run_tool(["llama-bench"], timeout=1, on_output=on_output)
+    assert "did not finish within 1 s" in str(err.value)
+    if stream:  # what it printed before it was killed is in the message
+        assert "加载模型" in str(err.value)
 
 
 # -- real builds --------------------------------------------------------------------------------

@@ -7,7 +7,20 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import chat, convert, doctor, listing, modelfile, models, pull, rm, show
+from . import (
+    chat,
+    convert,
+    doctor,
+    evaluate,
+    listing,
+    modelfile,
+    models,
+    pull,
+    quantize,
+    recommend,
+    rm,
+    show,
+)
 
 app = typer.Typer(
     name="llama3zh",
@@ -46,6 +59,10 @@ app.command("show")(show.show)
 app.command("rm")(rm.rm)
 app.command("modelfile")(modelfile.modelfile)
 app.command("ollama-create")(modelfile.ollama_create)
+app.command("imatrix")(quantize.imatrix)
+app.command("quantize")(quantize.quantize)
+app.command("eval")(evaluate.eval_models)
+app.command("recommend")(recommend.recommend)
 
 
 def main() -> None:

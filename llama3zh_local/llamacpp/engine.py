@@ -9,6 +9,7 @@ keeps the KV cache between turns (only the new suffix of the prompt is evaluated
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import os
 import time
@@ -23,6 +24,7 @@ from ..errors import BackendError, UsageError
 # llama.cpp's log lines, kept so that a failed load or decode can say why.
 _LOG_TAIL: deque[str] = deque(maxlen=40)
 _log_callback: Any = None  # the ctypes callback must stay referenced for the process lifetime
+_LOG_LISTENERS: list[Callable[[str], None]] = []  # see log_listener()
 _backend_ready = False
 
 DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: a random seed per sampler
@@ -40,12 +42,28 @@ def lib() -> Any:
             if os.environ.get("LLAMA3ZH_DEBUG") == "1":
                 os.write(2, text)
             _LOG_TAIL.append(line)
+            for listener in tuple(_LOG_LISTENERS):
+                try:
+                    listener(line)
+                except Exception:  # noqa: BLE001 - never raise into llama.cpp's C stack
+                    pass
 
         _log_callback = llama_cpp.llama_log_callback(_on_log)
         llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
         _backend_ready = True
     return llama_cpp
+
+
+@contextlib.contextmanager
+def log_listener(fn: Callable[[str], None]) -> Iterator[None]:
+    """Call ``fn`` with each piece of text llama.cpp logs while the block runs (progress)."""
+    lib()
+    _LOG_LISTENERS.append(fn)
+    try:
+        yield
+    finally:
+        _LOG_LISTENERS.remove(fn)
 
 
 def last_log_lines(n: int = 3) -> str:

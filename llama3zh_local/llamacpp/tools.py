@@ -24,6 +24,7 @@ Environment:
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import hashlib
 import importlib.metadata
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -284,7 +286,7 @@ def _extract(sdist: Path, dest: Path, tool_dirs: Sequence[str]) -> str | None:
     text = None
     with tarfile.open(sdist) as tar:
         for member in tar:
-            top, _, inner = member.name.partition("/")
+            _top, _, inner = member.name.partition("/")
             if inner == "CHANGELOG.md" and member.isfile():
                 f = tar.extractfile(member)
                 text = f.read().decode("utf-8", errors="replace") if f else None
@@ -620,9 +622,6 @@ def _run_streaming(
 
     The child is killed when the caller is interrupted (Ctrl-C) or the timeout passes.
     """
-    import codecs
-    import threading
-
     proc = subprocess.Popen(
         list(cmd),
         stdout=subprocess.PIPE,

@@ -1,0 +1,564 @@
+"""Importance matrices: which inputs of each weight matrix matter, measured on calibration text.
+
+The matrix is computed by llama.cpp's own ``llama-imatrix``, compiled from the llama.cpp source
+of the installed llama-cpp-python against its libraries (``llamacpp.tools``: about three
+minutes once, then cached; see docs/quantization.md for why not a Python re-implementation).
+This module plans the run (tokens, chunks, GPU layers), streams its progress, caches the result
+next to the model keyed by model + text + settings, and reads and checks imatrix files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import paths
+from .errors import InputError, InvalidModelError, UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .ggufinfo import GGUFInfo
+
+CALIBRATION_NAME = "llama3zh-calibration-v1.txt"
+DEFAULT_CTX = 512
+CACHE_DIR = ".imatrix"  # beside the model; hidden, so the store does not list it as a model
+# bump when the cache key's meaning changes
+_CACHE_VERSION = 1
+
+# The GGUF imatrix format (llama.cpp common/imatrix-loader.h).
+KV_DATASETS = "imatrix.datasets"
+KV_CHUNK_COUNT = "imatrix.chunk_count"
+KV_CHUNK_SIZE = "imatrix.chunk_size"
+SUM_SUFFIX, COUNT_SUFFIX = ".in_sum2", ".counts"
+
+_CHUNK_PPL = re.compile(r"\[(\d+)\]\s*([0-9.]+|nan|inf),")
+
+
+def default_calibration() -> Path:
+    """The calibration text shipped with the package (composition: docs/quantization.md)."""
+    return Path(str(resources.files("llama3zh_local.data").joinpath(CALIBRATION_NAME)))
+
+
+@dataclass(frozen=True)
+class ImatrixProgress:
+    """One more chunk done (``chunk`` of ``n_chunks``), or the build/load phase (chunk 0)."""
+
+    chunk: int
+    n_chunks: int
+    seconds: float  # since the tool started
+    eta_seconds: float | None
+    ppl: float | None  # the running perplexity llama-imatrix prints
+    message: str = ""  # build / load notes (chunk 0)
+
+
+Progress = Callable[[ImatrixProgress], None]
+
+
+@dataclass(frozen=True)
+class ImatrixPlan:
+    """What a run will do: checked inputs, the number of chunks, the command."""
+
+    model: Path
+    calibration: Path
+    output: Path
+    ctx: int
+    n_chunks: int
+    n_tokens: int
+    n_gpu_layers: int
+    threads: int | None
+    cache_key: str
+    cached: bool  # ``output`` already holds this imatrix
+    command: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ImatrixResult:
+    path: Path
+    model: Path
+    calibration: Path
+    ctx: int
+    n_chunks: int
+    n_tokens: int
+    n_entries: int
+    cached: bool
+    dry_run: bool
+    seconds: float
+    ppl: float | None  # llama-imatrix's perplexity estimate over the chunks (None when cached)
+    command: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Imatrix:
+    """An imatrix file as llama-quantize loads it: per tensor, the mean squared activations."""
+
+    path: Path
+    entries: dict[str, np.ndarray] = field(repr=False)  # float32, divided by the counts
+    datasets: tuple[str, ...]
+    chunk_count: int
+    chunk_size: int
+    legacy: bool  # the old .dat format
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def read_imatrix(path: str | Path) -> Imatrix:
+    """Load an imatrix (GGUF, or the legacy .dat format) the way llama-quantize does.
+
+    Mirrors ``load_imatrix`` in llama.cpp's tools/quantize/quantize.cpp: GGUF sums are divided
+    by their per-expert counts (1 where a count is 0); legacy values by their call count.
+
+    Raises:
+        ModelNotFoundError-like InputError: no such file.
+        InvalidModelError: not an imatrix file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(
+            f"no imatrix file at {path}",
+            hint="compute one: llama3zh imatrix MODEL -o imatrix.gguf (or --imatrix alone)",
+        )
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    if magic == b"GGUF":
+        return _read_gguf_imatrix(path)
+    return _read_legacy_imatrix(path)
+
+
+def _read_gguf_imatrix(path: Path) -> Imatrix:
+    import gguf
+    import numpy as np
+
+    try:
+        reader = gguf.GGUFReader(path)
+    except (ValueError, OSError) as e:
+        raise InvalidModelError(f"{path} is not a readable GGUF file: {e}") from None
+    fields = reader.fields
+
+    def scalar(key: str) -> int | None:
+        f = fields.get(key)
+        return int(f.parts[f.data[0]][0]) if f is not None and f.data else None
+
+    datasets: tuple[str, ...] = ()
+    if (f := fields.get(KV_DATASETS)) is not None:
+        datasets = tuple(bytes(f.parts[i]).decode("utf-8", errors="replace") for i in f.data)
+    chunk_count, chunk_size = scalar(KV_CHUNK_COUNT), scalar(KV_CHUNK_SIZE)
+    if f is None or chunk_count is None or chunk_size is None:
+        kind = fields.get(gguf.Keys.General.ARCHITECTURE)
+        what = "a model, not an imatrix" if kind is not None else "not an imatrix file"
+        raise InvalidModelError(
+            f"{path} is {what} (no imatrix.* metadata)",
+            hint="give --imatrix the .gguf that `llama3zh imatrix` or llama-imatrix wrote",
+        )
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, np.ndarray] = {}
+    for t in reader.tensors:
+        if t.name.endswith(SUM_SUFFIX):
+            sums[t.name[: -len(SUM_SUFFIX)]] = np.asarray(t.data, dtype=np.float32)
+        elif t.name.endswith(COUNT_SUFFIX):
+            counts[t.name[: -len(COUNT_SUFFIX)]] = np.asarray(t.data, dtype=np.float32)
+    if not sums or set(sums) != set(counts):
+        raise InvalidModelError(f"{path}: imatrix sums and counts do not pair up")
+    entries: dict[str, np.ndarray] = {}
+    for name, s in sums.items():
+        s = s.reshape(-1)
+        c = np.rint(counts[name].reshape(-1))  # lround
+        ne0 = s.size // c.size
+        out = np.ones(s.size, dtype=np.float32)
+        for j, count in enumerate(c):
+            if count > 0:
+                out[j * ne0 : (j + 1) * ne0] = s[j * ne0 : (j + 1) * ne0] / np.float32(count)
+        entries[name] = out
+    return Imatrix(path, entries, datasets, int(chunk_count), int(chunk_size), legacy=False)
+
+
+def _read_legacy_imatrix(path: Path) -> Imatrix:
+    import struct
+
+    import numpy as np
+
+    data = path.read_bytes()
+    try:
+        (n_entries,) = struct.unpack_from("<i", data, 0)
+        if n_entries < 1:
+            raise ValueError
+        pos = 4
+        entries: dict[str, np.ndarray] = {}
+        for _ in range(n_entries):
+            (n,) = struct.unpack_from("<i", data, pos)
+            name = data[pos + 4 : pos + 4 + n].decode("utf-8")
+            pos += 4 + n
+            ncall, nval = struct.unpack_from("<ii", data, pos)
+            pos += 8
+            if nval < 1:
+                raise ValueError
+            vals = np.frombuffer(data, dtype="<f4", count=nval, offset=pos).astype(np.float32)
+            pos += 4 * nval
+            entries[name] = vals / np.float32(ncall) if ncall > 0 else vals.copy()
+        chunks = 0
+        datasets: tuple[str, ...] = ()
+        if pos + 4 <= len(data):
+            (chunks,) = struct.unpack_from("<i", data, pos)
+            if pos + 8 <= len(data):
+                (n,) = struct.unpack_from("<i", data, pos + 4)
+                if n > 0:
+                    datasets = (data[pos + 8 : pos + 8 + n].decode("utf-8", errors="replace"),)
+    except (struct.error, ValueError, UnicodeDecodeError):
+        raise InvalidModelError(
+            f"{path} is not an imatrix file (neither GGUF nor llama.cpp's .dat format)",
+            hint="give --imatrix the file that `llama3zh imatrix` or llama-imatrix wrote",
+        ) from None
+    return Imatrix(path, entries, datasets, chunks, 0, legacy=True)
+
+
+def check_matches(imatrix: Imatrix, model: Path) -> None:
+    """Refuse an imatrix computed on another model: every entry must name a weight of
+    ``model`` and have its row length (x experts), as llama.cpp requires.
+
+    Raises:
+        InvalidModelError: names or sizes differ (the first few are listed).
+    """
+    from .gguftensors import read_tensor_infos
+
+    shapes = {t.name: t.shape for t in read_tensor_infos(model)}
+    missing, wrong = [], []
+    for name, values in imatrix.entries.items():
+        shape = shapes.get(name)
+        if shape is None:
+            missing.append(name)
+            continue
+        want = shape[0] * (shape[2] if len(shape) > 2 else 1)
+        if values.size != want:
+            wrong.append(f"{name} ({values.size} values, the model's rows have {want})")
+    if missing or wrong:
+        problems = (
+            [f"{len(missing)} tensors the model lacks, e.g. {', '.join(missing[:2])}"]
+            if missing
+            else []
+        ) + ([f"{len(wrong)} of another size, e.g. {wrong[0]}"] if wrong else [])
+        raise InvalidModelError(
+            f"{imatrix.path.name} was computed on a different model than {model.name}: "
+            + "; ".join(problems),
+            hint=f"compute one for this model: llama3zh imatrix {model}",
+        )
+
+
+# -- computing ---------------------------------------------------------------------------------
+
+
+def model_fingerprint(path: Path) -> str:
+    """A cheap content hash of a model file: its size and 16 blocks of 64 KiB spread over it.
+
+    Different weights (another fine-tune of the same architecture) differ in the sampled blocks;
+    a copied or re-downloaded file keeps its key.
+    """
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    block, n = 1 << 16, 16
+    with path.open("rb") as fh:
+        for i in range(n):
+            fh.seek(max(0, (size - block) * i // (n - 1)))
+            h.update(fh.read(block))
+    return h.hexdigest()
+
+
+def cache_key(
+    *, model: Path, calibration_sha256: str, ctx: int, n_chunks: int, version: str
+) -> str:
+    """The cache key of an imatrix: model content, text, settings and llama.cpp version."""
+    parts = [_CACHE_VERSION, model_fingerprint(model), calibration_sha256, ctx, n_chunks, version]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def cache_path(model: Path, key: str) -> Path:
+    """``<model dir>/.imatrix/<model stem>-<key>.gguf``, or under llama3zh's home when the
+    model's folder is read-only."""
+    folder = model.resolve().parent / CACHE_DIR
+    if not os.access(model.resolve().parent, os.W_OK):
+        folder = paths.home() / "imatrix"
+    return folder / f"{model.stem}-{key}.gguf"
+
+
+def plan_imatrix(
+    *,
+    model: str | Path,
+    calibration: str | Path | None = None,
+    chunks: int | None = None,
+    ctx: int = DEFAULT_CTX,
+    output: str | Path | None = None,
+    n_gpu_layers: int | None = None,
+    threads: int | None = None,
+    force: bool = False,
+) -> ImatrixPlan:
+    """Check the inputs and work out the run, without computing anything heavy.
+
+    Args:
+        model: an F16/BF16/F32 (or quantized) GGUF of the model to be quantized.
+        calibration: a UTF-8 text file (default: the shipped corpus).
+        chunks: how many chunks of ``ctx`` tokens (default: all the text holds).
+        output: where to write (default: the cache beside the model).
+        n_gpu_layers: None for as many as fit (hardware.plan_offload), -1 for all.
+
+    Raises:
+        UsageError: bad numbers, or ``output`` exists (without ``force``).
+        InputError: the text is empty, not UTF-8, or too short for the chunks.
+        ModelNotFoundError / InvalidModelError: the model file.
+    """
+    from .ggufinfo import read_gguf_info
+    from .llamacpp import quant, tools
+
+    if ctx < 16:
+        raise UsageError(f"--ctx {ctx}: must be at least 16 tokens")
+    if chunks is not None and chunks < 1:
+        raise UsageError(f"--chunks {chunks}: must be at least 1")
+    info = read_gguf_info(model)
+    model = info.path
+    if ctx > info.n_ctx_train > 0:
+        raise UsageError(
+            f"--ctx {ctx} exceeds the {info.n_ctx_train} tokens {model.name} was trained on"
+        )
+    calib = Path(calibration).expanduser() if calibration else default_calibration()
+    if not calib.is_file():
+        raise InputError(f"no calibration text at {calib}", hint="give a UTF-8 text file")
+    raw = calib.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{calib} is not UTF-8 text (byte {e.start})", hint="convert it: iconv -t UTF-8"
+        ) from None
+    if not text.strip():
+        raise InputError(
+            f"the calibration text {calib} is empty",
+            hint="give a text of a few hundred KB, or leave --calibration out for the built-in",
+        )
+    n_tokens = quant.count_tokens(model, text)
+    check_token_count(n_tokens, ctx=ctx, chunks=chunks, what="calibration text")
+    n_chunks = min(chunks, n_tokens // ctx) if chunks else n_tokens // ctx
+    ngl = gpu_layers(info, ctx=ctx, requested=n_gpu_layers)
+    version = tools.llama_cpp_version()
+    key = cache_key(
+        model=model,
+        calibration_sha256=hashlib.sha256(raw).hexdigest(),
+        ctx=ctx,
+        n_chunks=n_chunks,
+        version=version,
+    )
+    default_out = cache_path(model, key)
+    out = Path(output).expanduser() if output is not None else default_out
+    if out.is_dir():
+        out = out / f"{model.stem}.imatrix.gguf"
+    cached = out == default_out and out.is_file() and not force
+    if output is not None and out.exists() and not force:
+        raise UsageError(
+            f"{out} already exists", hint="add --force to replace it, or choose another -o"
+        )
+    if output is not None and not out.parent.exists():
+        raise UsageError(f"the folder {out.parent} does not exist", hint="create it first")
+    cmd = [
+        "llama-imatrix", "-m", str(model.resolve()), "-f", calib.name, "-c", str(ctx),
+        "--chunks", str(n_chunks), "-o", str(out.resolve()), "-ngl", str(ngl),
+    ]  # fmt: skip
+    if threads:
+        cmd += ["-t", str(threads)]
+    return ImatrixPlan(
+        model=model,
+        calibration=calib,
+        output=out,
+        ctx=ctx,
+        n_chunks=n_chunks,
+        n_tokens=n_tokens,
+        n_gpu_layers=ngl,
+        threads=threads,
+        cache_key=key,
+        cached=cached,
+        command=tuple(cmd),
+    )
+
+
+def check_token_count(n_tokens: int, *, ctx: int, chunks: int | None, what: str) -> None:
+    """Refuse a text too short for the chunks asked for (the tools need at least two).
+
+    Raises:
+        InputError: saying how many tokens the chunks need.
+    """
+    if n_tokens < 2 * ctx:
+        fit = n_tokens // 2
+        raise InputError(
+            f"the {what} is too short: {n_tokens:,} tokens, and llama.cpp needs at least 2 "
+            f"chunks of {ctx} tokens ({2 * ctx:,} tokens)",
+            hint=f"use a longer text, or a smaller --ctx (at most {fit})"
+            if fit >= 16
+            else "use a longer text (a few hundred KB is typical)",
+        )
+    if chunks is not None and chunks * ctx > n_tokens:
+        raise InputError(
+            f"the {what} is too short for {chunks} chunks: they need {chunks * ctx:,} tokens "
+            f"({chunks} x {ctx}), the text has {n_tokens:,}",
+            hint=f"use --chunks {n_tokens // ctx} or fewer, a smaller --ctx, or a longer text",
+        )
+
+
+def compute_imatrix(
+    *,
+    model: str | Path,
+    calibration: str | Path | None = None,
+    chunks: int | None = None,
+    ctx: int = DEFAULT_CTX,
+    output: str | Path | None = None,
+    n_gpu_layers: int | None = None,
+    threads: int | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+) -> ImatrixResult:
+    """Compute (or reuse from the cache) the importance matrix of ``model`` on a text.
+
+    See ``plan_imatrix`` for the arguments. The tool writes to a temporary name beside the
+    output, renamed once it finished and reads back as an imatrix of this model.
+
+    Raises:
+        BackendError: the tool could not be built or failed (its last lines).
+    """
+    from .llamacpp import tools
+
+    t0 = time.perf_counter()
+    plan = plan_imatrix(
+        model=model,
+        calibration=calibration,
+        chunks=chunks,
+        ctx=ctx,
+        output=output,
+        n_gpu_layers=n_gpu_layers,
+        threads=threads,
+        force=force,
+    )
+
+    def result(path: Path, *, n_entries: int, cached: bool, ppl: float | None) -> ImatrixResult:
+        return ImatrixResult(
+            path=path,
+            model=plan.model,
+            calibration=plan.calibration,
+            ctx=plan.ctx,
+            n_chunks=plan.n_chunks,
+            n_tokens=plan.n_tokens,
+            n_entries=n_entries,
+            cached=cached,
+            dry_run=dry_run,
+            seconds=time.perf_counter() - t0,
+            ppl=ppl,
+            command=plan.command,
+        )
+
+    if dry_run:
+        return result(plan.output, n_entries=0, cached=plan.cached, ppl=None)
+    if plan.cached:
+        try:
+            found = read_imatrix(plan.output)
+            check_matches(found, plan.model)
+            return result(plan.output, n_entries=len(found.entries), cached=True, ppl=None)
+        except InvalidModelError:
+            pass  # a damaged cache entry: compute it again
+    plan.output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = plan.output.with_name(f".{plan.output.name}.tmp-{os.getpid()}")
+    cmd = list(plan.command)
+    cmd[cmd.index("-o") + 1] = str(tmp.resolve())
+    say = progress or (lambda _p: None)
+    tracker = _ChunkTracker(plan.n_chunks, say)
+    try:
+        done = tools.run_tool(
+            cmd,
+            cwd=plan.calibration.resolve().parent,  # the dataset is recorded by file name
+            progress=lambda msg: say(ImatrixProgress(0, plan.n_chunks, 0.0, None, None, msg)),
+            on_output=tracker.feed,
+        )
+        if not tmp.is_file():
+            raise InvalidModelError(
+                f"llama-imatrix wrote no file: {_tail(done.stderr or done.stdout)}",
+                hint=f"run it by hand to see all of its output: {shlex.join(cmd)}",
+            )
+        found = read_imatrix(tmp)
+        check_matches(found, plan.model)
+        os.replace(tmp, plan.output)
+    finally:
+        tmp.unlink(missing_ok=True)
+        for partial in tmp.parent.glob(tmp.name + ".at_*"):
+            partial.unlink(missing_ok=True)
+    return result(
+        plan.output, n_entries=len(found.entries), cached=False, ppl=_final_ppl(done.stdout)
+    )
+
+
+def gpu_layers(info: GGUFInfo, *, ctx: int, requested: int | None) -> int:
+    """-ngl for the tools: the user's number, else what hardware.plan_offload fits (0 on CPU)."""
+    from . import hardware
+
+    if requested is not None and requested >= 0:
+        return requested
+    if requested == -1:
+        return info.n_layer + 1
+    try:
+        hw = hardware.detect()
+    except Exception:  # noqa: BLE001 - no device information: CPU
+        return 0
+    # the tools batch 2048 tokens: that many in the KV cache at once
+    return hardware.plan_offload(info, n_ctx=max(ctx, 2048), requested=None, hw=hw).n_gpu_layers
+
+
+class _ChunkTracker:
+    """Turns llama-imatrix / llama-perplexity output (``[3]12.34,``) into progress events."""
+
+    def __init__(self, n_chunks: int, say: Progress) -> None:
+        self.n_chunks = n_chunks
+        self.say = say
+        self.buf = ""
+        self.t0 = time.perf_counter()
+        self.t_first: float | None = None
+        self.done = 0
+
+    def feed(self, stream: str, text: str) -> None:
+        if stream != "stdout":  # the chunk results are LOG() lines: stdout
+            return
+        self.buf += text
+        last = 0
+        for m in _CHUNK_PPL.finditer(self.buf):
+            last = m.end()
+            chunk = int(m.group(1))
+            if chunk <= self.done:
+                continue
+            now = time.perf_counter() - self.t0
+            if self.t_first is None:
+                self.t_first = now
+            self.done = chunk
+            eta = None
+            if chunk > 0 and self.n_chunks > chunk:
+                eta = now / chunk * (self.n_chunks - chunk)
+            try:
+                ppl = float(m.group(2))
+            except ValueError:
+                ppl = None
+            self.say(ImatrixProgress(chunk, self.n_chunks, now, eta, ppl))
+        self.buf = self.buf[last:][-256:]
+
+
+_FINAL = re.compile(r"Final estimate: PPL = ([0-9.]+)")
+
+
+def _final_ppl(out: str) -> float | None:
+    m = _FINAL.search(out)
+    return float(m.group(1)) if m else None
+
+
+def _tail(text: str, n: int = 3) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return " | ".join(lines[-n:])

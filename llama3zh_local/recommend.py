@@ -1,0 +1,336 @@
+"""Which quant to run on this machine: the best that fits fully on the GPU, and in RAM.
+
+"Fits" counts the file, the KV cache for the chosen context (f16 K and V for every layer) and a
+reserve for compute buffers. "Best" is the largest file that fits (more bits per weight, less
+quantization error), an imatrix (``-im``) file before the plain one of the same type. Quality
+comes from ``llama3zh eval`` results (quality.json) when the file was measured, else from
+llama.cpp's published perplexity increase on Llama-3-8B.
+
+Used by ``llama3zh recommend`` and by ``pull`` for its default quant. Imports nothing of the
+later stages (quantize, evaluate): their data is read from quality.json.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import catalog, paths
+from .ggufinfo import GGUFInfo, read_gguf_info
+from .hardware import GIB, VRAM_RESERVE, Hardware
+
+RAM_RESERVE = 512 * 1024**2  # compute buffers and the runtime itself, on the CPU
+DEFAULT_CTX = 8192  # the chat default
+
+# Perplexity increase over F16 on Llama-3-8B, as llama.cpp's llama-quantize lists it
+# (tools/quantize/quantize.cpp QUANT_OPTIONS; parity test in tests/test_quantize_smollm2.py).
+LLAMA3_8B_PPL_DELTA: dict[str, float] = {
+    "Q8_0": 0.0026,
+    "Q6_K": 0.0217,
+    "Q5_K_M": 0.0569,
+    "Q5_K_S": 0.1049,
+    "Q5_1": 0.1062,
+    "Q5_0": 0.1316,
+    "Q4_K_M": 0.1754,
+    "Q4_K_S": 0.2689,
+    "Q4_1": 0.4511,
+    "Q4_0": 0.4685,
+    "Q3_K_L": 0.5562,
+    "Q3_K_M": 0.6569,
+    "Q3_K_S": 1.6321,
+    "Q2_K_S": 3.1836,
+    "Q2_K": 3.5199,
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A quant that could be run: a local file, or a catalog size for one not downloaded."""
+
+    label: str  # q4_k, q4_k-im, iq3_xxs-im
+    type: str  # llama.cpp type: Q4_K_M
+    size: int  # bytes
+    path: Path | None = None  # the local file, if there is one
+    ppl: float | None = None  # measured by llama3zh eval
+    kld: float | None = None
+    ppl_delta_llama3_8b: float | None = None  # llama.cpp's figure, when not measured
+
+    @property
+    def imatrix(self) -> bool:
+        return self.label.endswith("-im")
+
+    @property
+    def quality(self) -> str:
+        if self.ppl is not None:
+            kld = f", KLD {self.kld:.4f}" if self.kld is not None else ""
+            return f"PPL {self.ppl:.4f}{kld} (measured)"
+        if self.ppl_delta_llama3_8b is not None:
+            return f"PPL +{self.ppl_delta_llama3_8b:.4f} vs F16 on Llama-3-8B (llama.cpp)"
+        return "unknown"
+
+    @property
+    def quality_short(self) -> str:
+        if self.ppl is not None:
+            return f"PPL {self.ppl:.3f}" + (f", KLD {self.kld:.3f}" if self.kld is not None else "")
+        if self.ppl_delta_llama3_8b is not None:
+            return f"+{self.ppl_delta_llama3_8b:.3f} PPL (8B)"
+        return "-"
+
+
+@dataclass(frozen=True)
+class Fit:
+    candidate: Candidate
+    need: int  # bytes: file + KV cache + reserve
+    budget: int  # bytes available there
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    model: str
+    n_ctx: int
+    kv_bytes: int
+    gpu: Fit | None  # best that fits fully on the GPU (None: no usable GPU, or none fits)
+    ram: Fit | None  # best that fits in RAM
+    gpu_name: str | None
+    gpu_free: int
+    ram_available: int
+    candidates: tuple[Candidate, ...]
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def choice(self) -> Candidate:
+        """What to use: the GPU pick, else the RAM pick, else the smallest candidate."""
+        if self.gpu is not None:
+            return self.gpu.candidate
+        if self.ram is not None:
+            return self.ram.candidate
+        return min(self.candidates, key=lambda c: c.size)
+
+
+def kv_cache_bytes(*, n_layer: int, n_head_kv: int, head_dim: int, n_ctx: int) -> int:
+    """f16 K and V of every layer for ``n_ctx`` tokens."""
+    return 2 * n_layer * n_head_kv * head_dim * 2 * n_ctx
+
+
+def rank(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """Best first: larger files first; at equal size, the imatrix one first."""
+    return sorted(candidates, key=lambda c: (-c.size, not c.imatrix, c.label))
+
+
+def recommend(
+    candidates: Sequence[Candidate],
+    *,
+    model: str,
+    kv_bytes: int,
+    n_ctx: int,
+    hw: Hardware,
+    include_f16: bool = False,
+) -> Recommendation:
+    """The best candidate for the GPU and for RAM, given ``hw``'s free memory.
+
+    F16/BF16/F32 files are left out unless ``include_f16`` (twice Q8_0's size for no visible
+    gain), as pull's default does.
+    """
+    pool = [c for c in candidates if include_f16 or c.type not in ("F16", "BF16", "F32")]
+    pool = pool or list(candidates)
+    ranked = rank(pool)
+    gpus = sorted(hw.gpus, key=lambda d: d.free, reverse=True) if hw.gpu_offload else []
+    gpu_fit = ram_fit = None
+    if gpus:
+        free = gpus[0].free
+        for c in ranked:
+            need = c.size + kv_bytes + VRAM_RESERVE
+            if need <= free:
+                gpu_fit = Fit(c, need, free)
+                break
+    for c in ranked:
+        need = c.size + kv_bytes + RAM_RESERVE
+        if need <= hw.ram_available:
+            ram_fit = Fit(c, need, hw.ram_available)
+            break
+    notes = []
+    if not hw.gpu_offload:
+        notes.append("llama.cpp here has no GPU backend: CPU only")
+    elif not gpus:
+        notes.append("no GPU found: CPU only")
+    if ram_fit is None:
+        notes.append(
+            f"none fits the {hw.ram_available / GIB:.1f} GiB of available RAM with a "
+            f"{n_ctx}-token context; try a smaller --ctx"
+        )
+    return Recommendation(
+        model=model,
+        n_ctx=n_ctx,
+        kv_bytes=kv_bytes,
+        gpu=gpu_fit,
+        ram=ram_fit,
+        gpu_name=gpus[0].description if gpus else None,
+        gpu_free=gpus[0].free if gpus else 0,
+        ram_available=hw.ram_available,
+        candidates=tuple(ranked),
+        notes=tuple(notes),
+    )
+
+
+# -- candidates -----------------------------------------------------------------------------------
+
+
+def _type_of(label: str) -> str:
+    base = label.removesuffix("-im")
+    for q in catalog.GGUF_QUANTS:
+        if q.short == base:
+            return q.ftype
+    return base.upper()
+
+
+def measured() -> dict[str, dict[str, object]]:
+    """quality.json's newest entry per file path (written by ``llama3zh eval``)."""
+    try:
+        data = json.loads((paths.home() / "quality.json").read_text(encoding="utf-8"))
+        entries = data.get("entries", []) if isinstance(data, dict) else []
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, dict[str, object]] = {}
+    for e in sorted(entries, key=lambda e: e.get("measured", 0)):
+        if isinstance(e, dict) and "path" in e:
+            out[str(e["path"])] = e
+    return out
+
+
+def candidate(label: str, size: int, path: Path | None = None) -> Candidate:
+    """A candidate with its quality: measured for a file in quality.json, else llama.cpp's."""
+    qtype = _type_of(label)
+    ppl = kld = None
+    if path is not None:
+        entry = measured().get(str(path.resolve()))
+        if entry is not None:
+            try:
+                same = path.stat().st_size == entry.get("size")
+            except OSError:
+                same = False
+            if same:
+                ppl = _num(entry.get("ppl"))
+                kld = _num(entry.get("kld"))
+    delta = LLAMA3_8B_PPL_DELTA.get(qtype)
+    return Candidate(label, qtype, size, path, ppl, kld, delta)
+
+
+def _num(x: object) -> float | None:
+    return float(x) if isinstance(x, (int, float)) else None
+
+
+def catalog_candidates(local: Mapping[str, Path] | None = None) -> list[Candidate]:
+    """The upstream quants of the 8B models (catalog sizes), replaced by local files."""
+    local = dict(local or {})
+    out = []
+    for q in catalog.GGUF_QUANTS:
+        if q.short in local:
+            continue
+        out.append(candidate(q.short, int(q.size_gib * GIB)))
+    for label, path in local.items():
+        out.append(candidate(label, path.stat().st_size, path))
+    return out
+
+
+def file_label(info: GGUFInfo) -> str:
+    """A GGUF's quant label from its metadata, not its name: ``q4_k``, ``q4_k-im``, ``iq3_xxs-im``.
+
+    The upstream short name (catalog) or llama.cpp's type in lower case; ``-im`` when the file
+    records an imatrix (llama-quantize's ``quantize.imatrix.*`` keys).
+    """
+    name = info.file_type.removeprefix("MOSTLY_").removeprefix("ALL_")
+    shorts = {q.ftype: q.short for q in catalog.GGUF_QUANTS}
+    im = any(k.startswith("quantize.imatrix.") for k in info.metadata)
+    return shorts.get(name, name.lower()) + ("-im" if im else "")
+
+
+def _same_model(a: GGUFInfo, b: GGUFInfo) -> bool:
+    return (a.architecture, a.n_layer, a.n_embd, a.n_vocab) == (
+        b.architecture,
+        b.n_layer,
+        b.n_embd,
+        b.n_vocab,
+    )
+
+
+def file_candidates(path: Path) -> tuple[GGUFInfo, list[Candidate], list[str]]:
+    """A GGUF and the other quants of the same model beside it; catalog types it lacks are
+    estimated from its parameter count (upstream bits per weight). Also notes on the choice."""
+    from .gguftensors import read_tensor_infos
+
+    info = read_gguf_info(path)
+    found: dict[str, Candidate] = {}
+    for p in sorted(path.parent.glob("*.gguf")):
+        try:
+            other = info if p == path else read_gguf_info(p)
+        except Exception:  # noqa: BLE001 - not a model (an imatrix, a damaged file): skip it
+            continue
+        if _same_model(info, other):
+            label = file_label(other)
+            if label not in found or p == path:
+                found[label] = candidate(label, other.size, p)
+    n_params = sum(t.n_elements for t in read_tensor_infos(path))
+    f16 = next(q for q in catalog.GGUF_QUANTS if q.short == "f16")
+    estimated = []
+    for q in catalog.GGUF_QUANTS:
+        if q.short not in found:
+            bpw = 16 * q.size_gib / f16.size_gib  # upstream: 14.97 GiB for F16 = 16 bits
+            found[q.short] = candidate(q.short, int(n_params * bpw / 8))
+            estimated.append(q.short)
+    notes = []
+    if estimated:
+        notes.append(
+            f"sizes of {', '.join(estimated)} are estimated from {n_params / 1e9:.2f}B parameters "
+            "(make them with `llama3zh quantize`)"
+        )
+    return info, list(found.values()), notes
+
+
+def alias_candidates(alias: str) -> tuple[catalog.ModelSpec, list[Candidate]]:
+    """A catalog model: its files in the store, and the upstream sizes of the quants it lacks."""
+    from . import store
+
+    spec = catalog.get_model(alias)
+    local: dict[str, Path] = {}
+    for p in store.local_ggufs(spec):
+        try:
+            label = file_label(read_gguf_info(p))
+        except Exception:  # noqa: BLE001 - a damaged or partial file: not a candidate
+            continue
+        local.setdefault(label, p)
+    return spec, catalog_candidates(local)
+
+
+def default_quant(sizes: Mapping[str, int], *, hw: Hardware | None = None) -> tuple[str, str]:
+    """pull's default: the label to download among ``sizes`` (bytes), and a note saying why.
+
+    The model is taken to be an 8B Llama-3 of the catalog at the chat's default context.
+    """
+    from . import hardware
+
+    spec = catalog.get_model(catalog.DEFAULT_ALIAS)
+    kv = kv_cache_bytes(
+        n_layer=spec.n_layer, n_head_kv=spec.n_head_kv, head_dim=spec.head_dim, n_ctx=DEFAULT_CTX
+    )
+    if hw is None:
+        hw = hardware.detect()
+    rec = recommend(
+        [candidate(label, size) for label, size in sizes.items()],
+        model=spec.alias,
+        kv_bytes=kv,
+        n_ctx=DEFAULT_CTX,
+        hw=hw,
+    )
+    c = rec.choice
+    if rec.gpu is not None:
+        why = f"the best that fits fully on {rec.gpu_name} ({rec.gpu_free / GIB:.1f} GiB free)"
+    elif rec.ram is not None:
+        why = f"the best that fits {rec.ram_available / GIB:.1f} GiB of available RAM"
+    else:
+        why = f"the smallest; even it may not fit {rec.ram_available / GIB:.1f} GiB of RAM"
+    return c.label, (
+        f"quant {c.label} ({c.size / GIB:.2f} GiB + {kv / GIB:.1f} GiB KV cache for "
+        f"{DEFAULT_CTX} tokens): {why} (`llama3zh recommend` explains)"
+    )
