@@ -302,13 +302,16 @@ class Session:
         if self._sampler is not None:
             ll.llama_sampler_free(self._sampler)
         chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        # The first argument is the vocabulary size (0 only works while sampling on the CPU).
+        penalties = None
+        if p.repeat_penalty != 1.0:
+            penalties = ll.llama_sampler_init_penalties(
+                self.model.n_vocab, p.repeat_last_n, p.repeat_penalty, 0, 0
+            )
         add = ll.llama_sampler_chain_add
         if p.temperature <= 0:
-            if p.repeat_penalty != 1.0:
-                add(
-                    chain,
-                    ll.llama_sampler_init_penalties(0, p.repeat_last_n, p.repeat_penalty, 0, 0),
-                )
+            if penalties is not None:
+                add(chain, penalties)
             add(chain, ll.llama_sampler_init_greedy())
         else:
             if p.repeat_penalty != 1.0 and p.top_k > 0:
@@ -317,11 +320,8 @@ class Session:
                 # most repeat_last_n tokens, so the top-k after penalties lies within the
                 # top (k + repeat_last_n) before them: cutting to that first is exact and cheap.
                 add(chain, ll.llama_sampler_init_top_k(p.top_k + p.repeat_last_n))
-            if p.repeat_penalty != 1.0:
-                add(
-                    chain,
-                    ll.llama_sampler_init_penalties(0, p.repeat_last_n, p.repeat_penalty, 0, 0),
-                )
+            if penalties is not None:
+                add(chain, penalties)
             if p.top_k > 0:
                 add(chain, ll.llama_sampler_init_top_k(p.top_k))
             if p.top_p < 1.0:
