@@ -106,7 +106,7 @@ imatrix). Regenerate with `python bench/quality_table.py`.
 PPL is llama-perplexity's estimate over the second half of each of {res.n_chunks} chunks of
 {res.ctx} tokens (± its standard error); KLD is the mean over the same tokens. The `-im` files
 use an importance matrix computed by `llama3zh imatrix` on {im.n_chunks} chunks of {im.ctx}
-tokens of the calibration text ({im.n_tokens:,} tokens in all).
+tokens of the calibration text (which has {im.n_tokens:,} tokens).
 
 ## Does the imatrix help?
 
@@ -136,7 +136,8 @@ figures are in `llama3zh_local/recommend.py` (`LLAMA3_8B_PPL_DELTA`).
 ## How this was measured
 
 - {datetime.date.today()}, `bench/quality_table.py`; imatrix {t_im:.0f} s, quantizing the seven
-  files {t_q:.0f} s, total {time.perf_counter() - t0:.0f} s.
+  files {t_q:.0f} s, total {time.perf_counter() - t0:.0f} s (wall times on a machine shared with
+  other work).
 - Machine: {cpu_model()}, {os.cpu_count()} logical CPUs, {platform.system()}
   {platform.release()}, CPU backend; llama-cpp-python {tools.llama_cpp_version()} (its llama.cpp
   tools built by `llama3zh_local.llamacpp.tools`).

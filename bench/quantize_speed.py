@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.chat_speed import OtherCPU, cpu_model, update_doc  # noqa: E402
+from bench.chat_speed import OtherCPU, cpu_model  # noqa: E402
 from llama3zh_local.imatrix import default_calibration  # noqa: E402
 from llama3zh_local.llamacpp import tools  # noqa: E402
 
@@ -94,6 +94,18 @@ def native(model: Path, work: Path, args: argparse.Namespace) -> tuple[float, fl
     q = timed([str(qz), "--imatrix", "imatrix.gguf", str(model), str(out / "q.gguf"), QTYPE,
                str(args.threads)], cwd=out, env=env)  # fmt: skip
     return im, q
+
+
+def update_doc(path: Path, body: str) -> None:
+    """Replace what is between this bench's markers (appending them when missing)."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    if BEGIN not in text or END not in text:
+        text = text.rstrip("\n") + f"\n\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(f"{head}{BEGIN}\n{body}{END}{tail}", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

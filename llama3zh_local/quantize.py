@@ -267,7 +267,8 @@ def quantize(
         raise UsageError(
             f"{', '.join(need)} {'needs' if len(need) == 1 else 'need'} an importance matrix: "
             "llama.cpp refuses these types without one",
-            hint="add --imatrix (computed on the built-in calibration text), or --imatrix FILE",
+            hint="add --imatrix (computed on the built-in calibration text, or reused from "
+            "the cache), or --imatrix-file FILE",
         )
     out_arg = Path(output).expanduser() if output is not None else None
     if out_arg is not None and not out_arg.parent.exists():
@@ -325,12 +326,12 @@ def quantize(
         )
         im_path = im_res.path
         im_computed = not im_res.cached and not dry_run
-        notes.append(
-            f"imatrix {'would be computed' if dry_run and not im_res.cached else ''}"
-            f"{'reused from the cache' if im_res.cached else ''}"
-            f"{'computed' if im_computed else ''}: {im_path} "
-            f"({im_res.n_chunks} chunks of {im_res.ctx} tokens)"
+        how = (
+            "reused from the cache"
+            if im_res.cached
+            else ("would be computed" if dry_run else "computed")
         )
+        notes.append(f"imatrix {how}: {im_path} ({im_res.n_chunks} chunks of {im_res.ctx} tokens)")
     elif want_imatrix:
         im_path = Path(str(imatrix)).expanduser()
         if not im_path.is_file():

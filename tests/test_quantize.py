@@ -617,3 +617,19 @@ def test_cli_recommend_default_model(monkeypatch: pytest.MonkeyPatch) -> None:
     r = CliRunner().invoke(app, ["recommend", "--ctx", "2048"])
     assert r.exit_code == 0, r.output
     assert "GPU (NVIDIA RTX 4060, 12.00 GiB free): q8_0 (7.95 GiB" in r.stdout
+
+
+def test_cli_source_model_for_an_alias(synth: Path) -> None:
+    from llama3zh_local import paths
+    from llama3zh_local.cli.quantize import source_model
+    from llama3zh_local.errors import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="no f16 GGUF or HF weights") as err:
+        source_model("instruct-v3")
+    assert "llama3zh pull instruct-v3 --quant f16" in (err.value.hint or "")
+    folder = paths.models_dir() / "llama-3-chinese-8b-instruct-v3-gguf"
+    folder.mkdir(parents=True)
+    (folder / "ggml-model-q4_k.gguf").symlink_to(synth)  # a quant is not a source
+    (folder / "ggml-model-f16.gguf").symlink_to(synth)
+    assert source_model("instruct-v3") == folder / "ggml-model-f16.gguf"
+    assert source_model(str(synth)) == synth
