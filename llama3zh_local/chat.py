@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from . import atomic
 from .catalog import DEFAULT_SYSTEM_PROMPT
 from .errors import ChatTemplateError, InputError
 from .llamacpp.engine import GenerationStats, Model, SamplingParams, Session
@@ -120,7 +121,7 @@ class Conversation:
     def save(self, path: str | Path) -> Path:
         """Write the conversation as JSON (``{"system": ..., "messages": [...]}``), atomically."""
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = atomic.temp_path(path)
         tmp.write_text(
             json.dumps(
                 {"system": self.system, "messages": self.turns}, ensure_ascii=False, indent=1

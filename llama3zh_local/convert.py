@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import __version__
+from . import __version__, atomic
 from .errors import DiskSpaceError, InvalidModelError, UsageError
 from .hfcheckpoint import Checkpoint, free_bytes, iter_row_chunks, open_checkpoint
 
@@ -600,7 +600,9 @@ def check_space(out: Path, need: int) -> None:
 
 
 def temp_path(out: Path) -> Path:
-    return out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    """This process's temporary name for ``out``; orphans of killed runs are deleted first."""
+    atomic.sweep(out)
+    return atomic.temp_path(out)
 
 
 # -- metadata -------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import paths
+from . import atomic, paths
 from .errors import BackendError, DiskSpaceError, InputError, UsageError
 
 EVAL_NAME = "llama3zh-eval-v1.txt"
@@ -261,7 +261,7 @@ def evaluate(
                     f"distributions; {scratch} has {free / 1e9:.2f} GB free",
                     hint="use fewer --chunks, or set LLAMA3ZH_HOME to a disk with more room",
                 )
-            tmpdir = Path(tempfile.mkdtemp(prefix="kld-", dir=scratch))
+            tmpdir = Path(tempfile.mkdtemp(prefix=atomic.scratch_prefix("kld"), dir=scratch))
             logits = tmpdir / "base-logits.bin"
         for i, info in enumerate(ordered, 1):
             is_base = base_info is not None and info is base_info
@@ -416,7 +416,7 @@ def record_results(result: EvalResult) -> None:
         entries.append(entry)
     data["version"] = 1
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = atomic.temp_path(path)
     tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
     os.replace(tmp, path)
 

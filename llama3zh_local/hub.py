@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import catalog, download, paths, sources, store
+from . import atomic, catalog, download, paths, sources, store
 from .catalog import Source, Variant
 from .errors import (
     DiskSpaceError,
@@ -640,7 +640,8 @@ def _install(plan: PullPlan, f: PlannedFile) -> None:
         pointer = f.cache_path
         pointer.parent.mkdir(parents=True, exist_ok=True)
         if not (pointer.exists() and pointer.resolve() == dest.resolve()):
-            tmp = pointer.with_name(f".{pointer.name}.{os.getpid()}.tmp")
+            atomic.sweep(pointer)
+            tmp = atomic.temp_path(pointer)
             tmp.unlink(missing_ok=True)
             try:
                 os.symlink(os.path.relpath(dest, pointer.parent), tmp)
@@ -651,7 +652,7 @@ def _install(plan: PullPlan, f: PlannedFile) -> None:
             ref = sources.hf_storage(plan.repo_id) / "refs" / plan.revision
             if not ref.is_file() or ref.read_text().strip() != plan.commit:
                 ref.parent.mkdir(parents=True, exist_ok=True)
-                tmp_ref = ref.with_name(f".{ref.name}.{os.getpid()}.tmp")
+                tmp_ref = atomic.temp_path(ref)
                 tmp_ref.write_text(plan.commit)
                 os.replace(tmp_ref, ref)
     store.link(f.store_path, f.cache_path)

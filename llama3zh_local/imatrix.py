@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import paths
+from . import atomic, paths
 from .errors import InputError, InvalidModelError, UsageError
 
 if TYPE_CHECKING:
@@ -470,7 +470,8 @@ def compute_imatrix(
         except InvalidModelError:
             pass  # a damaged cache entry: compute it again
     plan.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = plan.output.with_name(f".{plan.output.name}.tmp-{os.getpid()}")
+    atomic.sweep(plan.output)
+    tmp = atomic.temp_path(plan.output)
     cmd = list(plan.command)
     cmd[cmd.index("-o") + 1] = str(tmp.resolve())
     say = progress or (lambda _p: None)

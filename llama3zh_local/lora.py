@@ -574,7 +574,7 @@ def _write_hf(
     if dry_run:
         return _hf_result(out, lora, ckpt, dtype, len(items), total, t0, warnings, dry_run=True)
     cv.check_space(out / "model.safetensors", total)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp = cv.temp_path(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     done = 0

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, catalog, store
+from . import __version__, atomic, catalog, store
 from .chat import LLAMA3_STOPS
 from .errors import InputError, InvalidModelError, Llama3zhError, UsageError
 
@@ -676,7 +676,8 @@ def write_modelfile(modelfile: Modelfile, *, path: str | Path, force: bool = Fal
     path = modelfile_path(path, force=force)
     text = modelfile.text
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    atomic.sweep(path)
+    tmp = atomic.temp_path(path)
     try:
         tmp.write_bytes(text.encode("utf-8"))
         tmp.replace(path)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import catalog
+from . import atomic, catalog
 from .errors import DiskSpaceError, InvalidModelError, UsageError
 
 # File types that are not quantizations: a source for quantizing, never requantized.
@@ -394,7 +394,8 @@ def quantize(
     written: list[QuantizedFile] = []
     for i, (t, path, _) in enumerate(planned, 1):
         t1 = time.perf_counter()
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        atomic.sweep(path)
+        tmp = atomic.temp_path(path)
         try:
 
             def on_tensor(idx: int, n: int, name: str, _t: QuantType = t, _i: int = i) -> None:

@@ -12,6 +12,7 @@ from . import (
     convert,
     doctor,
     evaluate,
+    gc,
     listing,
     modelfile,
     models,
@@ -19,6 +20,7 @@ from . import (
     quantize,
     recommend,
     rm,
+    run,
     show,
 )
 
@@ -48,6 +50,7 @@ def _main(
     """Pull, convert, quantize and chat with the Chinese Llama-3 models on your own machine."""
 
 
+app.command("run")(run.run)
 app.command("models")(models.models)
 app.command("chat")(chat.chat)
 app.command("doctor")(doctor.doctor)
@@ -63,6 +66,7 @@ app.command("imatrix")(quantize.imatrix)
 app.command("quantize")(quantize.quantize)
 app.command("eval")(evaluate.eval_models)
 app.command("recommend")(recommend.recommend)
+app.command("gc")(gc.gc)
 
 
 def main() -> None:

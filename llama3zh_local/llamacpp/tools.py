@@ -589,6 +589,21 @@ def run_tool(
     return done
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGKILL when we die (Linux), even by SIGKILL.
+
+    Otherwise a killed run leaves llama-imatrix working on, and writing its output after the
+    rerun has already swept and replaced it.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+
+
 def _run(
     cmd: Sequence[str],
     *,
@@ -607,6 +622,7 @@ def _run(
         cwd=cwd,
         env=None if env is None else dict(env),
         check=False,
+        preexec_fn=_die_with_parent,
     )
 
 
@@ -628,6 +644,7 @@ def _run_streaming(
         stderr=subprocess.PIPE,
         cwd=cwd,
         env=None if env is None else dict(env),
+        preexec_fn=_die_with_parent,
     )
     kept: dict[str, list[str]] = {"stdout": [], "stderr": []}
     lock = threading.Lock()
