@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +24,13 @@ PARTIAL_SUFFIX = ".incomplete"
 
 
 def temp_path(final: Path) -> Path:
-    """The temporary name this process writes ``final`` under."""
-    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    """This process's (and thread's: pulls run in parallel) temporary name for ``final``."""
+    thread = (
+        ""
+        if threading.current_thread() is threading.main_thread()
+        else f".t{threading.get_native_id()}"
+    )
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}{thread}")
 
 
 def scratch_prefix(kind: str) -> str:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from . import atomic, catalog, paths, state, store
 from .catalog import Variant
-from .errors import Llama3zhError, ModelNotFoundError, NetworkError
+from .errors import Llama3zhError, ModelNotFoundError, NetworkError, UsageError
 
 if TYPE_CHECKING:
     from .hub import PullPlan
@@ -165,8 +165,19 @@ def _imatrix_tokens(calibration: Path | None, chunks: int | None, ctx: int) -> i
 
 
 def _ready(path: Path, folder: Path | None = None) -> bool:
-    """A finished artifact: recorded in the state file, or a verified pull in the store."""
-    if state.completed(path, folder=folder) is not None:
+    """A finished artifact: recorded in the state file, or a verified pull in the store.
+
+    A recorded file whose inputs are still here but changed since (an f16 replaced in place)
+    is stale; inputs deleted to save space do not matter.
+    """
+    entry = state.completed(path, folder=folder)
+    if entry is not None:
+        where = folder or path.parent
+        for name, sha in entry.inputs.items():
+            if (where / name).exists():
+                used = state.completed(where / name, folder=where)
+                if used is None or used.sha256 != sha:
+                    return False
         return True
     entry = store.read_manifest(path.parent).get(path.name)
     return entry is not None and entry.is_verified(Path(entry.cache_path))
@@ -210,6 +221,7 @@ def plan_run(
 
     spec = catalog.get_model(model)
     want = _Want(parse_type(quant), imatrix, chunks, ctx, calibration)
+    _check_imatrix(want.qtype, imatrix)
     upstream = next((q for q in catalog.GGUF_QUANTS if q.ftype == want.qtype.name), None)
     gguf_dir = store.repo_folder(spec.repo_id(Variant.GGUF))
     f16 = gguf_dir / F16
@@ -288,6 +300,7 @@ def plan_folder(
             hint="give a folder with config.json, *.safetensors and tokenizer.json",
         )
     want = _Want(parse_type(quant), imatrix, chunks, ctx, calibration)
+    _check_imatrix(want.qtype, imatrix)
     out = out_dir or hf_dir
     f16 = out / F16
     target = out / want.qtype.filename(imatrix=imatrix)
@@ -297,6 +310,14 @@ def plan_folder(
         tuple(_sized(steps, _weights_bytes(hf_dir), want)),
         chunks=chunks, ctx=ctx, calibration=calibration,
     )  # fmt: skip
+
+
+def _check_imatrix(qtype: QuantType, imatrix: bool) -> None:
+    if qtype.requires_imatrix and not imatrix:
+        raise UsageError(
+            f"{qtype.name} needs an importance matrix",
+            hint=f"add --imatrix: llama3zh run ... -q {qtype.name} --imatrix",
+        )
 
 
 def _reuse(kind: str, path: Path) -> Step:

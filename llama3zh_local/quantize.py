@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import atomic, catalog
-from .errors import DiskSpaceError, InvalidModelError, UsageError
+from .errors import BackendError, DiskSpaceError, InvalidModelError, UsageError
 
 # File types that are not quantizations: a source for quantizing, never requantized.
 FLOAT_TYPES = ("F32", "F16", "BF16")
@@ -414,6 +414,16 @@ def quantize(
             )
             back = read_back(tmp, expect=t, source_tensors=info.tensor_count)
             os.replace(tmp, path)
+        except (BackendError, InvalidModelError) as e:
+            # llama.cpp reports a full disk as a stream error ("basic_ios::clear"): say which
+            if shutil.disk_usage(path.parent).free < (64 << 20):
+                raise DiskSpaceError(
+                    f"the disk holding {path.parent} is full: {t.name} could not be written "
+                    f"({e})",
+                    hint="free some space or write elsewhere with -o; existing files were "
+                    "left as they were",
+                ) from e
+            raise
         finally:
             tmp.unlink(missing_ok=True)
         written.append(

@@ -79,3 +79,5 @@ def _isolate_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_XET_CACHE", "HF_ASSETS_CACHE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # compiled llama.cpp tools are shared by all tests (tests of the cache itself override it)
+    monkeypatch.setenv("LLAMA3ZH_TOOLS_DIR", str(CACHE_ROOT / "tools"))

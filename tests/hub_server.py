@@ -594,6 +594,24 @@ def client_env(url: str, home: Path) -> dict[str, str]:
     }
 
 
+def go_online(server: HubServer, home: Path, monkeypatch: Any) -> None:
+    """Point the real clients at ``server`` for one test (conftest keeps everything offline)."""
+    from llama3zh_local.cli import _output
+
+    for k, v in client_env(server.url, home).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("LLAMA3ZH_READ_TIMEOUT", "2")
+    monkeypatch.setenv("COLUMNS", "250")  # rich tables unwrapped, so tests can match their text
+    _output.err.cache_clear()
+    _output.out.cache_clear()
+    import huggingface_hub.constants
+
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import (conftest had set it then)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    server.reset()
+
+
 def main() -> None:
     """``python -m tests.hub_server DIR [REPO_ID]``: serve a folder as one repo (both protocols)."""
     import sys

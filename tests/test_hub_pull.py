@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from llama3zh_local import paths, sources
 from llama3zh_local.cli import _output, app
 
-from .hub_server import HubServer, client_env
+from .hub_server import HubServer, client_env, go_online
 
 runner = CliRunner()
 
@@ -63,18 +63,7 @@ def hub_env(
     server: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[HubServer]:
     """Online against the loopback server (conftest keeps everything else offline)."""
-    for k, v in client_env(server.url, tmp_path).items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setenv("LLAMA3ZH_READ_TIMEOUT", "2")
-    monkeypatch.setenv("COLUMNS", "250")  # rich tables unwrapped, so tests can match their text
-    _output.err.cache_clear()
-    _output.out.cache_clear()
-    import huggingface_hub.constants
-
-    # huggingface_hub reads HF_HUB_OFFLINE once, at import (conftest had set it then)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    server.reset()
+    go_online(server, tmp_path, monkeypatch)
     yield server
     server.reset()
     _output.err.cache_clear()
