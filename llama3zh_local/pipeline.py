@@ -179,8 +179,8 @@ def _ready(path: Path, folder: Path | None = None) -> bool:
                 if used is None or used.sha256 != sha:
                     return False
         return True
-    entry = store.read_manifest(path.parent).get(path.name)
-    return entry is not None and entry.is_verified(Path(entry.cache_path))
+    pulled = store.read_manifest(path.parent).get(path.name)
+    return pulled is not None and pulled.is_verified(Path(pulled.cache_path))
 
 
 def _present(path: Path) -> bool:
@@ -589,7 +589,7 @@ def _imatrix_run(
         from .hardware import detect
 
         hw = detect()
-        weights_tokens = step.source.stat().st_size / 2 * result.n_tokens
+        weights_tokens = step.source.stat().st_size / 2 * result.n_chunks * result.ctx
         if hw.gpu_offload and hw.devices:
             _remember_rate("imatrix_gpu", weights_tokens, result.seconds)
         else:

@@ -418,8 +418,7 @@ def quantize(
             # llama.cpp reports a full disk as a stream error ("basic_ios::clear"): say which
             if shutil.disk_usage(path.parent).free < (64 << 20):
                 raise DiskSpaceError(
-                    f"the disk holding {path.parent} is full: {t.name} could not be written "
-                    f"({e})",
+                    f"the disk holding {path.parent} is full: {t.name} could not be written ({e})",
                     hint="free some space or write elsewhere with -o; existing files were "
                     "left as they were",
                 ) from e

