@@ -33,6 +33,18 @@ def temp_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.tmp-{os.getpid()}{thread}")
 
 
+def write_text(path: Path, text: str) -> Path:
+    """Write UTF-8 ``text`` to a temporary name beside ``path`` and rename it into place."""
+    sweep(path)
+    tmp = temp_path(path)
+    try:
+        tmp.write_bytes(text.encode("utf-8"))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def scratch_prefix(kind: str) -> str:
     """A ``tempfile.mkdtemp`` prefix that ``orphans`` recognises once this process is gone."""
     return f"{kind}-pid{os.getpid()}-"

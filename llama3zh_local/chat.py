@@ -120,16 +120,8 @@ class Conversation:
 
     def save(self, path: str | Path) -> Path:
         """Write the conversation as JSON (``{"system": ..., "messages": [...]}``), atomically."""
-        path = Path(path)
-        tmp = atomic.temp_path(path)
-        tmp.write_text(
-            json.dumps(
-                {"system": self.system, "messages": self.turns}, ensure_ascii=False, indent=1
-            ),
-            encoding="utf-8",
-        )
-        tmp.replace(path)
-        return path
+        data = {"system": self.system, "messages": self.turns}
+        return atomic.write_text(Path(path), json.dumps(data, ensure_ascii=False, indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> Conversation:

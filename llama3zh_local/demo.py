@@ -230,16 +230,6 @@ def _settings_sha(settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(dict(settings), sort_keys=True).encode()).hexdigest()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    atomic.sweep(path)
-    tmp = atomic.temp_path(path)
-    try:
-        tmp.write_bytes(text.encode("utf-8"))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _duration(seconds: float) -> str:
     from .pipeline import duration
 
@@ -355,8 +345,8 @@ class _Run:
             f"of {result.ctx} tokens of {result.text.name}; the second half of each chunk is "
             "scored. A demo-sized sample: the numbers say the quant works, not how good it is.\n"
         )
-        _write_atomic(js, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
-        _write_atomic(md, table)
+        atomic.write_text(js, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
+        atomic.write_text(md, table)
         self.record(js, "eval", inputs)
         self.record(md, "eval", inputs)
         self.done("eval", t)
@@ -373,7 +363,7 @@ class _Run:
             return path
         self.event("modelfile", "start", f"write {MODELFILE} for {quant.name} (ChatML template)")
         t = time.monotonic()
-        _write_atomic(path, text)
+        atomic.write_text(path, text)
         self.record(path, "modelfile", inputs)
         self.done("modelfile", t)
         return path
@@ -411,7 +401,7 @@ class _Run:
         finally:
             loaded.chat.session.close()
             loaded.chat.model.close()
-        _write_atomic(path, answer + "\n")
+        atomic.write_text(path, answer + "\n")
         self.record(path, "chat", inputs)
         self.done("chat", t)
         return answer

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import tempfile
@@ -416,9 +415,7 @@ def record_results(result: EvalResult) -> None:
         entries.append(entry)
     data["version"] = 1
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic.temp_path(path)
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(data, ensure_ascii=False, indent=1))
 
 
 def read_quality() -> dict[str, Any]:

@@ -136,9 +136,7 @@ def _remember_rate(name: str, amount: float, seconds: float) -> None:
     current = {k: v for k, v in rates().items() if v != DEFAULT_RATES.get(k)}
     current[name] = amount / seconds
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic.temp_path(path)
-    tmp.write_text(json.dumps(current, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(current, indent=1) + "\n")
 
 
 def _imatrix_seconds(n_weights: int, tokens: int) -> float:
@@ -250,30 +248,32 @@ def plan_run(
     if (hf_dir / "config.json").is_file() and weights and all(_ready(p) for p in weights):
         steps = [_reuse("pull", hf_dir), _convert(hf_dir, f16, spec), *_tail(f16, target, want)]
         return finish("local", _sized(steps, _weights_bytes(hf_dir), want), notes)
-    options: list[tuple[float, str, list[Step]]] = []
+    # Two ways to the f16 weights: compare only what differs (the steps after it are the same).
+    ways: list[tuple[str, list[Step], int]] = []  # route, steps up to the f16, f16 bytes
     errors: list[Llama3zhError] = []
     try:
         pull = _plan_pull(spec.alias, Variant.GGUF, "f16", source)
-        steps = _sized([_pull_step(pull, f16), *_tail(f16, target, want)], pull.total_bytes, want)
-        options.append((_total(steps), "hub-f16", steps))
+        ways.append(("hub-f16", [_pull_step(pull, f16)], pull.total_bytes))
     except (ModelNotFoundError, NetworkError) as e:
         errors.append(e)
     try:
         pull = _plan_pull(spec.alias, Variant.FULL, None, source)
-        steps = [_pull_step(pull, hf_dir), _convert(hf_dir, f16, spec), *_tail(f16, target, want)]
         weight_bytes = sum(f.size for f in pull.files if f.name.endswith(".safetensors"))
-        steps = _sized(steps, weight_bytes, want)
-        options.append((_total(steps), "full", steps))
+        ways.append(("full", [_pull_step(pull, hf_dir), _convert(hf_dir, f16, spec)], weight_bytes))
     except (ModelNotFoundError, NetworkError) as e:
         errors.append(e)
-    if not options:
+    if not ways:
         raise errors[-1]
-    options.sort(key=lambda o: o[0])
+    f16_bytes = max(size for *_, size in ways)
+    options = sorted(
+        (_total(_sized(head, f16_bytes, want)), route, head) for route, head, _ in ways
+    )
     if len(options) > 1:
         label = {"hub-f16": "the hub's f16 GGUF", "full": "the full weights + convert"}
         (t1, r1, _), (t2, r2, _) = options
         notes.append(f"{label[r1]} (~{duration(t1)}) rather than {label[r2]} (~{duration(t2)})")
-    return finish(options[0][1], options[0][2], notes)
+    _, route, head = options[0]
+    return finish(route, _sized([*head, *_tail(f16, target, want)], f16_bytes, want), notes)
 
 
 def plan_folder(

@@ -62,13 +62,7 @@ def read_state(folder: Path) -> dict[str, Artifact]:
 def _write_state(folder: Path, entries: Mapping[str, Artifact]) -> None:
     path = state_file(folder)
     data = {"version": 1, "artifacts": [asdict(entries[k]) for k in sorted(entries)]}
-    atomic.sweep(path)
-    tmp = atomic.temp_path(path)
-    try:
-        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write_text(path, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
 
 
 def _locked(folder: Path) -> FileLock:
@@ -140,16 +134,6 @@ def record(
         entries[name] = entry
         _write_state(where, entries)
     return entry
-
-
-def forget(path: Path) -> None:
-    """Drop the entry of ``path`` (before the file is replaced or removed)."""
-    if not state_file(path.parent).is_file():
-        return
-    with _locked(path.parent):
-        entries = read_state(path.parent)
-        if entries.pop(path.name, None) is not None:
-            _write_state(path.parent, entries)
 
 
 def prune(folder: Path) -> list[str]:

@@ -178,6 +178,7 @@ def test_sigkill_anywhere_then_rerun_gives_identical_artifacts(
         assert temporaries(home) == [], f"trial {trial} ({stage})"
         target = home / "llama3zh" / "models" / f"{V3}-gguf" / "ggml-model-q4_k-im.gguf"
         assert again.stdout == f"{target}\n"
+    print(f"kills landed in: {landed}")  # shown with pytest -s
     # the kills really were spread over the steps (a step may end before its kill lands)
     assert sum(landed.values()) == TRIALS
     assert all(landed[s] >= 3 for s in STAGES), landed

@@ -21,6 +21,7 @@ from .hub_server import HubServer, go_online
 runner = CliRunner()
 
 V3 = "llama-3-chinese-8b-instruct-v3"
+V1 = "llama-3-chinese-8b-instruct"
 REPOS = {"hf": "hfl/", "ms": "ChineseAlpacaGroup/"}
 
 
@@ -30,6 +31,9 @@ def server(tiny_llama3_gguf: Path, tiny_llama3_hf: Path) -> Iterator[HubServer]:
         for org in REPOS.values():
             s.add_repo(f"{org}{V3}-gguf", {"ggml-model-q4_k.gguf": tiny_llama3_gguf})
             s.add_repo(f"{org}{V3}", {p.name: p for p in tiny_llama3_hf.iterdir()})
+        # instruct (v1): the GGUF repo has an f16 file too
+        s.add_repo(f"hfl/{V1}-gguf", {"ggml-model-f16.gguf": tiny_llama3_gguf})
+        s.add_repo(f"hfl/{V1}", {p.name: p for p in tiny_llama3_hf.iterdir()})
         yield s
 
 
@@ -127,7 +131,9 @@ def test_hub_gguf_route_then_nothing_to_do(hub: HubServer, tiny_llama3_gguf: Pat
 
 
 @pytest.mark.slow
-def test_full_route_records_every_step_and_reruns_for_free(hub: HubServer) -> None:
+def test_full_route_records_every_step_and_reruns_for_free(
+    hub: HubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     result = ok(run("instruct-v3", "--imatrix", "--chunks", "2", "-y", "--source", "modelscope"))
     target = gguf_dir() / "ggml-model-q4_k-im.gguf"
     assert result.stdout == f"{target}\n"  # type: ignore[attr-defined]
@@ -153,11 +159,28 @@ def test_full_route_records_every_step_and_reruns_for_free(hub: HubServer) -> No
     assert hub.bytes_served == served
     assert {n: (gguf_dir() / n).stat().st_mtime_ns for n in entries} == before
 
-    # another quant from the same f16 and imatrix: only quantize runs
+    # another quant from the same f16 and imatrix, offline: only quantize runs, no hub request
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    asked = len(hub.requests)
     q5 = ok(run("instruct-v3", "-q", "q5_k", "--imatrix", "--chunks", "2", "-y"))
     err = q5.stderr  # type: ignore[attr-defined]
-    assert "convert: ggml-model-f16.gguf is complete" in err and "quantize" in err
-    assert hub.bytes_served == served
+    assert "convert: ggml-model-f16.gguf is complete" in err and "[3/3] quantize" in err
+    assert len(hub.requests) == asked
+    assert state.read_state(gguf_dir())["ggml-model-q5_k-im.gguf"].step == "quantize"
+
+
+@pytest.mark.slow
+def test_the_hubs_f16_gguf_beats_full_weights_plus_convert(hub: HubServer) -> None:
+    plan = pipeline.plan_run("instruct", imatrix=True, chunks=2, source="hf")
+    assert plan.route == "hub-f16", plan.notes
+    assert [s.kind for s in plan.steps] == ["pull", "imatrix", "quantize"]
+    assert any("rather than the full weights + convert" in n for n in plan.notes)
+    result = pipeline.execute(plan)
+    folder = paths.models_dir() / f"{V1}-gguf"
+    entries = state.read_state(folder)
+    assert entries["ggml-model-f16.gguf"].step == "pull"
+    assert result.target == folder / "ggml-model-q4_k-im.gguf"
+    assert entries[result.target.name].sha256 == result.sha256 == state.sha256_file(result.target)
 
 
 @pytest.mark.slow

@@ -147,7 +147,10 @@ class Steps:
         elif e.event == "done":
             self.bar.note(f"{head}: done ({e.message.split(' ', 1)[-1]})")
         elif e.event == "work" and e.total:
-            self.bar.update((e.index, e.unit), f"{head} ({e.unit})", e.done, e.total)
+            done, total, unit = e.done, e.total, e.unit
+            if unit == "bytes":  # MB counts read better than byte counts in logs
+                done, total, unit = done // 1_000_000, max(1, total // 1_000_000), "MB"
+            self.bar.update((e.index, unit), f"{head} ({unit})", done, total)
         elif e.event == "work" and e.message:
             self.bar.note(f"{head}: {e.message}")
 
