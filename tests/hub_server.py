@@ -18,6 +18,7 @@ The server counts the file bytes it sends. No pytest here: bench scripts import 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -594,7 +595,8 @@ def client_env(url: str, home: Path) -> dict[str, str]:
     }
 
 
-def go_online(server: HubServer, home: Path, monkeypatch: Any) -> None:
+@contextlib.contextmanager
+def online(server: HubServer, home: Path, monkeypatch: Any) -> Iterator[HubServer]:
     """Point the real clients at ``server`` for one test (conftest keeps everything offline)."""
     from llama3zh_local.cli import _output
 
@@ -610,6 +612,12 @@ def go_online(server: HubServer, home: Path, monkeypatch: Any) -> None:
     # huggingface_hub reads HF_HUB_OFFLINE once, at import (conftest had set it then)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     server.reset()
+    try:
+        yield server
+    finally:
+        server.reset()
+        _output.err.cache_clear()
+        _output.out.cache_clear()
 
 
 def main() -> None:

@@ -19,9 +19,9 @@ import pytest
 from typer.testing import CliRunner
 
 from llama3zh_local import paths, sources
-from llama3zh_local.cli import _output, app
+from llama3zh_local.cli import app
 
-from .hub_server import HubServer, client_env, go_online
+from .hub_server import HubServer, client_env, online
 
 runner = CliRunner()
 
@@ -63,11 +63,8 @@ def hub_env(
     server: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[HubServer]:
     """Online against the loopback server (conftest keeps everything else offline)."""
-    go_online(server, tmp_path, monkeypatch)
-    yield server
-    server.reset()
-    _output.err.cache_clear()
-    _output.out.cache_clear()
+    with online(server, tmp_path, monkeypatch):
+        yield server
 
 
 def pull(*args: str) -> object:

@@ -13,10 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from llama3zh_local import atomic, paths, pipeline, state
-from llama3zh_local.cli import _output, app
+from llama3zh_local.cli import app
 
 from .fake_ollama import FakeOllama
-from .hub_server import HubServer, go_online
+from .hub_server import HubServer, online
 
 runner = CliRunner()
 
@@ -39,11 +39,8 @@ def server(tiny_llama3_gguf: Path, tiny_llama3_hf: Path) -> Iterator[HubServer]:
 
 @pytest.fixture
 def hub(server: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
-    go_online(server, tmp_path, monkeypatch)
-    yield server
-    server.reset()
-    _output.err.cache_clear()
-    _output.out.cache_clear()
+    with online(server, tmp_path, monkeypatch):
+        yield server
 
 
 def run(*args: str) -> object:
