@@ -136,6 +136,19 @@ def test_readme_walkthrough_in_a_fresh_virtualenv(hub: HubServer, tmp_path: Path
     for p in (quant, f16):
         assert recorded[p.name].sha256 == state.sha256_file(p)
     assert f"FROM ./{quant.name}" in (demo / "Modelfile").read_text(encoding="utf-8")
+    # the demo lists what it made ("what  path" lines on stdout): every one is there
+    listed = dict(
+        ln.split(None, 1) for ln in proc.stdout.splitlines() if re.match(r"^[a-z0-9]+\s+/", ln)
+    )
+    assert set(listed) >= {"hf", "f16", "imatrix", "quant", "eval", "modelfile", "answer", "state"}
+    for what, where in listed.items():
+        assert Path(where.strip()).exists(), what
+    hf = Path(listed["hf"].strip())
+    assert {"config.json", "tokenizer.json", "model.safetensors"} <= {p.name for p in hf.iterdir()}
+    assert Path(listed["imatrix"].strip()).stat().st_size > 0
+    table = Path(listed["eval"].strip()).read_text(encoding="utf-8")
+    assert "f16" in table.lower() and "q4_k-im" in table.lower()
+    assert "Paris" in Path(listed["answer"].strip()).read_text(encoding="utf-8")
     assert proc.stdout.count("Paris") >= 2  # the demo's answer and the chat's
     pulled = home / ".cache" / "llama3zh" / "models" / f"{V3}-gguf" / "ggml-model-q4_k.gguf"
     assert pulled.is_file()
