@@ -238,7 +238,8 @@ def plan_run(
         try:
             pull = _plan_pull(spec.alias, Variant.GGUF, upstream.short, source)
             return finish("hub-gguf", [_pull_step(pull, target)], list(pull.notes))
-        except ModelNotFoundError as e:
+        except (ModelNotFoundError, NetworkError) as e:
+            # not there, or the hub is unreachable: the f16 weights may be here already
             notes.append(f"{e}; making it from the f16 weights instead")
     if _ready(f16) or _present(f16):
         steps = [_reuse("convert", f16), *_tail(f16, target, want)]
@@ -363,7 +364,7 @@ def _tail(f16: Path, target: Path, want: _Want) -> list[Step]:
                 0,
                 0.0,
                 source=f16,
-            )  # fmt: skip
+            )
         )
     steps.append(
         Step(

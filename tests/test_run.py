@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import gguf
+import huggingface_hub.constants
 import pytest
 from typer.testing import CliRunner
 
@@ -178,6 +181,27 @@ def test_the_hubs_f16_gguf_beats_full_weights_plus_convert(hub: HubServer) -> No
     assert entries["ggml-model-f16.gguf"].step == "pull"
     assert result.target == folder / "ggml-model-q4_k-im.gguf"
     assert entries[result.target.name].sha256 == result.sha256 == state.sha256_file(result.target)
+
+
+def test_an_unreachable_hub_falls_back_to_the_local_f16(
+    tiny_llama3_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    gguf_dir().mkdir(parents=True)
+    shutil.copyfile(tiny_llama3_gguf, gguf_dir() / "ggml-model-f16.gguf")
+    try:
+        result = ok(run("instruct-v3", "-q", "q4_k", "-y", "--source", "hf"))
+    finally:
+        closed.close()
+    err = result.stderr  # type: ignore[attr-defined]
+    assert "cannot reach Hugging Face" in err and "making it from the f16 weights instead" in err
+    target = gguf_dir() / "ggml-model-q4_k.gguf"
+    assert result.stdout == f"{target}\n"  # type: ignore[attr-defined]
+    assert state.read_state(gguf_dir())[target.name].step == "quantize"
 
 
 @pytest.mark.slow
