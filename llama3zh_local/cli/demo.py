@@ -1,4 +1,4 @@
-"""`llama3zh demo`: the whole path offline on SmolLM2-135M-Instruct, in about a minute."""
+"""`llama3zh demo`: the whole path offline on SmolLM2-135M-Instruct, in under a minute."""
 
 from __future__ import annotations
 
