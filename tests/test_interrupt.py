@@ -105,10 +105,10 @@ class Run:
         self._reader.join(10)
         return rc
 
-    def kill(self) -> str:
-        """SIGKILL; the step it was in."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.finish()
+    def kill(self, sig: int = signal.SIGKILL) -> str:
+        """Send ``sig`` (SIGKILL: no cleanup possible); the step it was in."""
+        self.proc.send_signal(sig)
+        self.rc = self.finish()
         landed = [s for s in STAGES if s in self.started]
         return landed[-1] if landed else "startup"
 
@@ -182,3 +182,27 @@ def test_sigkill_anywhere_then_rerun_gives_identical_artifacts(
     # the kills really were spread over the steps (a step may end before its kill lands)
     assert sum(landed.values()) == TRIALS
     assert all(landed[s] >= 3 for s in STAGES), landed
+
+
+def test_ctrl_c_in_each_step_cleans_up_at_once(
+    server: HubServer, reference: dict, tmp_path: Path
+) -> None:
+    """SIGINT (Ctrl-C): exit 130 and no temporary file even before the rerun; only a resumable
+    partial download may stay, which the rerun continues."""
+    for trial, stage in enumerate(STAGES):
+        home = tmp_path / f"ctrl-c-{stage}"
+        run = Run(home, server.url)
+        assert run.wait_for(stage), "\n".join(run.lines)
+        time.sleep(random.Random(trial).random() * reference["length"][stage] / 2)
+        run.kill(signal.SIGINT)
+        print(f"ctrl-c in {stage}: exit {run.rc}")  # shown with pytest -s
+        if run.rc == 0:  # the step (and the run) ended before the signal
+            continue
+        assert run.rc == 130 and "Interrupted." in run.lines, "\n".join(run.lines)
+        assert not any("Traceback" in ln for ln in run.lines)
+        assert [t for t in temporaries(home) if not t.endswith(".incomplete")] == [], stage
+
+        again = Run(home, server.url)
+        assert again.finish() == 0, "\n".join(again.lines)
+        assert artifacts(home) == reference["artifacts"], stage
+        assert temporaries(home) == [], stage

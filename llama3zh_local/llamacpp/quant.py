@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -115,10 +116,8 @@ def quantize_file(
         keep.append(kvs)
         params.kv_overrides = kvs
     lines: list[str] = []
-    with _log_lines(lines, on_tensor):
-        rc = ll.llama_model_quantize(
-            str(source).encode(), str(output).encode(), ctypes.byref(params)
-        )
+    rc = _quantize_interruptibly(ll, str(source).encode(), str(output).encode(), params, keep,
+                                 lines, on_tensor)  # fmt: skip
     if rc != 0:
         reason = next(
             (ln.split("failed to quantize:", 1)[1].strip() for ln in reversed(lines)
@@ -155,6 +154,37 @@ def _set_override(ll: Any, kv: Any, key: str, value: KvValue) -> None:
         kv.tag = ll.LLAMA_KV_OVERRIDE_TYPE_STR
         # llama-quantize: strncpy(val_str, s, 127), then a NUL at 127
         kv.value.val_str = value.encode()[:127]
+
+
+def _quantize_interruptibly(
+    ll: Any,
+    source: bytes,
+    output: bytes,
+    params: Any,
+    keep: list[Any],
+    lines: list[str],
+    on_tensor: TensorProgress | None,
+) -> int:
+    """``llama_model_quantize`` on a worker thread, so that Ctrl-C still works.
+
+    llama.cpp cannot be cancelled, and on the calling thread a KeyboardInterrupt would surface
+    inside a log callback from C, where ctypes swallows it: the quantization would run to its end
+    and the interrupt be lost. Here the main thread waits and gets the interrupt; the worker
+    (a daemon, dying with the process) holds the parameters and the arrays they point into.
+    """
+    done: dict[str, int] = {}
+
+    def work(*_alive: Any) -> None:
+        done["rc"] = ll.llama_model_quantize(source, output, ctypes.byref(params))
+
+    with _log_lines(lines, on_tensor):
+        worker = threading.Thread(
+            target=work, args=(params, keep), name="llama3zh-quantize", daemon=True
+        )
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.1)
+    return done.get("rc", 1)
 
 
 @contextmanager
