@@ -45,6 +45,15 @@ def write_text(path: Path, text: str) -> Path:
     return path
 
 
+def unchanged(path: Path, *, size: int, mtime_ns: int) -> bool:
+    """Whether ``path`` still has the size and mtime recorded when it was checked."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return st.st_size == size and st.st_mtime_ns == mtime_ns
+
+
 def scratch_prefix(kind: str) -> str:
     """A ``tempfile.mkdtemp`` prefix that ``orphans`` recognises once this process is gone."""
     return f"{kind}-pid{os.getpid()}-"

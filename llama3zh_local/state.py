@@ -39,11 +39,7 @@ class Artifact:
 
     def matches(self, path: Path) -> bool:
         """Whether ``path`` is still the file that was recorded."""
-        try:
-            st = path.stat()
-        except OSError:
-            return False
-        return st.st_size == self.size and st.st_mtime_ns == self.mtime_ns
+        return atomic.unchanged(path, size=self.size, mtime_ns=self.mtime_ns)
 
 
 def state_file(folder: Path) -> Path:

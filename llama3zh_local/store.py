@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import catalog, paths
+from . import atomic, catalog, paths
 from .errors import InvalidModelError, ModelNotFoundError
 
 
@@ -104,11 +104,7 @@ class StoreEntry:
 
     def is_verified(self, path: Path) -> bool:
         """Whether ``path`` is still the file that was verified (same size and mtime)."""
-        try:
-            st = path.stat()
-        except OSError:
-            return False
-        return st.st_size == self.size and st.st_mtime_ns == self.verified_mtime_ns
+        return atomic.unchanged(path, size=self.size, mtime_ns=self.verified_mtime_ns)
 
 
 def repo_folder(repo_id: str) -> Path:
