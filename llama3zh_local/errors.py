@@ -57,3 +57,7 @@ class DiskSpaceError(Llama3zhError):
 
 class UnsafePathError(Llama3zhError):
     """A hub file name that would be written outside its target folder (``../``, absolute)."""
+
+
+class OllamaError(Llama3zhError):
+    """No Ollama server answers, it is too old, or it refused the request."""

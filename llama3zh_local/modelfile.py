@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__, atomic, catalog, store
 from .chat import LLAMA3_STOPS
-from .errors import InputError, InvalidModelError, Llama3zhError, UsageError
+from .errors import InputError, InvalidModelError, Llama3zhError, OllamaError, UsageError
 
 if TYPE_CHECKING:
     from .ggufinfo import GGUFInfo
@@ -144,10 +144,6 @@ Built with Meta Llama 3."""
 # (paths.models_dir()); Ollama expands "~/" in FROM to the home of the user running `ollama create`.
 DEFAULT_STORE_REF = "~/.cache/llama3zh/models"
 READY_MODELFILES = ("instruct", "instruct-v2", "instruct-v3")  # the chat models of the catalog
-
-
-class OllamaError(Llama3zhError):
-    """No Ollama server answers, it is too old, or it refused the request."""
 
 
 # ---------------------------------------------------------------------------------------------
