@@ -40,6 +40,7 @@ DEFAULT_RATES: dict[str, float] = {
     "imatrix_gpu": 2e12,
 }
 ASK_ABOVE_BYTES = 1 << 30  # "multi-GB work" asks first
+FEWER_CHUNKS = 50  # suggested when an imatrix over the whole text would take hours
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,13 @@ def plan_run(
     target = gguf_dir / want.qtype.filename(imatrix=imatrix)
 
     def finish(route: str, steps: list[Step], notes: list[str]) -> RunPlan:
+        slow = [s for s in steps if s.kind == "imatrix" and s.seconds > 3600 and chunks is None]
+        if slow:
+            part = FEWER_CHUNKS * ctx / max(1, _imatrix_tokens(calibration, None, ctx))
+            notes.append(
+                f"the imatrix over all of the calibration text takes ~{duration(slow[0].seconds)} "
+                f"here; --chunks {FEWER_CHUNKS} would take ~{duration(slow[0].seconds * part)}"
+            )
         return RunPlan(
             spec.alias, want.qtype.name, imatrix, target, route, tuple(steps), tuple(notes),
             chunks=chunks, ctx=ctx, calibration=calibration,

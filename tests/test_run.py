@@ -85,6 +85,19 @@ def test_imatrix_or_other_quants_go_through_the_f16_weights(hub: HubServer) -> N
     assert any("no q5_k_s GGUF" in n or "Q5_K_S" in n for n in other.notes) or other.route
 
 
+def test_hours_of_imatrix_suggest_fewer_chunks(
+    hub: HubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for rate in ("imatrix_cpu_core", "imatrix_gpu"):  # a machine far slower than this one
+        monkeypatch.setitem(pipeline.DEFAULT_RATES, rate, 1e4)
+    plan = pipeline.plan_run("instruct-v3", imatrix=True, source="hf")
+    (note,) = [n for n in plan.notes if "--chunks 50 would take" in n]
+    assert note.startswith("the imatrix over all of the calibration text takes ~")
+    few = pipeline.plan_run("instruct-v3", imatrix=True, source="hf", chunks=50)
+    assert not any("--chunks" in n for n in few.notes)
+    assert few.seconds < plan.seconds
+
+
 def test_quants_that_need_an_imatrix_say_so_before_any_download(hub: HubServer) -> None:
     result = run("instruct-v3", "-q", "IQ3_XXS", "-y", "--source", "hf")
     assert result.exit_code == 1  # type: ignore[attr-defined]
