@@ -33,6 +33,10 @@ PIP_CACHE = Path(
     os.environ.get("PIP_CACHE_DIR")
     or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pip"
 )
+CONFIG_HOME = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+USER_PIP_CONF = CONFIG_HOME / "pip" / "pip.conf"
+PASS_THROUGH = {"PYENV_ROOT", "PYENV_VERSION", "TMPDIR", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE",
+                "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"}  # fmt: skip
 V3 = "llama-3-chinese-8b-instruct-v3"
 
 
@@ -85,11 +89,14 @@ def fresh_env(home: Path, hub_url: str) -> dict[str, str]:
         "LLAMA3ZH_TOOLS_DIR": str(models.cache_root() / "tools"),
         "CI": "true",
     }
+    # this machine's package settings (indexes, certificates, proxies) go with the user
+    for var, value in os.environ.items():
+        if var.startswith("PIP_") or var in PASS_THROUGH:
+            env.setdefault(var, value)
+    if USER_PIP_CONF.is_file():
+        env.setdefault("PIP_CONFIG_FILE", str(USER_PIP_CONF))
     env.update(client_env(hub_url, home))
     env.pop("MODELSCOPE_HOME", None)
-    for var in ("PYENV_ROOT", "PYENV_VERSION", "TMPDIR", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
-        if var in os.environ:
-            env[var] = os.environ[var]
     return env
 
 
