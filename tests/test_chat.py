@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import signal
 from pathlib import Path
 
 import jinja2
@@ -201,3 +202,18 @@ def test_message_longer_than_context(tiny_llama3_gguf: Path) -> None:
     finally:
         loaded.chat.session.close()
         loaded.chat.model.close()
+
+
+def test_ctrl_c_while_a_model_loads_stops_the_load(smollm2_gguf: Path) -> None:
+    """Ctrl-C arriving while llama.cpp is inside the load (here: as it logs) is not lost."""
+    from llama3zh_local.llamacpp import engine
+
+    def press_ctrl_c(line: str) -> None:
+        if "load_tensors" in line:
+            signal.raise_signal(signal.SIGINT)
+
+    with engine.log_listener(press_ctrl_c), pytest.raises(KeyboardInterrupt):
+        engine.Model(smollm2_gguf)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with engine.Model(smollm2_gguf) as model:  # and the next load is unaffected
+        assert model.n_layer == 30

@@ -12,6 +12,8 @@ import codecs
 import contextlib
 import ctypes
 import os
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -140,6 +142,27 @@ class GenerationStats:
         return n / self.generation_seconds if n > 0 and self.generation_seconds > 0 else 0.0
 
 
+@contextlib.contextmanager
+def _ctrl_c_sets(flag: threading.Event) -> Iterator[None]:
+    """Ctrl-C sets ``flag`` while the block runs in the main thread.
+
+    During a long C call llama.cpp calls back into Python (logs, progress); a KeyboardInterrupt
+    raised there is swallowed by ctypes and lost. A flag that the progress callback reads lets
+    llama.cpp stop at its next step instead.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    signal.signal(signal.SIGINT, lambda *_: flag.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 class Model:
     """A loaded GGUF model (weights + vocabulary). Use as a context manager or call ``close()``."""
 
@@ -150,7 +173,18 @@ class Model:
         params.n_gpu_layers = n_gpu_layers
         params.use_mmap = use_mmap
         self._ll = ll
-        self.ptr = ll.llama_model_load_from_file(str(self.path).encode(), params)
+        stop = threading.Event()
+
+        def keep_loading(_progress: float, _user: Any) -> bool:
+            return not stop.is_set()
+
+        on_progress = ll.llama_progress_callback(keep_loading)
+        params.progress_callback = on_progress
+        with _ctrl_c_sets(stop):
+            self.ptr = ll.llama_model_load_from_file(str(self.path).encode(), params)
+        if stop.is_set():
+            self.close()
+            raise KeyboardInterrupt
         if not self.ptr:
             raise BackendError(
                 f"llama.cpp could not load {self.path}: {last_log_lines() or 'no reason given'}",
