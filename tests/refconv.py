@@ -27,7 +27,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -143,7 +142,7 @@ def _build(base: Path, version: str, *, log: bool) -> None:
     base.mkdir(parents=True)
     say = (lambda m: sys.stderr.write(f"[refconv] {m}\n")) if log else (lambda m: None)
     say(f"extracting llama.cpp's converters from the llama-cpp-python {version} sdist")
-    _extract(_sdist(version, base / "download"), base / "llama.cpp")
+    _extract(version, base)
     shutil.rmtree(base / "download", ignore_errors=True)
     say("creating the venv and installing " + ", ".join(REQUIREMENTS))
     venv = base / "venv"
@@ -159,51 +158,18 @@ def _build(base: Path, version: str, *, log: bool) -> None:
     )  # fmt: skip
 
 
-def _sdist(version: str, into: Path) -> Path:
-    """The llama-cpp-python sdist: ``$LLAMA3ZH_LLAMA_CPP_SOURCE`` (as llamacpp/tools), else pip."""
+def _extract(version: str, base: Path) -> None:
+    """llama.cpp's converters, with their ``conversion/`` package and vendored ``gguf-py``."""
     from llama3zh_local.llamacpp import tools
 
-    if origin := os.environ.get(tools.SOURCE_ENV):
-        return Path(origin).expanduser()
-    into.mkdir(parents=True, exist_ok=True)
-    _check(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", tools.DIST,
-         tools.sdist_requirement(version), "-d", str(into)],
-        timeout=1800,
-    )  # fmt: skip
-    found = sorted(into.glob("*.tar.gz"))
-    if not found:
-        raise RuntimeError(f"pip downloaded no sdist of {tools.sdist_requirement(version)}")
-    return found[0]
-
-
-def _extract(sdist: Path, dest: Path) -> None:
     def wanted(rel: str) -> bool:
-        return any(rel == w or (w.endswith("/") and rel.startswith(w)) for w in WANTED)
+        return "__pycache__" not in rel and any(
+            rel == w or (w.endswith("/") and rel.startswith(w)) for w in WANTED
+        )
 
-    if sdist.is_dir():
-        src = sdist / SDIST_PREFIX if (sdist / SDIST_PREFIX).is_dir() else sdist
-        for path in src.rglob("*"):
-            rel = path.relative_to(src).as_posix()
-            if path.is_file() and wanted(rel) and "__pycache__" not in rel:
-                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, dest / rel)
-    else:
-        with tarfile.open(sdist) as tar:
-            for member in tar:
-                inner = member.name.partition("/")[2]
-                if not inner.startswith(SDIST_PREFIX) or not member.isfile():
-                    continue
-                rel = inner[len(SDIST_PREFIX) :]
-                if ".." in rel.split("/") or not wanted(rel):
-                    continue
-                f = tar.extractfile(member)
-                if f is None:
-                    continue
-                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-                with f, open(dest / rel, "wb") as out:
-                    shutil.copyfileobj(f, out)
-    if not (dest / "convert_hf_to_gguf.py").is_file():
+    sdist = tools.find_sdist(version, base / "download")
+    tools.copy_llama_cpp(sdist, base / "llama.cpp", wanted)
+    if not (base / "llama.cpp" / "convert_hf_to_gguf.py").is_file():
         raise RuntimeError(f"{sdist} has no {SDIST_PREFIX}convert_hf_to_gguf.py")
 
 

@@ -217,14 +217,9 @@ def ensure_source(*, version: str | None = None, progress: Progress | None = Non
     base.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".source-", dir=base) as tmp:
         origin = os.environ.get(SOURCE_ENV)
-        if origin:
-            say(f"llama.cpp source: {origin}")
-            sdist = Path(origin).expanduser()
-        else:
-            say(f"downloading the llama.cpp source ({sdist_requirement(version)} sdist, pip)")
-            sdist = _pip_download_sdist(version, Path(tmp) / "download")
+        sdist = find_sdist(version, Path(tmp) / "download", progress=say)
         staged = Path(tmp) / "llama.cpp"
-        changelog = _extract(sdist, staged, tool_dirs)
+        changelog = copy_llama_cpp(sdist, staged, lambda rel: wanted_source(rel, tool_dirs))
         missing = [d for d in ("include", "common", *(f"tools/{t}" for t in tool_dirs))
                    if not (staged / d).is_dir()]  # fmt: skip
         if missing:
@@ -254,6 +249,17 @@ def _source_complete(dest: Path, tool_dirs: Iterable[str]) -> bool:
     )
 
 
+def find_sdist(version: str, into: Path, *, progress: Progress | None = None) -> Path:
+    """The llama-cpp-python sdist (file or folder): ``$LLAMA3ZH_LLAMA_CPP_SOURCE``, else pip
+    downloads it into ``into``."""
+    say = progress or _quiet
+    if origin := os.environ.get(SOURCE_ENV):
+        say(f"llama.cpp source: {origin}")
+        return Path(origin).expanduser()
+    say(f"downloading the llama.cpp source ({sdist_requirement(version)} sdist, pip)")
+    return _pip_download_sdist(version, into)
+
+
 def _pip_download_sdist(version: str, into: Path) -> Path:
     # --no-binary for this one package only: the sdist is the point, and pip may still take
     # wheels for the build backend it installs to read the sdist's metadata.
@@ -270,13 +276,14 @@ def _pip_download_sdist(version: str, into: Path) -> Path:
     return found[0]
 
 
-def _extract(sdist: Path, dest: Path, tool_dirs: Sequence[str]) -> str | None:
-    """Copy the needed llama.cpp files of an sdist (file or folder) to ``dest``; the CHANGELOG."""
+def copy_llama_cpp(sdist: Path, dest: Path, wanted: Callable[[str], bool]) -> str | None:
+    """Copy the files of an sdist's (file or folder) llama.cpp tree for which ``wanted(path
+    inside the tree)`` holds to ``dest``; returns the sdist's CHANGELOG."""
     if sdist.is_dir():
         root = sdist / SDIST_LLAMA_CPP if (sdist / SDIST_LLAMA_CPP).is_dir() else sdist
         for path in root.rglob("*"):
             rel = path.relative_to(root).as_posix()
-            if path.is_file() and wanted_source(rel, tool_dirs):
+            if path.is_file() and wanted(rel):
                 (dest / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, dest / rel)
         changelog = sdist / "CHANGELOG.md"
@@ -294,7 +301,7 @@ def _extract(sdist: Path, dest: Path, tool_dirs: Sequence[str]) -> str | None:
             if not inner.startswith(SDIST_LLAMA_CPP + "/") or not member.isfile():
                 continue
             rel = inner[len(SDIST_LLAMA_CPP) + 1 :]
-            if ".." in rel.split("/") or not wanted_source(rel, tool_dirs):
+            if ".." in rel.split("/") or not wanted(rel):
                 continue
             f = tar.extractfile(member)
             if f is None:
