@@ -178,8 +178,13 @@ def _ready(path: Path, folder: Path | None = None) -> bool:
                 if used is None or used.sha256 != sha:
                     return False
         return True
-    pulled = store.read_manifest(path.parent).get(path.name)
-    return pulled is not None and pulled.is_verified(Path(pulled.cache_path))
+    return _verified_pull(path) is not None
+
+
+def _verified_pull(path: Path) -> store.StoreEntry | None:
+    """The store's record of ``path`` when it is a pull whose checksum still holds."""
+    entry = store.read_manifest(path.parent).get(path.name)
+    return entry if entry is not None and entry.is_verified(Path(entry.cache_path)) else None
 
 
 def _present(path: Path) -> bool:
@@ -514,23 +519,19 @@ def _pull(step: Step, folder: Path, work: Work) -> list[state.Artifact]:
 
 def _record_pulled(path: Path, folder: Path) -> state.Artifact:
     """A pulled (hub-verified) file into the state file, with the hub's sha256 when it has one."""
-    entry = store.read_manifest(path.parent).get(path.name)
-    sha = entry.sha256 if entry is not None and entry.is_verified(Path(entry.cache_path)) else None
+    entry = _verified_pull(path)
+    sha = entry.sha256 if entry is not None else None
     return state.record(path, step="pull", sha256=sha, folder=folder)
 
 
 def _inputs_of(hf_dir: Path) -> dict[str, str]:
     """sha256 of each file of a checkpoint (the hub's, for verified pulls; else hashed here)."""
-    manifest = store.read_manifest(hf_dir)
     out = {}
     for p in sorted(hf_dir.iterdir()):
         if p.name.startswith(".") or not p.is_file() or p.suffix == ".gguf":
             continue
-        e = manifest.get(p.name)
-        if e is not None and e.sha256 and e.is_verified(Path(e.cache_path)):
-            out[p.name] = e.sha256
-        else:
-            out[p.name] = state.sha256_file(p)
+        e = _verified_pull(p)
+        out[p.name] = e.sha256 if e is not None and e.sha256 else state.sha256_file(p)
     return out
 
 

@@ -140,9 +140,7 @@ class Steps:
 
     def __call__(self, e: RunEvent) -> None:
         head = f"[{e.index}/{e.steps}] {e.kind}"
-        if e.event == "start":
-            self.bar.note(f"{head}: {e.message}")
-        elif e.event == "reuse":
+        if e.event in ("start", "reuse"):
             self.bar.note(f"{head}: {e.message}")
         elif e.event == "done":
             self.bar.note(f"{head}: done ({e.message.split(' ', 1)[-1]})")
