@@ -13,6 +13,9 @@ import pytest
 
 from . import models
 
+# tests marked ``isolated`` (llama.cpp compute in-process) run in a child pytest: tests/isolate.py
+pytest_plugins = ["tests.isolate"]
+
 # Read once at import, before _isolate_env redirects HOME-like variables for each test.
 CACHE_ROOT = models.cache_root()
 

@@ -138,6 +138,7 @@ def test_seed_makes_sampling_reproducible(smollm2_gguf: Path) -> None:
     assert a.returncode == 0 and a.stdout == b.stdout and a.stdout.strip()
 
 
+@pytest.mark.isolated  # decodes in-process: a native crash fails only this test
 def test_multi_turn_reuses_the_kv_cache(smollm2_gguf: Path) -> None:
     loaded = open_chat(smollm2_gguf, n_ctx=2048, sampling=GREEDY, max_tokens=48)
     chat = loaded.chat
@@ -157,6 +158,7 @@ def test_multi_turn_reuses_the_kv_cache(smollm2_gguf: Path) -> None:
         chat.model.close()
 
 
+@pytest.mark.isolated  # decodes in-process: a native crash fails only this test
 def test_long_conversation_is_trimmed_not_crashed(smollm2_gguf: Path) -> None:
     notes: list[str] = []
     loaded = open_chat(smollm2_gguf, n_ctx=256, sampling=GREEDY, max_tokens=40, notify=notes.append)
@@ -174,6 +176,7 @@ def test_long_conversation_is_trimmed_not_crashed(smollm2_gguf: Path) -> None:
         chat.model.close()
 
 
+@pytest.mark.isolated  # decodes in-process: a native crash fails only this test
 def test_stopping_an_answer_keeps_the_session_usable(tiny_llama3_gguf: Path) -> None:
     """Closing the stream mid-answer (what Ctrl-C does) keeps the partial answer and the session."""
     loaded = open_chat(tiny_llama3_gguf, n_ctx=1024, sampling=SamplingParams(seed=1))
@@ -191,6 +194,7 @@ def test_stopping_an_answer_keeps_the_session_usable(tiny_llama3_gguf: Path) -> 
         chat.model.close()
 
 
+@pytest.mark.isolated  # decodes in-process: a native crash fails only this test
 def test_message_longer_than_context(tiny_llama3_gguf: Path) -> None:
     from llama3zh_local.errors import InputError
 

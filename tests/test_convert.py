@@ -219,6 +219,7 @@ def test_q8_0_dequantizes_close_to_the_weights(tiny_llama3_hf: Path, tmp_path: P
     assert np.abs(got - want).max() <= np.abs(want).max() / 127  # within one step of 8 bits
 
 
+@pytest.mark.isolated  # decodes in-process: a native crash fails only this test
 def test_loads_and_generates_in_llama_cpp(tiny_f16: Path) -> None:
     from llama3zh_local.llamacpp.engine import ContextSettings, Model, SamplingParams, Session
 

@@ -178,6 +178,7 @@ def test_adapter_metadata_and_tensors(
     assert np.array_equal(g.array("blk.1.attn_q.weight.lora_b"), want_b)
 
 
+@pytest.mark.isolated  # decodes in-process: a native crash fails only this test
 @pytest.mark.slow
 def test_adapter_loads_in_llama_cpp_and_equals_the_merge(
     lora_attn: Path, tiny_llama3_hf: Path, tmp_path: Path

@@ -286,6 +286,7 @@ def test_tiny_llama3_gguf_tokenizes_like_hf(
         assert model.meta("tokenizer.chat_template") == models.LLAMA3_CHAT_TEMPLATE
 
 
+@pytest.mark.isolated  # decodes in-process: a native crash fails only this test
 @pytest.mark.slow
 def test_tiny_llama3_gguf_generates(tiny_llama3_gguf: Path) -> None:
     from llama3zh_local.llamacpp.engine import ContextSettings, Model, SamplingParams, Session

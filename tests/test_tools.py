@@ -195,7 +195,9 @@ def test_tools_root_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert tools.tools_root() == Path(os.environ["LLAMA3ZH_HOME"]) / "tools"
     monkeypatch.setenv(tools.TOOLS_DIR_ENV, str(tmp_path / "t"))
     assert tools.tools_root() == tmp_path / "t"
-    assert tools.tool_binary("llama-bench", "0.3.36") == tmp_path / "t" / "0.3.36" / "llama-bench"
+    exe = tools.tool_binary("llama-bench", "0.3.36")
+    assert exe == tmp_path / "t" / "0.3.36" / tools.library_key() / "llama-bench"
+    assert exe.parent.name.startswith("libs-")
 
 
 def test_lib_dir_honours_llama_cpp_lib_path(
@@ -312,6 +314,7 @@ def test_run_tool_keeps_output_for_the_error(
     )
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setattr(tools, "ensure_tool", lambda name, progress=None: script)
+    monkeypatch.setenv("LLAMA3ZH_CPU_REPACK", "on")  # no --repack 0 added (tests/test_repack.py)
     with pytest.raises(BackendError) as err:
         tools.run_tool(["llama-bench", "-m", "模型.gguf"])
     assert "exit code 3" in str(err.value) and "错误：模型文件损坏" in str(err.value)
@@ -391,7 +394,7 @@ def test_specs_match_llama_cpp_cmake(tools_cache: Path) -> None:
 @pytest.mark.slow
 def test_llama_bench_builds_and_runs(tools_cache: Path) -> None:
     exe = tools.ensure_tool("llama-bench")
-    assert exe.is_file() and exe.parent.parent == tools_cache
+    assert exe.is_file() and exe.parent.parent.parent == tools_cache
     record = json.loads(exe.with_name(exe.name + ".json").read_text())
     # the ToolSpec's short list of common sources still links (no fallback to all of common)
     assert record["all_of_common"] is False

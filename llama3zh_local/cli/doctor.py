@@ -22,8 +22,10 @@ def doctor(as_json: JsonOpt = False) -> None:
     import platform
 
     from .. import __version__, hardware
+    from ..llamacpp import repack
 
     hw = hardware.detect()
+    cpu_repack = repack.current()
     hint = hardware.reinstall_hint(hw)
     gib = hardware.GIB
     data = {
@@ -48,6 +50,7 @@ def doctor(as_json: JsonOpt = False) -> None:
         "ram_available_bytes": hw.ram_available,
         "gpu_hardware": hardware.gpu_hardware_present(),
         "system_info": hw.system_info,
+        "cpu_repack": cpu_repack.as_dict(),
         "reinstall": hint,
     }
     if as_json:
@@ -64,6 +67,7 @@ def doctor(as_json: JsonOpt = False) -> None:
         mem = f"{d.free / gib:.1f} GiB free of {d.total / gib:.1f} GiB" if d.total else ""
         lines.append(f"device            {d.name} ({d.kind}): {d.description} {mem}".rstrip())
     lines.append(f"features          {hw.system_info}")
+    lines.append(f"weight repacking  {'on' if cpu_repack.enabled else 'off'}: {cpu_repack.reason}")
     for line in lines:
         _output.result(line)
     if hint:

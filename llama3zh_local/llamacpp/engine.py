@@ -166,12 +166,31 @@ def _ctrl_c_sets(flag: threading.Event) -> Iterator[None]:
 class Model:
     """A loaded GGUF model (weights + vocabulary). Use as a context manager or call ``close()``."""
 
-    def __init__(self, path: str | Path, *, n_gpu_layers: int = 0, use_mmap: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        n_gpu_layers: int = 0,
+        use_mmap: bool = True,
+        repack: bool | None = None,
+    ) -> None:
+        """Load ``path``.
+
+        Args:
+            repack: let llama.cpp repack weights for this CPU (its AMX / CPU_REPACK buffer
+                types); None: what ``repack.enabled()`` decided for this machine.
+        """
         ll = lib()
         self.path = Path(path)
+        if repack is None:
+            from . import repack as repacking
+
+            repack = repacking.enabled()
+        self.repack = repack
         params = ll.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.use_mmap = use_mmap
+        params.use_extra_bufts = repack
         self._ll = ll
         stop = threading.Event()
 

@@ -11,7 +11,12 @@ Cache layout, one folder per llama-cpp-python version under ``tools_root()``::
 
     <version>/llama.cpp/          the needed sources, extracted from the sdist (+ source.json)
     <version>/build/obj-<hash>/   object files, shared by the tools; <hash> is of the flags
-    <version>/llama-bench         the tools, each with <name>.json saying how it was built
+    <version>/libs-<key>/llama-bench
+                                  the tools, each with <name>.json saying how it was built,
+                                  linked to one folder of llama.cpp libraries: <key> hashes that
+                                  folder and its files (two virtualenvs of the same version, a
+                                  CPU and a CUDA build, get tools of their own; a relink reuses
+                                  the object files)
 
 Environment:
 
@@ -36,6 +41,7 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -77,6 +83,7 @@ CXXFLAGS = ("-std=c++17", "-DNDEBUG", "-pthread", "-ffunction-sections", "-fdata
 # the installed libraries, whatever these flags are.
 OPT_TOOL, OPT_COMMON = "-O2", "-O1"
 COMMON_ALL = None  # ToolSpec.common: every source of llama.cpp's common library
+REPACK_OPTIONS = ("-nr", "--no-repack", "--repack")  # a caller that sets repacking itself
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,9 @@ class ToolSpec:
     # of common (slower, never wrong).
     common: tuple[str, ...] | None
     httplib: bool = True  # common's arg.cpp downloads models (-hf) through cpp-httplib
+    # The options that turn weight repacking off (see repack.py), as the tool spells them:
+    # common/arg.cpp's ``-nr, --no-repack``; llama-bench's own parser takes ``--repack 0|1``.
+    no_repack: tuple[str, ...] = ("--no-repack",)
 
 
 TOOLS: dict[str, ToolSpec] = {
@@ -103,6 +113,7 @@ TOOLS: dict[str, ToolSpec] = {
             "llama-bench",
             ("llama-bench.cpp", "main.cpp"),
             ("arg", "common", "download", "fit", "hf-cache", "json", "log", "speculative"),
+            no_repack=("--repack", "0"),
         ),
         # These parse their options with common_params_parse, which reaches chat templates,
         # samplers and presets: nearly all of common.
@@ -110,7 +121,9 @@ TOOLS: dict[str, ToolSpec] = {
         ToolSpec("llama-perplexity", "perplexity", ("perplexity.cpp", "main.cpp"), COMMON_ALL),
         # Only for checking quantize.py against it (byte-identical output) and for the speed
         # bench: quantization itself goes through llama_model_quantize in-process.
-        ToolSpec("llama-quantize", "quantize", ("quantize.cpp", "main.cpp"), COMMON_ALL),
+        # It never multiplies with the weights it writes: nothing to repack.
+        ToolSpec("llama-quantize", "quantize", ("quantize.cpp", "main.cpp"), COMMON_ALL,
+                 no_repack=()),  # fmt: skip
     )
 }
 
@@ -193,10 +206,43 @@ def common_sources(src: Path, spec: ToolSpec, *, everything: bool = False) -> li
     return out
 
 
-def tool_binary(name: str, version: str | None = None) -> Path:
-    """Where ``name`` is (or will be) once built for the installed llama-cpp-python."""
+_LIBRARY_KEYS: dict[Path, str] = {}
+
+
+def library_key(libs: Path | None = None) -> str:
+    """``libs-<hash>`` of a folder of llama.cpp libraries: its path and its files' contents.
+
+    A tool's RUNPATH names the folder it was linked to, so the folder is part of the key; the
+    contents tell a rebuilt or reinstalled llama-cpp-python (same version, other flags) apart.
+    """
+    folder = (libs or lib_dir()).resolve()
+    if folder not in _LIBRARY_KEYS:
+        h = hashlib.sha256(str(folder).encode())
+        try:
+            files = sorted(p for p in folder.iterdir() if p.is_file() and _is_library(p.name))
+        except OSError:
+            files = []
+        for path in files:
+            h.update(b"\0" + path.name.encode() + b"\0")
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            h.update(digest.digest())
+        _LIBRARY_KEYS[folder] = f"libs-{h.hexdigest()[:16]}"
+    return _LIBRARY_KEYS[folder]
+
+
+def _is_library(name: str) -> bool:
+    return ".so" in name or name.endswith((".dylib", ".dll"))
+
+
+def tool_binary(name: str, version: str | None = None, libs: Path | None = None) -> Path:
+    """Where ``name`` is (or will be) once built for the installed llama-cpp-python and the
+    libraries in ``libs`` (default: the ones llama_cpp loads)."""
     exe = ".exe" if sys.platform == "win32" else ""
-    return tools_root() / cache_key(version or llama_cpp_version()) / f"{name}{exe}"
+    base = tools_root() / cache_key(version or llama_cpp_version())
+    return base / library_key(libs) / f"{name}{exe}"
 
 
 # -- the source -------------------------------------------------------------------------------
@@ -375,17 +421,17 @@ def ensure_tool(name: str, *, progress: Progress | None = None, rebuild: bool = 
     if spec is None:
         raise UsageError(f"unknown llama.cpp tool {name!r}", hint=f"one of: {', '.join(TOOLS)}")
     version = llama_cpp_version()
-    out = tool_binary(name, version)
+    libs = lib_dir()
+    out = tool_binary(name, version, libs)
     if out.is_file() and not rebuild:
         return out
     with _build_lock(out.parent / f".{name}.lock"):
         if out.is_file() and not rebuild:  # built by whoever held the lock
             return out
-        return _build(spec, version, out, progress or _quiet)
+        return _build(spec, version, out, libs, progress or _quiet)
 
 
-def _build(spec: ToolSpec, version: str, out: Path, say: Progress) -> Path:
-    libs = lib_dir()
+def _build(spec: ToolSpec, version: str, out: Path, libs: Path, say: Progress) -> Path:
     missing = [n for n in ("llama", "ggml", "ggml-base") if not _has_lib(libs, n)]
     if missing:
         raise BackendError(
@@ -395,7 +441,7 @@ def _build(spec: ToolSpec, version: str, out: Path, say: Progress) -> Path:
     cxx = find_compiler()
     t0 = time.perf_counter()
     src = ensure_source(version=version, progress=say)
-    build = out.parent / "build"
+    build = out.parent.parent / "build"  # the version's folder: objects serve every libs-<key>
     objdir = build / f"obj-{_flags_hash(cxx)}"
     objdir.mkdir(parents=True, exist_ok=True)
     info = json.loads((src / "source.json").read_text(encoding="utf-8"))
@@ -437,6 +483,7 @@ def _build(spec: ToolSpec, version: str, out: Path, say: Progress) -> Path:
         "llama_cpp_python": version,
         "llama_cpp_commit": info.get("llama_cpp_commit"),
         "lib_dir": str(libs),
+        "lib_key": out.parent.name,
         "compiler": cxx,
         "flags": [*CXXFLAGS, f"tools: {OPT_TOOL}", f"common: {OPT_COMMON}"],
         "sources": sorted(units),
@@ -569,7 +616,8 @@ def run_tool(
     if not args:
         raise UsageError("run_tool needs a tool name")
     exe = ensure_tool(args[0], progress=progress)
-    cmd = [str(exe), *map(str, args[1:])]
+    rest = [str(a) for a in args[1:]]
+    cmd = [str(exe), *rest, *repack_args(args[0], rest)]
     try:
         if on_output is None:
             done = _run(cmd, timeout=timeout, cwd=cwd, env=tool_env())
@@ -587,6 +635,8 @@ def run_tool(
             f"{args[0]} could not start: {e}",
             hint=f"rebuild it: delete {exe} and run again",
         ) from None
+    if done.returncode < 0:  # killed by a signal: never a result a caller can use
+        raise _killed(args[0], -done.returncode, done, cmd)
     if check and done.returncode != 0:
         raise BackendError(
             f"{args[0]} failed (exit code {done.returncode}): "
@@ -594,6 +644,52 @@ def run_tool(
             hint=f"run it by hand to see all of its output: {shlex.join(cmd)}",
         )
     return done
+
+
+def repack_args(name: str, args: Sequence[str] = ()) -> list[str]:
+    """The options ``run_tool`` adds for tool ``name``: its no-repack option when weight
+    repacking is off on this machine (``repack.enabled()``, as the chat engine), unless
+    ``args`` set repacking themselves."""
+    spec = TOOLS.get(name)
+    if spec is None or not spec.no_repack or any(a in REPACK_OPTIONS for a in args):
+        return []
+    from . import repack
+
+    return [] if repack.enabled() else list(spec.no_repack)
+
+
+_CRASHES = ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT", "SIGTRAP")
+
+
+def _killed(
+    name: str, signum: int, done: subprocess.CompletedProcess[str], cmd: Sequence[str]
+) -> BaseException:
+    """The error for a tool that died from signal ``signum``: which signal, its last lines, and
+    what to try next (the repack override after a crash, memory after a SIGKILL)."""
+    from . import repack
+
+    if signum == signal.SIGINT:
+        return KeyboardInterrupt()
+    sig = repack.signal_name(signum)
+    what = signal.strsignal(signum) or sig
+    last = _tail(done.stderr or done.stdout)
+    message = f"{name} was killed by {sig} ({what})" + (f": {last}" if last else "")
+    by_hand = f"run it by hand to see all of its output: {shlex.join(cmd)}"
+    if sig in _CRASHES and TOOLS[name].no_repack and repack.enabled():
+        hint = (
+            f"it crashed inside llama.cpp; try again with {repack.OVERRIDE_ENV}=off (weight "
+            f"repacking, see {repack.UPSTREAM_BUG}); {by_hand}"
+        )
+    elif sig in _CRASHES:
+        hint = f"it crashed inside llama.cpp; {by_hand}"
+    elif sig == "SIGKILL":
+        hint = (
+            "it was killed from outside, often by the kernel when memory ran out: close other "
+            "programs, or use a smaller model, context (-c) or fewer chunks"
+        )
+    else:
+        hint = by_hand
+    return BackendError(message, hint=hint)
 
 
 def _die_with_parent() -> None:
