@@ -1,7 +1,7 @@
 """The chat engine's speed against llama.cpp's own llama-bench, on the same GGUF and threads.
 
     python bench/chat_speed.py [--model GGUF] [--runs 3] [--max-runs N] [--threads N] [--ngl N]
-                               [--profile] [--no-docs]
+                               [--repack auto|on|off] [--profile] [--no-docs]
 
 llama-bench is compiled from the llama.cpp source of the installed llama-cpp-python and linked to
 its libraries (``llama3zh_local.llamacpp.tools``), so both sides run the same llama.cpp build.
@@ -22,6 +22,11 @@ The summary takes the median over the runs that no other work disturbed (``Other
 there are at least 3 of them, else over all runs. The table, the machine and the raw runs go to
 stdout and into docs/benchmarks.md (between its ``chat_speed`` markers; ``--no-docs`` leaves it
 alone). ``--profile`` adds a per-token breakdown of the generate loop (decode, sampling, Python).
+
+Both sides run with the same weight repacking (llama.cpp's CPU_REPACK / AMX buffer types): what
+``llama3zh_local.llamacpp.repack`` decided for this machine (``--repack auto``, as ``llama3zh
+chat`` runs), or ``--repack on|off``; the report says which. ``bench/repack_speed.py`` measures
+what repacking itself is worth.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from llama3zh_local.errors import Llama3zhError  # noqa: E402
-from llama3zh_local.llamacpp import tools  # noqa: E402
+from llama3zh_local.llamacpp import repack, tools  # noqa: E402
 from llama3zh_local.llamacpp.engine import (  # noqa: E402
     ContextSettings,
     Model,
@@ -114,10 +119,12 @@ def _own_seconds() -> float:
 # -- llama-bench --------------------------------------------------------------------------------
 
 
-def llama_bench(model: Path, threads: int, ngl: int) -> tuple[float, float, dict[str, Any]]:
+def llama_bench(
+    model: Path, threads: int, ngl: int, use_repack: bool
+) -> tuple[float, float, dict[str, Any]]:
     """One llama-bench process: (pp512 tokens/s, tg128 tokens/s, its pp512 record)."""
     args = ["llama-bench", "-m", model, "-p", N_PROMPT, "-n", N_GEN, "-r", "1",
-            "-t", threads, "-ngl", ngl, "-o", "json"]  # fmt: skip
+            "-t", threads, "-ngl", ngl, "--repack", int(use_repack), "-o", "json"]  # fmt: skip
     done = tools.run_tool([str(a) for a in args], timeout=1800)
     records = json.loads(done.stdout)
     pp = next(r for r in records if r["n_prompt"] == N_PROMPT and r["n_gen"] == 0)
@@ -318,6 +325,7 @@ def report(
     model: Path,
     threads: int,
     ngl: int,
+    repacking: str,
     runs: list[dict[str, float]],
     bench_record: dict[str, Any],
     build: dict[str, Any],
@@ -357,6 +365,7 @@ def report(
         f"{platform.system()} {platform.release()}, backend {bench_record.get('backends', '?')}"
         + (f" ({bench_record['gpu_info']})" if bench_record.get("gpu_info") else "")
         + f", -ngl {ngl}",
+        f"- Weight repacking, both sides: {repacking}",
         f"- llama-cpp-python {tools.llama_cpp_version()} (llama.cpp "
         f"{build.get('llama_cpp_commit') or '?'}); llama-bench built by "
         f"`llama3zh_local.llamacpp.tools` in {build.get('seconds', '?')} s",
@@ -393,19 +402,21 @@ python bench/chat_speed.py --model ggml-model-q4_k.gguf --runs 5 --threads 8 --p
 python bench/chat_speed.py --runs 8 --max-runs 30  # busy machine: 8 undisturbed runs
 ```
 
-The first run compiles llama-bench (about a minute) into `~/.cache/llama3zh/tools/<version>/`.
-The section between the markers below is rewritten by each run.
+The first run compiles llama-bench (about a minute) into
+`~/.cache/llama3zh/tools/<version>/libs-<hash>/`. The section between the markers below is
+rewritten by each run.
 
 """
 
 
-def update_doc(path: Path, body: str) -> None:
-    text = path.read_text(encoding="utf-8") if path.exists() else DOC_HEAD + f"{BEGIN}\n{END}\n"
-    if BEGIN not in text or END not in text:
-        text = text.rstrip("\n") + f"\n\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    new = f"{head}{BEGIN}\n{body}{END}{tail}"
+def update_doc(path: Path, body: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace what lies between the markers ``begin`` and ``end`` in ``path`` with ``body``."""
+    text = path.read_text(encoding="utf-8") if path.exists() else DOC_HEAD + f"{begin}\n{end}\n"
+    if begin not in text or end not in text:
+        text = text.rstrip("\n") + f"\n\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{begin}\n{body}{end}{tail}"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(new, encoding="utf-8")
@@ -424,6 +435,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--threads", type=int, default=default_threads(), help="CPU threads")
     ap.add_argument("--ngl", type=int, default=-1, help="GPU layers, both sides (-1: all)")
+    ap.add_argument(
+        "--repack",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="weight repacking on both sides (auto: what llama3zh decided for this machine)",
+    )
     ap.add_argument("--profile", action="store_true", help="add a per-token breakdown of tg128")
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     args = ap.parse_args(argv)
@@ -440,14 +457,22 @@ def main(argv: list[str] | None = None) -> int:
         log(f"Error: {e}" + (f"\nHint: {e.hint}" if e.hint else ""))
         return 1
     build = json.loads(exe.with_name(exe.name + ".json").read_text(encoding="utf-8"))
+    if args.repack == "auto":
+        decision = repack.current()
+        use_repack = decision.enabled
+        repacking = f"{'on' if use_repack else 'off'} (auto: {decision.reason})"
+    else:
+        use_repack = args.repack == "on"
+        repacking = f"{args.repack} (--repack {args.repack})"
+    log(f"weight repacking: {repacking}")
     params = dataclasses.replace(SamplingParams(), seed=1234)
     runs: list[dict[str, float]] = []
     record: dict[str, Any] = {}
-    with Model(model_path, n_gpu_layers=args.ngl) as model:
+    with Model(model_path, n_gpu_layers=args.ngl, repack=use_repack) as model:
         quiet = 0
         while quiet < args.runs and len(runs) < max_runs:
             with OtherCPU() as bench_other:
-                b_pp, b_tg, record = llama_bench(model_path, args.threads, args.ngl)
+                b_pp, b_tg, record = llama_bench(model_path, args.threads, args.ngl, use_repack)
             with OtherCPU() as ours_other:
                 o_pp = engine_pp(model, args.threads)
                 o_tg = engine_tg(model, args.threads, params)
@@ -479,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         model=model_path,
         threads=args.threads,
         ngl=args.ngl,
+        repacking=repacking,
         runs=runs,
         bench_record=record,
         build=build,

@@ -405,3 +405,32 @@ def test_tools_are_relinked_for_another_library_folder(
         tools._LIBRARY_KEYS.clear()
         for folder in built:  # the cache is shared: drop what points into tmp_path
             shutil.rmtree(folder, ignore_errors=True)
+
+
+# -- what the user sees ---------------------------------------------------------------------------
+
+
+def test_doctor_shows_the_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+    proc = run("doctor", "--json", env={repack.OVERRIDE_ENV: "off"})
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)["cpu_repack"]
+    assert data["enabled"] is False and data["source"] == "override"
+    assert data["reason"] == f"set by {repack.OVERRIDE_ENV}=off"
+    auto = run("doctor", env={repack.OVERRIDE_ENV: "auto"})
+    line = next(ln for ln in auto.stdout.splitlines() if ln.startswith("weight repacking"))
+    verdict = repack.current()
+    assert line.split(None, 2)[2] == f"{'on' if verdict.enabled else 'off'}: {verdict.reason}"
+    assert_one_line_error(run("doctor", env={repack.OVERRIDE_ENV: "sometimes"}),
+                          "LLAMA3ZH_CPU_REPACK='sometimes'")  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_the_readme_question_is_answered_either_way(smollm2_gguf: Path, setting: str) -> None:
+    """The README's first chat, with repacking forced on and off (auto is one of the two)."""
+    proc = run("chat", str(smollm2_gguf), "-p", "What is the capital of France?", "--temp", "0",
+               env={repack.OVERRIDE_ENV: setting})  # fmt: skip
+    if setting == "on" and proc.returncode < 0 and repack.amx_reported():
+        pytest.skip(f"AMX here crashes with repacking forced on ({proc.returncode})")
+    assert proc.returncode == 0, proc.stderr
+    assert "Paris" in proc.stdout
