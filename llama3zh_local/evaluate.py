@@ -278,6 +278,7 @@ def evaluate(
                 args += ["--kl-divergence-base", str(logits), "--kl-divergence"]
             else:
                 args += ["-f", text_path.name]
+            args += tools.repack_args("llama-perplexity")
             commands.append(tuple(args))
             tracker = _Tracker(info.path.name, i, len(ordered), n_chunks, say)
             t0 = time.perf_counter()

@@ -371,6 +371,7 @@ def plan_imatrix(
     ]  # fmt: skip
     if threads:
         cmd += ["-t", str(threads)]
+    cmd += tools.repack_args("llama-imatrix")  # shown by --dry-run as it will run
     return ImatrixPlan(
         model=model,
         calibration=calib,

@@ -434,3 +434,13 @@ def test_the_readme_question_is_answered_either_way(smollm2_gguf: Path, setting:
         pytest.skip(f"AMX here crashes with repacking forced on ({proc.returncode})")
     assert proc.returncode == 0, proc.stderr
     assert "Paris" in proc.stdout
+
+
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_dry_runs_show_the_option(smollm2_gguf: Path, setting: str, tmp_path: Path) -> None:
+    proc = run("imatrix", str(smollm2_gguf), "--dry-run", "-o", str(tmp_path / "m.imatrix"),
+               env={repack.OVERRIDE_ENV: setting})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    command = next(ln for ln in proc.stderr.splitlines() if ln.startswith("command:"))
+    assert command.endswith("--no-repack") is (setting == "off")
+    assert not (tmp_path / "m.imatrix").exists()
