@@ -49,6 +49,9 @@ def _main(
     ] = False,
 ) -> None:
     """Pull, convert, quantize and chat with the Chinese Llama-3 models on your own machine."""
+    from . import _errors, _output
+
+    _output.route_logs(debug=_errors.debug())
 
 
 app.command("run")(run.run)
