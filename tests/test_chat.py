@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import signal
 from pathlib import Path
@@ -217,3 +218,39 @@ def test_ctrl_c_while_a_model_loads_stops_the_load(smollm2_gguf: Path) -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with engine.Model(smollm2_gguf) as model:  # and the next load is unaffected
         assert model.n_layer == 30
+
+
+def test_an_answer_cut_inside_a_character_ends_without_a_replacement_char(
+    smollm2_gguf: Path,
+) -> None:
+    # SmolLM2's byte-level BPE splits most Chinese characters over two tokens, so some limits
+    # (-n) fall inside a character: the answer ends at the last whole character before it.
+    question = "青石镇的镇长叫什么名字？请用中文回答。"
+    loaded = open_chat(smollm2_gguf, n_ctx=1024, sampling=GREEDY)
+    chat, session = loaded.chat, loaded.chat.session
+    messages = [*chat.conversation.messages(), {"role": "user", "content": question}]
+    try:
+        prompt = chat.prompt_tokens(messages)
+        "".join(session.generate(prompt, GREEDY, max_tokens=16))
+        pieces = [chat.model.token_bytes(t) for t in session.cached[len(prompt) :]]
+        cut_inside = []
+        for n in range(1, len(pieces) + 1):
+            head = b"".join(pieces[:n])
+            whole_chars = codecs.getincrementaldecoder("utf-8")().decode(head)  # no final flush
+            if len(whole_chars.encode()) < len(head):
+                cut_inside.append(n)
+            session.reset()  # the same evaluation as the first run: the same greedy tokens
+            text = "".join(session.generate(prompt, GREEDY, max_tokens=n))
+            assert text == whole_chars, n
+        assert cut_inside, "no limit fell inside a character: the test proves nothing"
+    finally:
+        session.close()
+        chat.model.close()
+    n = cut_inside[-1]
+    proc = run(
+        "chat", str(smollm2_gguf), "-p", question, "--temp", "0", "-n", str(n), "--ctx", "1024"
+    )
+    assert proc.returncode == 0, proc.stderr
+    answer = proc.stdout.strip()
+    assert answer and "\ufffd" not in answer
+    assert answer == codecs.getincrementaldecoder("utf-8")().decode(b"".join(pieces[:n])).strip()
