@@ -152,3 +152,22 @@ def test_debug_shows_traceback(tmp_path: Path) -> None:
     proc = run("chat", str(tmp_path / "nope.gguf"), "-p", "hi", env={"LLAMA3ZH_DEBUG": "1"})
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "ModelNotFoundError" in proc.stderr
+
+
+def test_imatrix_with_a_file_after_it_says_use_imatrix_file(tmp_path: Path) -> None:
+    # llama-quantize's habit: --imatrix FILE (here --imatrix is a flag, the file is --imatrix-file)
+    im = tmp_path / "my imatrix.gguf"
+    proc = run("quantize", "f16.gguf", "--type", "Q4_K_M", "--imatrix", str(im))
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"Error: --imatrix takes no value, but {im} follows it",
+        f"Hint: use --imatrix-file '{im}' (llama-quantize's --imatrix FILE); --imatrix alone "
+        "computes one",
+    ]
+    proc = run("run", "instruct-v3", "--imatrix", "my.dat")
+    assert_one_line_error(proc, "--imatrix takes no value, but my.dat follows it")
+    assert "llama3zh quantize MODEL -q TYPE --imatrix-file my.dat" in proc.stderr
+    # any other stray argument keeps click's usage error
+    proc = run("quantize", "f16.gguf", "--type", "Q4_K_M", "--imatrix", "--force", "stray")
+    assert proc.returncode == 2 and "unexpected extra argument" in proc.stderr
+    assert "Error: --imatrix" not in proc.stderr

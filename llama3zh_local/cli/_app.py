@@ -8,6 +8,7 @@ import typer
 
 from .. import __version__
 from . import (
+    _options,
     chat,
     convert,
     demo,
@@ -54,7 +55,7 @@ def _main(
     _output.route_logs(debug=_errors.debug())
 
 
-app.command("run")(run.run)
+app.command("run", cls=_options.RunCommand)(run.run)
 app.command("models")(models.models)
 app.command("chat")(chat.chat)
 app.command("doctor")(doctor.doctor)
@@ -67,7 +68,7 @@ app.command("rm")(rm.rm)
 app.command("modelfile")(modelfile.modelfile)
 app.command("ollama-create")(modelfile.ollama_create)
 app.command("imatrix")(quantize.imatrix)
-app.command("quantize")(quantize.quantize)
+app.command("quantize", cls=_options.QuantizeCommand)(quantize.quantize)
 app.command("eval")(evaluate.eval_models)
 app.command("recommend")(recommend.recommend)
 app.command("gc")(gc.gc)
