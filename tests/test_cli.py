@@ -171,3 +171,47 @@ def test_imatrix_with_a_file_after_it_says_use_imatrix_file(tmp_path: Path) -> N
     proc = run("quantize", "f16.gguf", "--type", "Q4_K_M", "--imatrix", "--force", "stray")
     assert proc.returncode == 2 and "unexpected extra argument" in proc.stderr
     assert "Error: --imatrix" not in proc.stderr
+
+
+# -- help text -----------------------------------------------------------------------------------
+
+
+def _help_prose(name: str, width: int) -> list[list[str]]:
+    """The paragraphs of a command's --help description as rendered: lists of lines."""
+    # COLUMNS, not TERMINAL_WIDTH: typer reads that once, when it first renders help
+    result = runner.invoke(app, [name, "--help"], env={"COLUMNS": str(width)})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= width for line in lines), name
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("Usage:")) + 1
+    end = next(i for i, line in enumerate(lines) if line.startswith("╭"))
+    paragraphs: list[list[str]] = [[]]
+    for line in lines[start:end]:
+        if line.strip():
+            paragraphs[-1].append(line.rstrip())
+        elif paragraphs[-1]:
+            paragraphs.append([])
+    return [p for p in paragraphs if p]
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_help_reads_as_paragraphs_at_any_width(width: int) -> None:
+    import inspect
+
+    from llama3zh_local.cli._app import help_text
+
+    for command in app.registered_commands:
+        name = command.name
+        assert name and command.callback
+        doc = inspect.cleandoc(command.callback.__doc__ or "")
+        expected = [
+            " ".join(p.split()) for p in help_text(doc).split("\n\n") if not p.startswith(" ")
+        ]
+        rendered = _help_prose(name, width)
+        prose = [p for p in rendered if not p[0].startswith("   ")]  # examples are indented
+        assert [" ".join(" ".join(p).split()) for p in prose] == expected, name
+        for para in prose:
+            # a line ends before the margin only where the next word would not have fitted
+            for line, after in zip(para[:-1], para[1:], strict=True):
+                next_word = after.split()[0]
+                assert len(line) + 1 + len(next_word) > width - 1, (name, width, line, after)
