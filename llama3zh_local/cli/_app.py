@@ -58,8 +58,6 @@ def _main(
     _output.route_logs(debug=_errors.debug())
 
 
-
-
 def help_text(doc: str | None) -> str:
     """A command's docstring as its --help: prose paragraphs on one line each (rich wraps them
     to the terminal; typer keeps a docstring's line breaks), indented blocks (examples) as
