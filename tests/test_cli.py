@@ -81,10 +81,30 @@ def test_models_json() -> None:
     assert v3["variants"] == ["full", "gguf"]
 
 
-def test_models_table() -> None:
-    result = runner.invoke(app, ["models"])
+def test_models_table_fits_80_columns() -> None:
+    from llama3zh_local import store
+    from llama3zh_local.catalog import MODELS, Variant
+
+    # a local GGUF, so the "local" column is as wide as it gets
+    folder = store.repo_folder(MODELS[-1].repo_id(Variant.GGUF))
+    folder.mkdir(parents=True)
+    (folder / "ggml-model-q4_k.gguf").write_bytes(b"GGUF")
+    result = runner.invoke(app, ["models"], env={"COLUMNS": "80"})
     assert result.exit_code == 0
-    assert "instruct-v3" in result.stdout and "ggml-model-<quant>.gguf" in result.stdout
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    header = next(line for line in lines if line.startswith("alias"))
+    assert header.split() == ["alias", "repo", "variants", "chat", "local"]
+    for m in MODELS:  # each row on one line, the repo name whole
+        row = next(line for line in lines if line.split()[0] == m.alias)
+        assert row.split()[1 + (m.alias == "instruct-v3")] == m.name
+        assert (", ".join(v.value for v in m.variants)) in row
+    assert "1 GGUF" in next(line for line in lines if line.startswith("instruct-v3 *"))
+    text = " ".join(result.stdout.split())
+    assert "* the default" in text and "hfl/<repo> on Hugging Face" in text
+    assert "ChineseAlpacaGroup/<repo> on ModelScope" in text
+    assert "instruct-v2: meta-llama/Meta-Llama-3-8B-Instruct" in text
+    assert "ggml-model-<quant>.gguf" in text
 
 
 def test_doctor_json() -> None:
