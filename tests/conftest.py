@@ -7,6 +7,7 @@ a model to ``tmp_path`` before changing it. See ``tests/models.py`` for what eac
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,18 @@ def tiny_llama3_gguf() -> Path:
 def smollm2_hf() -> Path:
     """Dir of SmolLM2-135M-Instruct dequantized from its GGUF to an HF checkpoint (float16)."""
     return models.cached("smollm2-hf", models.build_smollm2_hf, root=CACHE_ROOT)
+
+
+@pytest.fixture
+def fresh_consoles() -> Iterator[None]:
+    """The CLI's shared rich consoles made anew, so they read the COLUMNS a test invokes with."""
+    from llama3zh_local.cli import _output
+
+    _output.out.cache_clear()
+    _output.err.cache_clear()
+    yield
+    _output.out.cache_clear()
+    _output.err.cache_clear()
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import itertools
+import json
 import signal
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import jinja2
 import pytest
 from tokenizers import Tokenizer
 
+from llama3zh_local import paths
 from llama3zh_local.chat import ChatTemplate, llama3_template, open_chat
 from llama3zh_local.errors import ChatTemplateError
 from llama3zh_local.llamacpp.engine import SamplingParams
@@ -254,3 +256,23 @@ def test_an_answer_cut_inside_a_character_ends_without_a_replacement_char(
     answer = proc.stdout.strip()
     assert answer and "\ufffd" not in answer
     assert answer == codecs.getincrementaldecoder("utf-8")().decode(b"".join(pieces[:n])).strip()
+
+
+def test_chat_measures_the_speed_that_recommend_shows(smollm2_gguf: Path) -> None:
+    proc = run("chat", str(smollm2_gguf), "-p", "Tell me a story about a cat.", "--temp", "0",
+               "-n", "48", "--ctx", "1024")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    entries = json.loads((paths.home() / "speed.json").read_text())["entries"]
+    assert [(e["path"], e["tokens"]) for e in entries] == [(str(smollm2_gguf.resolve()), 48)]
+    tps, device = entries[0]["tps"], entries[0]["device"]
+    proc = run("recommend", str(smollm2_gguf), "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    mine = next(c for c in data["candidates"] if c["path"] == str(smollm2_gguf))
+    assert mine[f"{device}_tps"] == round(tps, 2) and mine[f"{device}_tps_measured"] is True
+    others = [c for c in data["candidates"] if c["path"] is None]
+    assert others and not any(c[f"{device}_tps_measured"] for c in others)  # estimates
+    assert (
+        f"{smollm2_gguf.name} at {tps:.1f} tok/s in llama3zh chat"
+        in data["bandwidth"][f"{device}_basis"]
+    )

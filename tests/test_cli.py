@@ -81,6 +81,7 @@ def test_models_json() -> None:
     assert v3["variants"] == ["full", "gguf"]
 
 
+@pytest.mark.usefixtures("fresh_consoles")
 def test_models_table_fits_80_columns() -> None:
     from llama3zh_local import store
     from llama3zh_local.catalog import MODELS, Variant
