@@ -739,3 +739,19 @@ def test_cli_source_model_for_an_alias(synth: Path) -> None:
     (folder / "ggml-model-f16.gguf").symlink_to(synth)
     assert source_model("instruct-v3") == folder / "ggml-model-f16.gguf"
     assert source_model(str(synth)) == synth
+
+
+def test_the_rule_is_in_the_readme() -> None:
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert recommend.READING_TPS == 8 and recommend.FLOOR_TYPE == "Q4_K_M"
+    for words in (
+        "at least as good as q4_k (Q4_K_M; below it quality drops steeply)",
+        "the best quality among them that decodes at 8 tokens/s or more",
+        "`--prefer quality` takes the best that fits however slow; `--prefer speed` the fastest",
+        "`llama3zh pull` without `-q` downloads `recommend`'s pick by that rule",
+        "质量不低于 q4_k（Q4_K_M，再小质量就急剧下降）",
+        "解码速度能达到每秒 8 个词元",
+        "`--prefer quality` 改为放得下的质量最好的",
+        "下载的就是 `recommend` 按上述规则的选择",
+    ):
+        assert words in readme, words
