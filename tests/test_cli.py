@@ -236,3 +236,30 @@ def test_help_reads_as_paragraphs_at_any_width(width: int) -> None:
             for line, after in zip(para[:-1], para[1:], strict=True):
                 next_word = after.split()[0]
                 assert len(line) + 1 + len(next_word) > width - 1, (name, width, line, after)
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_hub_client_logs_reach_the_terminal_only_with_debug(debug: bool) -> None:
+    # the clients are imported after the CLI set up logging (as they are: lazily, in a command)
+    code = (
+        "import logging\n"
+        "from llama3zh_local.cli._output import route_logs\n"
+        f"route_logs(debug={debug})\n"
+        "from huggingface_hub.utils import logging as hf\n"
+        "from modelscope_hub.utils import logger as ms\n"
+        "hf.get_logger('huggingface_hub.file_download').warning('hf noise')\n"
+        "ms.get_logger('legacy_api').warning('ms noise')\n"
+        "logging.getLogger('urllib3.connectionpool').warning('urllib3 noise')\n"
+    )
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("HF_HUB_VERBOSITY", "MODELSCOPE_LOG_LEVEL")
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    if debug:
+        for noise in ("hf noise", "ms noise", "urllib3 noise"):
+            assert noise in proc.stderr
+    else:
+        assert proc.stderr == ""

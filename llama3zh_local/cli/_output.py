@@ -6,6 +6,7 @@ One shared rich console for stderr; it honours NO_COLOR and plain (non-TTY) outp
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -64,6 +65,9 @@ def route_logs(*, debug: bool) -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     else:
         handler = logging.NullHandler()
+        # huggingface_hub adds its own stderr handler when first imported (after this runs):
+        # its level comes from this variable
+        os.environ.setdefault("HF_HUB_VERBOSITY", "critical")
     for name in LOGGERS:
         logger = logging.getLogger(name)
         for h in list(logger.handlers):
