@@ -89,6 +89,7 @@ class SourceDecision:
     source: Source | None  # None: offline, whichever cache has the files
     online: bool
     reason: str
+    fallback: bool = False  # ModelScope because Hugging Face did not answer (--source auto)
 
     @property
     def summary(self) -> str:
@@ -156,6 +157,7 @@ def decide_source(
                     True,
                     f"{remembered.get('reason', 'checked earlier')} (checked {_ago(age)}; "
                     f"remembered in {userconfig.config_file()} for a day; --source overrides)",
+                    fallback=source is Source.MODELSCOPE,
                 )
     source, why = _probe(endpoint)
     if remember:
@@ -168,7 +170,7 @@ def decide_source(
                     "checked_at": time.time(),
                 }
             )
-    return SourceDecision(source, True, why)
+    return SourceDecision(source, True, why, fallback=source is Source.MODELSCOPE)
 
 
 def _probe(endpoint: str) -> tuple[Source, str]:
@@ -281,7 +283,9 @@ def list_remote(source: Source, repo_id: str, *, revision: str | None = None) ->
     if failed is not None and time.monotonic() - failed[0] < UNREACHABLE_TTL:
         # a run asks for up to three repos: do not wait again for a host that just failed
         log.debug("not asking %s again: %s", endpoint, failed[1])
-        raise NetworkError(str(failed[1]), hint=failed[1].hint)
+        again = NetworkError(str(failed[1]), hint=failed[1].hint)
+        again.unreachable = True
+        raise again
     try:
         if source is Source.HF:
             return _list_hf(repo_id, revision or HF_DEFAULT_REVISION)

@@ -92,5 +92,9 @@ def _isolate_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_XET_CACHE", "HF_ASSETS_CACHE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # hosts found unreachable are not asked again for a minute: not across tests (ports get reused)
+    from llama3zh_local import sources
+
+    monkeypatch.setattr(sources, "_unreachable", {})
     # compiled llama.cpp tools are shared by all tests (tests of the cache itself override it)
     monkeypatch.setenv("LLAMA3ZH_TOOLS_DIR", str(CACHE_ROOT / "tools"))

@@ -362,7 +362,10 @@ def test_a_dry_run_with_no_hub_fails_fast_in_two_lines(no_hub: str, command: str
         f"Error: cannot reach ModelScope at {no_hub}: connection refused "
         f"(asked for the file list of {repo}, tried 2 times)"
     )
-    assert hint.startswith("Hint: check the network or proxy")
+    assert hint.startswith(  # --source auto fell back to ModelScope: say that HF is down too
+        "Hint: check the network or proxy (HTTPS_PROXY); Hugging Face did not answer either: "
+        f"{no_hub} is unreachable (connection refused)"
+    )  # run's plan remembers the check (pull's dry run does not): "(checked 1 s ago; ...)"
 
 
 def test_debug_shows_the_retries_and_the_client_logs(no_hub: str) -> None:
