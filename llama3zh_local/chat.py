@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -173,6 +174,9 @@ class Chat:
             t for t in (self.model.token_id(s) for s in LLAMA3_STOPS) if t is not None
         )
         self.last_stats: GenerationStats | None = None
+        # "cpu" or "gpu" (all layers) when open_chat knows: answers' tok/s go to speed.json
+        self.speed_device: str | None = None
+        self.path: Path | None = None
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of the rendered prompt, with the assistant header to answer after."""
@@ -241,10 +245,30 @@ class Chat:
         finally:
             self.last_stats = self.session.last_stats
             self.conversation.turns.append({"role": "assistant", "content": "".join(parts)})
+            self._record_speed(self.last_stats)
             if self.last_stats.finish_reason == "length" and len(self.session.cached) >= (
                 self.session.n_ctx
             ):
                 self.notify("the answer reached the end of the context and was cut")
+
+    def _record_speed(self, stats: GenerationStats) -> None:
+        # Only whole answers long enough to time: recommend's expected tok/s come from these.
+        if self.speed_device is None or self.path is None or stats.finish_reason == "interrupted":
+            return
+        if stats.generated_tokens < MIN_TIMED_TOKENS or stats.generation_tps <= 0:
+            return
+        from .recommend import record_speed
+
+        with contextlib.suppress(OSError):
+            record_speed(
+                self.path,
+                tps=stats.generation_tps,
+                device=self.speed_device,
+                tokens=stats.generated_tokens,
+            )
+
+
+MIN_TIMED_TOKENS = 16  # shorter answers are not timed for recommend
 
 
 def format_stats(stats: GenerationStats) -> str:
@@ -321,4 +345,9 @@ def open_chat(
         max_tokens=max_tokens,
         notify=notify,
     )
+    chat.path = path
+    if plan.n_gpu_layers == 0:
+        chat.speed_device = "cpu"
+    elif plan.n_gpu_layers > info.n_layer:
+        chat.speed_device = "gpu"
     return LoadedChat(chat=chat, info=info, plan=plan, n_ctx=session.n_ctx, n_threads=n_threads)

@@ -42,6 +42,8 @@ class InputError(Llama3zhError):
 class NetworkError(Llama3zhError):
     """A hub could not be reached, or the connection kept failing."""
 
+    unreachable = False  # True: no connection at all (rather than an HTTP error from the hub)
+
 
 class HubAccessError(Llama3zhError):
     """A hub refused access: a gated or private repo without a (valid) token."""

@@ -27,6 +27,7 @@ from .errors import (
     DiskSpaceError,
     Llama3zhError,
     ModelNotFoundError,
+    NetworkError,
     UnsafePathError,
     UsageError,
 )
@@ -378,7 +379,17 @@ def plan_pull(
     listing: Listing | None = None
     if decision.online:
         assert decision.source is not None
-        listing = list_remote(decision.source, ref.repo_id(decision.source))
+        try:
+            listing = list_remote(decision.source, ref.repo_id(decision.source))
+        except NetworkError as e:
+            if not (e.unreachable and decision.fallback):
+                raise
+            # ModelScope was the fallback: the usual hint (use Hugging Face) would not help
+            raise NetworkError(
+                str(e),
+                hint="check the network or proxy (HTTPS_PROXY); Hugging Face did not answer "
+                f"either: {decision.reason}",
+            ) from e
     else:
         for src in [decision.source] if decision.source else [Source.HF, Source.MODELSCOPE]:
             listing = list_cached(src, ref.repo_id(src))

@@ -1,10 +1,17 @@
-"""Which quant to run on this machine: the best that fits fully on the GPU, and in RAM.
+"""Which quant to run on this machine: the pick for the GPU (fully offloaded), and for RAM.
 
 "Fits" counts the file, the KV cache for the chosen context (f16 K and V for every layer) and a
-reserve for compute buffers. "Best" is the largest file that fits (more bits per weight, less
+reserve for compute buffers. "Better quality" is a larger file (more bits per weight, less
 quantization error), an imatrix (``-im``) file before the plain one of the same type. Quality
 comes from ``llama3zh eval`` results (quality.json) when the file was measured, else from
 llama.cpp's published perplexity increase on Llama-3-8B.
+
+Decoding reads every weight once per token, so it is bound by memory bandwidth: expected
+tokens/s = bandwidth / file size. The rate is measured when ``llama3zh chat`` has answered with
+that file here (speed.json); otherwise it is estimated from a rate measured with another file,
+or from a memory copy (CPU) or an assumed bandwidth (GPU). The rule (``RULE``): of the quants
+at least as good as Q4_K_M, the best quality that still decodes at reading speed; when none is
+that fast, the fastest of them.
 
 Used by ``llama3zh recommend`` and by ``pull`` for its default quant. Imports nothing of the
 later stages (quantize, evaluate): their data is read from quality.json.
@@ -13,16 +20,39 @@ later stages (quantize, evaluate): their data is read from quality.json.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 
-from . import catalog, paths
+from . import atomic, catalog, paths
 from .ggufinfo import GGUFInfo, read_gguf_info
 from .hardware import GIB, VRAM_RESERVE, Hardware
 
 RAM_RESERVE = 512 * 1024**2  # compute buffers and the runtime itself, on the CPU
 DEFAULT_CTX = 8192  # the chat default
+READING_TPS = 8.0  # tokens/s: about as fast as one reads an answer (Chinese or English)
+FLOOR_TYPE = "Q4_K_M"  # below it quality drops steeply (+0.27 PPL Q4_K_S ... +3.5 Q2_K)
+GPU_BANDWIDTH_ASSUMED = 200e9  # bytes/s: the low end of current discrete GPUs, if not measured
+COPY_BYTES = 128 * 1024**2  # the memory copy that estimates the CPU's bandwidth
+
+
+class Prefer(str, Enum):
+    """How the pick weighs quality against speed."""
+
+    balanced = "balanced"
+    quality = "quality"
+    speed = "speed"
+
+
+RULE = {
+    Prefer.balanced: "of the quants at least as good as q4_k (Q4_K_M; below it quality drops "
+    f"steeply), the best quality that decodes at {READING_TPS:g} tok/s or more (about reading "
+    "speed); when none is that fast, the fastest of them",
+    Prefer.quality: "the best quality that fits, however slow",
+    Prefer.speed: "the fastest (smallest) that fits",
+}
 
 # Perplexity increase over F16 on Llama-3-8B, as llama.cpp's llama-quantize lists it
 # (tools/quantize/quantize.cpp QUANT_OPTIONS; parity test in tests/test_quantize_smollm2.py).
@@ -80,10 +110,34 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class Speed:
+    """Expected decoding tokens/s of one file on one device."""
+
+    tps: float
+    measured: bool  # this file was measured here; False: an estimate
+
+    @property
+    def text(self) -> str:
+        return f"{self.tps:.1f}" if self.measured else f"~{self.tps:.1f}"
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    """Bytes/s that decoding reads weights at, on the CPU and on the GPU, and where from."""
+
+    cpu: float
+    cpu_basis: str
+    gpu: float
+    gpu_basis: str
+
+
+@dataclass(frozen=True)
 class Fit:
     candidate: Candidate
     need: int  # bytes: file + KV cache + reserve
     budget: int  # bytes available there
+    speed: Speed | None = None
+    reason: str = ""  # why the rule picked it
 
 
 @dataclass(frozen=True)
@@ -98,6 +152,14 @@ class Recommendation:
     ram_available: int
     candidates: tuple[Candidate, ...]
     notes: tuple[str, ...] = field(default=())
+    prefer: Prefer = Prefer.balanced
+    bandwidth: Bandwidth | None = None
+    cpu_speed: Mapping[str, Speed] = field(default_factory=dict)  # by label
+    gpu_speed: Mapping[str, Speed] = field(default_factory=dict)  # by label; empty: no GPU
+
+    @property
+    def rule(self) -> str:
+        return RULE[self.prefer]
 
     @property
     def choice(self) -> Candidate:
@@ -119,6 +181,51 @@ def rank(candidates: Sequence[Candidate]) -> list[Candidate]:
     return sorted(candidates, key=lambda c: (-c.size, not c.imatrix, c.label))
 
 
+def pick(
+    fitting: Sequence[Candidate],
+    speed: Callable[[Candidate], Speed],
+    prefer: Prefer,
+    *,
+    floor: int = 0,
+) -> tuple[Candidate, str] | None:
+    """``RULE[prefer]`` over the candidates that fit (ranked best quality first); ``floor`` is
+    the size of the pool's Q4_K_M file (0: none)."""
+    if not fitting:
+        return None
+
+    def fastest(cs: Sequence[Candidate]) -> Candidate:
+        return min(cs, key=lambda c: (c.size, not c.imatrix))
+
+    if prefer is Prefer.quality:
+        return fitting[0], "the best quality that fits"
+    if prefer is Prefer.speed:
+        return fastest(fitting), "the fastest that fits"
+    good = [c for c in fitting if c.size >= floor]
+    if not good:
+        return fitting[0], "nothing as good as q4_k (Q4_K_M) fits: the best that fits"
+    for c in good:
+        if speed(c).tps >= READING_TPS:
+            return c, f"the best quality that decodes at {READING_TPS:g} tok/s or more"
+    return fastest(good), (
+        f"none as good as q4_k (Q4_K_M) decodes at {READING_TPS:g} tok/s here: the fastest of them"
+    )
+
+
+def speeds(
+    candidates: Sequence[Candidate], rate: float, measured: Mapping[str, float]
+) -> dict[str, Speed]:
+    """tokens/s per label on one device: measured for a file (``measured``: path -> tok/s),
+    else ``rate`` (bytes/s) / file size."""
+    out = {}
+    for c in candidates:
+        tps = measured.get(str(c.path.resolve())) if c.path is not None else None
+        if tps is not None:
+            out[c.label] = Speed(tps, True)
+        else:
+            out[c.label] = Speed(rate / max(c.size, 1), False)
+    return out
+
+
 def recommend(
     candidates: Sequence[Candidate],
     *,
@@ -127,8 +234,11 @@ def recommend(
     n_ctx: int,
     hw: Hardware,
     include_f16: bool = False,
+    prefer: Prefer = Prefer.balanced,
+    bandwidth: Bandwidth | None = None,
 ) -> Recommendation:
-    """The best candidate for the GPU and for RAM, given ``hw``'s free memory.
+    """The pick for the GPU (fully offloaded) and for RAM by ``RULE[prefer]``, given ``hw``'s
+    free memory and ``bandwidth`` (default: this machine's, see ``machine_bandwidth``).
 
     F16/BF16/F32 files are left out unless ``include_f16`` (twice Q8_0's size for no visible
     gain), as pull's default does.
@@ -137,19 +247,24 @@ def recommend(
     pool = pool or list(candidates)
     ranked = rank(pool)
     gpus = sorted(hw.gpus, key=lambda d: d.free, reverse=True) if hw.gpu_offload else []
+    bw = bandwidth or machine_bandwidth()
+    rates = measured_speeds()
+    cpu_speed = speeds(ranked, bw.cpu, rates.get("cpu", {}))
+    gpu_speed = speeds(ranked, bw.gpu, rates.get("gpu", {})) if gpus else {}
+    floor = min((c.size for c in ranked if c.type == FLOOR_TYPE), default=0)
     gpu_fit = ram_fit = None
     if gpus:
         free = gpus[0].free
-        for c in ranked:
-            need = c.size + kv_bytes + VRAM_RESERVE
-            if need <= free:
-                gpu_fit = Fit(c, need, free)
-                break
-    for c in ranked:
+        fitting = [c for c in ranked if c.size + kv_bytes + VRAM_RESERVE <= free]
+        got = pick(fitting, lambda c: gpu_speed[c.label], prefer, floor=floor)
+        if got is not None:
+            c, why = got
+            gpu_fit = Fit(c, c.size + kv_bytes + VRAM_RESERVE, free, gpu_speed[c.label], why)
+    fitting = [c for c in ranked if c.size + kv_bytes + RAM_RESERVE <= hw.ram_available]
+    if (got := pick(fitting, lambda c: cpu_speed[c.label], prefer, floor=floor)) is not None:
+        c, why = got
         need = c.size + kv_bytes + RAM_RESERVE
-        if need <= hw.ram_available:
-            ram_fit = Fit(c, need, hw.ram_available)
-            break
+        ram_fit = Fit(c, need, hw.ram_available, cpu_speed[c.label], why)
     notes = []
     if not hw.gpu_offload:
         notes.append("llama.cpp here has no GPU backend: CPU only")
@@ -171,7 +286,117 @@ def recommend(
         ram_available=hw.ram_available,
         candidates=tuple(ranked),
         notes=tuple(notes),
+        prefer=prefer,
+        bandwidth=bw,
+        cpu_speed=cpu_speed,
+        gpu_speed=gpu_speed,
     )
+
+
+# -- speed ----------------------------------------------------------------------------------------
+
+
+def _speed_file() -> Path:
+    return paths.home() / "speed.json"
+
+
+@dataclass(frozen=True)
+class SpeedEntry:
+    """A decoding rate ``llama3zh chat`` measured: one file, on "cpu" or "gpu" (all layers)."""
+
+    path: str
+    size: int
+    device: str
+    tps: float
+    tokens: int
+    measured: float  # time.time()
+
+
+def measured_speeds() -> dict[str, dict[str, float]]:
+    """device -> path -> tok/s, for the files that are unchanged since (the newest per file)."""
+    out: dict[str, dict[str, float]] = {}
+    for e in _speed_entries():
+        try:
+            if Path(e.path).stat().st_size != e.size:
+                continue
+        except OSError:
+            continue
+        out.setdefault(e.device, {})[e.path] = e.tps
+    return out
+
+
+def _speed_entries() -> list[SpeedEntry]:
+    """speed.json's entries, oldest first."""
+    try:
+        data = json.loads(_speed_file().read_text(encoding="utf-8"))
+        raw = data.get("entries", []) if isinstance(data, dict) else []
+    except (OSError, ValueError):
+        return []
+    out = []
+    for e in raw:
+        try:
+            entry = SpeedEntry(
+                str(e["path"]),
+                int(e["size"]),
+                str(e["device"]),
+                float(e["tps"]),
+                int(e.get("tokens", 0)),
+                float(e.get("measured", 0)),
+            )
+        except (TypeError, KeyError, ValueError, AttributeError):
+            continue
+        if entry.device in ("cpu", "gpu") and entry.tps > 0:
+            out.append(entry)
+    return sorted(out, key=lambda e: e.measured)
+
+
+def record_speed(path: Path, *, tps: float, device: str, tokens: int) -> None:
+    """Remember the decoding rate of a file on "cpu" or "gpu" (all layers), for ``recommend``."""
+    if tps <= 0 or device not in ("cpu", "gpu"):
+        return
+    resolved = path.resolve()
+    entry = SpeedEntry(
+        str(resolved), resolved.stat().st_size, device, round(tps, 3), tokens, time.time()
+    )
+    keep = [e for e in _speed_entries() if (e.path, e.device) != (entry.path, device)]
+    entries = [asdict(e) for e in (*keep[-49:], entry)]
+    _speed_file().parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(_speed_file(), json.dumps({"entries": entries}, indent=1) + "\n")
+
+
+def copy_bandwidth() -> float:
+    """Bytes/s of a large memory copy (read + write), best of three: the CPU's bandwidth."""
+    import numpy as np
+
+    src = np.ones(COPY_BYTES // 8)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.nbytes / max(best, 1e-9)
+
+
+def machine_bandwidth() -> Bandwidth:
+    """What decoding reads weights at here: from the newest rate chat measured on each device
+    (tok/s x file size), else a memory copy (CPU) or ``GPU_BANDWIDTH_ASSUMED``."""
+    newest = {e.device: e for e in _speed_entries()}
+    basis = {}
+    rate = {}
+    for device, e in newest.items():
+        rate[device] = e.tps * e.size
+        basis[device] = (
+            f"{rate[device] / 1e9:.1f} GB/s, from {Path(e.path).name} at {e.tps:.1f} tok/s in "
+            "llama3zh chat"
+        )
+    if "cpu" not in rate:
+        rate["cpu"] = copy_bandwidth()
+        basis["cpu"] = f"{rate['cpu'] / 1e9:.1f} GB/s, measured by a memory copy"
+    if "gpu" not in rate:
+        rate["gpu"] = GPU_BANDWIDTH_ASSUMED
+        basis["gpu"] = f"{GPU_BANDWIDTH_ASSUMED / 1e9:.0f} GB/s, assumed (a modest discrete GPU)"
+    return Bandwidth(rate["cpu"], basis["cpu"], rate["gpu"], basis["gpu"])
 
 
 # -- candidates -----------------------------------------------------------------------------------
@@ -303,10 +528,13 @@ def alias_candidates(alias: str) -> tuple[catalog.ModelSpec, list[Candidate]]:
     return spec, catalog_candidates(local)
 
 
-def default_quant(sizes: Mapping[str, int], *, hw: Hardware | None = None) -> tuple[str, str]:
+def default_quant(
+    sizes: Mapping[str, int], *, hw: Hardware | None = None, bandwidth: Bandwidth | None = None
+) -> tuple[str, str]:
     """pull's default: the label to download among ``sizes`` (bytes), and a note saying why.
 
-    The model is taken to be an 8B Llama-3 of the catalog at the chat's default context.
+    The model is taken to be an 8B Llama-3 of the catalog at the chat's default context; the
+    pick follows ``recommend``'s rule.
     """
     from . import hardware
 
@@ -322,15 +550,28 @@ def default_quant(sizes: Mapping[str, int], *, hw: Hardware | None = None) -> tu
         kv_bytes=kv,
         n_ctx=DEFAULT_CTX,
         hw=hw,
+        bandwidth=bandwidth,
     )
     c = rec.choice
     if rec.gpu is not None:
-        why = f"the best that fits fully on {rec.gpu_name} ({rec.gpu_free / GIB:.1f} GiB free)"
+        why = (
+            f"{rec.gpu.reason}, fits fully on {rec.gpu_name} ({rec.gpu_free / GIB:.1f} GiB free; "
+            f"{_speed_words(rec.gpu.speed)})"
+        )
     elif rec.ram is not None:
-        why = f"the best that fits {rec.ram_available / GIB:.1f} GiB of available RAM"
+        why = (
+            f"{rec.ram.reason}, in {rec.ram_available / GIB:.1f} GiB of available RAM "
+            f"({_speed_words(rec.ram.speed)} on the CPU)"
+        )
     else:
         why = f"the smallest; even it may not fit {rec.ram_available / GIB:.1f} GiB of RAM"
     return c.label, (
         f"quant {c.label} ({c.size / GIB:.2f} GiB + {kv / GIB:.1f} GiB KV cache for "
         f"{DEFAULT_CTX} tokens): {why} (`llama3zh recommend` explains)"
     )
+
+
+def _speed_words(speed: Speed | None) -> str:
+    if speed is None:
+        return "speed unknown"
+    return f"{speed.tps:.1f} tok/s" + ("" if speed.measured else " estimated")

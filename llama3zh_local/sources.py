@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -39,6 +40,11 @@ MS_DEFAULT_REVISION = "master"
 PROBE_TIMEOUT = 3.0  # seconds the --source auto check waits for the Hugging Face endpoint
 AUTO_SOURCE_TTL = 24 * 3600  # how long a --source auto decision is reused before checking again
 API_TIMEOUT = 30.0
+# One retry of a failed ModelScope listing (the client's default is 4 attempts over ~7 s, per
+# repo: a dry run with no network took 20 s); MODELSCOPE_REPO_TREE_PAGE_MAX_ATTEMPTS overrides.
+MS_LISTING_ATTEMPTS = 2
+UNREACHABLE_TTL = 60.0  # seconds a hub that could not be reached is not asked again
+log = logging.getLogger(__name__)
 
 
 # -- which hub -----------------------------------------------------------------------------------
@@ -83,6 +89,7 @@ class SourceDecision:
     source: Source | None  # None: offline, whichever cache has the files
     online: bool
     reason: str
+    fallback: bool = False  # ModelScope because Hugging Face did not answer (--source auto)
 
     @property
     def summary(self) -> str:
@@ -150,6 +157,7 @@ def decide_source(
                     True,
                     f"{remembered.get('reason', 'checked earlier')} (checked {_ago(age)}; "
                     f"remembered in {userconfig.config_file()} for a day; --source overrides)",
+                    fallback=source is Source.MODELSCOPE,
                 )
     source, why = _probe(endpoint)
     if remember:
@@ -162,7 +170,7 @@ def decide_source(
                     "checked_at": time.time(),
                 }
             )
-    return SourceDecision(source, True, why)
+    return SourceDecision(source, True, why, fallback=source is Source.MODELSCOPE)
 
 
 def _probe(endpoint: str) -> tuple[Source, str]:
@@ -176,7 +184,7 @@ def _probe(endpoint: str) -> tuple[Source, str]:
     except requests.Timeout:
         return Source.MODELSCOPE, f"{endpoint} did not answer within {timeout:g} s"
     except requests.RequestException as e:
-        return Source.MODELSCOPE, f"{endpoint} is unreachable ({_first_line(e)})"
+        return Source.MODELSCOPE, f"{endpoint} is unreachable ({network_cause(e)})"
     return Source.HF, f"{endpoint} answered in {time.monotonic() - t0:.1f} s"
 
 
@@ -188,9 +196,55 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.0f} h ago"
 
 
-def _first_line(e: BaseException) -> str:
+def _first_line(e: BaseException, limit: int = 160) -> str:
     text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:200]
+    return shorten(text.splitlines()[0], limit)
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut after the last whole word that fits ``limit`` characters, with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    if " " in cut:
+        cut = cut.rsplit(" ", 1)[0]
+    return cut.rstrip(" ,;:(") + "…"
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    """``e`` and what caused it, outermost first (``__cause__``/``__context__``, urllib3's
+    ``reason``)."""
+    out: list[BaseException] = []
+    x: BaseException | None = e
+    while x is not None and x not in out:
+        out.append(x)
+        reason = getattr(x, "reason", None)
+        nxt = x.__cause__ or x.__context__
+        x = nxt if nxt is not None else (reason if isinstance(reason, BaseException) else None)
+    return out
+
+
+def network_cause(e: BaseException) -> str:
+    """Why a connection failed, in a few words: the innermost socket error of the chain."""
+    import socket
+    import ssl
+
+    chain = _chain(e)
+    for x in reversed(chain):
+        if isinstance(x, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(x, socket.gaierror):
+            return "host name not resolved"
+        if isinstance(x, ConnectionResetError):
+            return "connection reset"
+        if isinstance(x, ssl.SSLError):
+            return "TLS error: " + _first_line(x, 80)
+        if isinstance(x, TimeoutError) or "Timeout" in type(x).__name__:
+            return "timed out"
+    inner = chain[-1]
+    if isinstance(inner, OSError) and inner.strerror:
+        return inner.strerror.lower()
+    return _first_line(inner, 100)
 
 
 # -- what a repo holds ---------------------------------------------------------------------------
@@ -224,9 +278,26 @@ def list_remote(source: Source, repo_id: str, *, revision: str | None = None) ->
     Raises:
         ModelNotFoundError, HubAccessError, NetworkError: mapped from the client's errors.
     """
-    if source is Source.HF:
-        return _list_hf(repo_id, revision or HF_DEFAULT_REVISION)
-    return _list_ms(repo_id, revision or MS_DEFAULT_REVISION)
+    endpoint = hf_endpoint() if source is Source.HF else ms_endpoint()
+    failed = _unreachable.get(endpoint)
+    if failed is not None and time.monotonic() - failed[0] < UNREACHABLE_TTL:
+        # a run asks for up to three repos: do not wait again for a host that just failed
+        log.debug("not asking %s again: %s", endpoint, failed[1])
+        again = NetworkError(str(failed[1]), hint=failed[1].hint)
+        again.unreachable = True
+        raise again
+    try:
+        if source is Source.HF:
+            return _list_hf(repo_id, revision or HF_DEFAULT_REVISION)
+        return _list_ms(repo_id, revision or MS_DEFAULT_REVISION)
+    except NetworkError as e:
+        if e.unreachable:
+            _unreachable[endpoint] = (time.monotonic(), e)
+        raise
+
+
+# endpoint -> (when, the error): hosts this process could not connect to, lately
+_unreachable: dict[str, tuple[float, NetworkError]] = {}
 
 
 def _hf_setup() -> None:
@@ -321,7 +392,7 @@ def _hf_error(e: Exception, repo_id: str) -> Llama3zhError:
             hint="try again later, or download from ModelScope: --source modelscope",
         )
     if _is_network_error(e):
-        return _network_down(Source.HF, e)
+        return _network_down(Source.HF, e, repo_id=repo_id, tries=1)
     return NetworkError(f"{name}: listing failed: {_first_line(e)}", hint=_OTHER_SOURCE[Source.HF])
 
 
@@ -332,15 +403,28 @@ _OTHER_SOURCE = {
 }
 
 
-def _network_down(source: Source, e: BaseException) -> NetworkError:
+def _network_down(source: Source, e: BaseException, *, repo_id: str, tries: int) -> NetworkError:
     endpoint = hf_endpoint() if source is Source.HF else ms_endpoint()
-    return NetworkError(
-        f"cannot reach {SOURCE_NAMES[source]} at {endpoint} ({_first_line(e)})",
+    tried = "once" if tries == 1 else f"{tries} times"
+    err = NetworkError(
+        f"cannot reach {SOURCE_NAMES[source]} at {endpoint}: {network_cause(e)} "
+        f"(asked for the file list of {repo_id}, tried {tried})",
         hint="check the network or proxy (HTTPS_PROXY); or " + _OTHER_SOURCE[source],
     )
+    err.unreachable = True
+    return err
+
+
+def _ms_attempts() -> int:
+    """How often the client tries a listing (its constants read the variable when imported)."""
+    os.environ.setdefault("MODELSCOPE_REPO_TREE_PAGE_MAX_ATTEMPTS", str(MS_LISTING_ATTEMPTS))
+    from modelscope_hub import constants
+
+    return max(1, int(constants.REPO_TREE_PAGE_MAX_ATTEMPTS))
 
 
 def ms_api() -> Any:
+    _ms_attempts()
     from modelscope_hub import HubApi, HubConfig
 
     # A fresh config reads MODELSCOPE_ENDPOINT / MODELSCOPE_CACHE / the token now, not at import.
@@ -348,6 +432,7 @@ def ms_api() -> Any:
 
 
 def _list_ms(repo_id: str, revision: str) -> Listing:
+    tries = _ms_attempts()  # before the first import of modelscope_hub
     from modelscope_hub import errors as mserr
 
     api = ms_api()
@@ -376,7 +461,7 @@ def _list_ms(repo_id: str, revision: str) -> Listing:
         ) from e
     except Exception as e:  # noqa: BLE001 - mapped to our errors, the original is chained
         if _is_network_error(e):
-            raise _network_down(Source.MODELSCOPE, e) from e
+            raise _network_down(Source.MODELSCOPE, e, repo_id=repo_id, tries=tries) from e
         raise NetworkError(
             f"{name}: listing failed: {_first_line(e)}", hint=_OTHER_SOURCE[Source.MODELSCOPE]
         ) from e

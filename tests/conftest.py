@@ -7,6 +7,7 @@ a model to ``tmp_path`` before changing it. See ``tests/models.py`` for what eac
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,18 @@ def smollm2_hf() -> Path:
     return models.cached("smollm2-hf", models.build_smollm2_hf, root=CACHE_ROOT)
 
 
+@pytest.fixture
+def fresh_consoles() -> Iterator[None]:
+    """The CLI's shared rich consoles made anew, so they read the COLUMNS a test invokes with."""
+    from llama3zh_local.cli import _output
+
+    _output.out.cache_clear()
+    _output.err.cache_clear()
+    yield
+    _output.out.cache_clear()
+    _output.err.cache_clear()
+
+
 @pytest.fixture(autouse=True)
 def _isolate_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Point every cache and config dir at ``tmp_path`` and keep the hubs offline."""
@@ -82,5 +95,9 @@ def _isolate_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_XET_CACHE", "HF_ASSETS_CACHE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # hosts found unreachable are not asked again for a minute: not across tests (ports get reused)
+    from llama3zh_local import sources
+
+    monkeypatch.setattr(sources, "_unreachable", {})
     # compiled llama.cpp tools are shared by all tests (tests of the cache itself override it)
     monkeypatch.setenv("LLAMA3ZH_TOOLS_DIR", str(CACHE_ROOT / "tools"))

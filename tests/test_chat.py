@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import itertools
+import json
 import signal
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import jinja2
 import pytest
 from tokenizers import Tokenizer
 
+from llama3zh_local import paths
 from llama3zh_local.chat import ChatTemplate, llama3_template, open_chat
 from llama3zh_local.errors import ChatTemplateError
 from llama3zh_local.llamacpp.engine import SamplingParams
@@ -221,3 +224,59 @@ def test_ctrl_c_while_a_model_loads_stops_the_load(smollm2_gguf: Path) -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with engine.Model(smollm2_gguf) as model:  # and the next load is unaffected
         assert model.n_layer == 30
+
+
+def test_an_answer_cut_inside_a_character_ends_without_a_replacement_char(
+    smollm2_gguf: Path,
+) -> None:
+    # SmolLM2's byte-level BPE splits most Chinese characters over two tokens, so some limits
+    # (-n) fall inside a character: the answer ends at the last whole character before it.
+    question = "青石镇的镇长叫什么名字？请用中文回答。"
+    loaded = open_chat(smollm2_gguf, n_ctx=1024, sampling=GREEDY)
+    chat, session = loaded.chat, loaded.chat.session
+    messages = [*chat.conversation.messages(), {"role": "user", "content": question}]
+    try:
+        prompt = chat.prompt_tokens(messages)
+        "".join(session.generate(prompt, GREEDY, max_tokens=16))
+        pieces = [chat.model.token_bytes(t) for t in session.cached[len(prompt) :]]
+        cut_inside = []
+        for n in range(1, len(pieces) + 1):
+            head = b"".join(pieces[:n])
+            whole_chars = codecs.getincrementaldecoder("utf-8")().decode(head)  # no final flush
+            if len(whole_chars.encode()) < len(head):
+                cut_inside.append(n)
+            session.reset()  # the same evaluation as the first run: the same greedy tokens
+            text = "".join(session.generate(prompt, GREEDY, max_tokens=n))
+            assert text == whole_chars, n
+        assert cut_inside, "no limit fell inside a character: the test proves nothing"
+    finally:
+        session.close()
+        chat.model.close()
+    n = cut_inside[-1]
+    proc = run(
+        "chat", str(smollm2_gguf), "-p", question, "--temp", "0", "-n", str(n), "--ctx", "1024"
+    )
+    assert proc.returncode == 0, proc.stderr
+    answer = proc.stdout.strip()
+    assert answer and "\ufffd" not in answer
+    assert answer == codecs.getincrementaldecoder("utf-8")().decode(b"".join(pieces[:n])).strip()
+
+
+def test_chat_measures_the_speed_that_recommend_shows(smollm2_gguf: Path) -> None:
+    proc = run("chat", str(smollm2_gguf), "-p", "Tell me a story about a cat.", "--temp", "0",
+               "-n", "48", "--ctx", "1024")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    entries = json.loads((paths.home() / "speed.json").read_text())["entries"]
+    assert [(e["path"], e["tokens"]) for e in entries] == [(str(smollm2_gguf.resolve()), 48)]
+    tps, device = entries[0]["tps"], entries[0]["device"]
+    proc = run("recommend", str(smollm2_gguf), "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    mine = next(c for c in data["candidates"] if c["path"] == str(smollm2_gguf))
+    assert mine[f"{device}_tps"] == round(tps, 2) and mine[f"{device}_tps_measured"] is True
+    others = [c for c in data["candidates"] if c["path"] is None]
+    assert others and not any(c[f"{device}_tps_measured"] for c in others)  # estimates
+    assert (
+        f"{smollm2_gguf.name} at {tps:.1f} tok/s in llama3zh chat"
+        in data["bandwidth"][f"{device}_basis"]
+    )

@@ -81,10 +81,31 @@ def test_models_json() -> None:
     assert v3["variants"] == ["full", "gguf"]
 
 
-def test_models_table() -> None:
-    result = runner.invoke(app, ["models"])
+@pytest.mark.usefixtures("fresh_consoles")
+def test_models_table_fits_80_columns() -> None:
+    from llama3zh_local import store
+    from llama3zh_local.catalog import MODELS, Variant
+
+    # a local GGUF, so the "local" column is as wide as it gets
+    folder = store.repo_folder(MODELS[-1].repo_id(Variant.GGUF))
+    folder.mkdir(parents=True)
+    (folder / "ggml-model-q4_k.gguf").write_bytes(b"GGUF")
+    result = runner.invoke(app, ["models"], env={"COLUMNS": "80"})
     assert result.exit_code == 0
-    assert "instruct-v3" in result.stdout and "ggml-model-<quant>.gguf" in result.stdout
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    header = next(line for line in lines if line.startswith("alias"))
+    assert header.split() == ["alias", "repo", "variants", "chat", "local"]
+    for m in MODELS:  # each row on one line, the repo name whole
+        row = next(line for line in lines if line.split()[0] == m.alias)
+        assert row.split()[1 + (m.alias == "instruct-v3")] == m.name
+        assert (", ".join(v.value for v in m.variants)) in row
+    assert "1 GGUF" in next(line for line in lines if line.startswith("instruct-v3 *"))
+    text = " ".join(result.stdout.split())
+    assert "* the default" in text and "hfl/<repo> on Hugging Face" in text
+    assert "ChineseAlpacaGroup/<repo> on ModelScope" in text
+    assert "instruct-v2: meta-llama/Meta-Llama-3-8B-Instruct" in text
+    assert "ggml-model-<quant>.gguf" in text
 
 
 def test_doctor_json() -> None:
@@ -152,3 +173,93 @@ def test_debug_shows_traceback(tmp_path: Path) -> None:
     proc = run("chat", str(tmp_path / "nope.gguf"), "-p", "hi", env={"LLAMA3ZH_DEBUG": "1"})
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "ModelNotFoundError" in proc.stderr
+
+
+def test_imatrix_with_a_file_after_it_says_use_imatrix_file(tmp_path: Path) -> None:
+    # llama-quantize's habit: --imatrix FILE (here --imatrix is a flag, the file is --imatrix-file)
+    im = tmp_path / "my imatrix.gguf"
+    proc = run("quantize", "f16.gguf", "--type", "Q4_K_M", "--imatrix", str(im))
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"Error: --imatrix takes no value, but {im} follows it",
+        f"Hint: use --imatrix-file '{im}' (llama-quantize's --imatrix FILE); --imatrix alone "
+        "computes one",
+    ]
+    proc = run("run", "instruct-v3", "--imatrix", "my.dat")
+    assert_one_line_error(proc, "--imatrix takes no value, but my.dat follows it")
+    assert "llama3zh quantize MODEL -q TYPE --imatrix-file my.dat" in proc.stderr
+    # any other stray argument keeps click's usage error
+    proc = run("quantize", "f16.gguf", "--type", "Q4_K_M", "--imatrix", "--force", "stray")
+    assert proc.returncode == 2 and "unexpected extra argument" in proc.stderr
+    assert "Error: --imatrix" not in proc.stderr
+
+
+# -- help text -----------------------------------------------------------------------------------
+
+
+def _help_prose(name: str, width: int) -> list[list[str]]:
+    """The paragraphs of a command's --help description as rendered: lists of lines."""
+    # COLUMNS, not TERMINAL_WIDTH: typer reads that once, when it first renders help
+    result = runner.invoke(app, [name, "--help"], env={"COLUMNS": str(width)})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= width for line in lines), name
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("Usage:")) + 1
+    end = next(i for i, line in enumerate(lines) if line.startswith("╭"))
+    paragraphs: list[list[str]] = [[]]
+    for line in lines[start:end]:
+        if line.strip():
+            paragraphs[-1].append(line.rstrip())
+        elif paragraphs[-1]:
+            paragraphs.append([])
+    return [p for p in paragraphs if p]
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_help_reads_as_paragraphs_at_any_width(width: int) -> None:
+    import inspect
+
+    from llama3zh_local.cli._app import help_text
+
+    for command in app.registered_commands:
+        name = command.name
+        assert name and command.callback
+        doc = inspect.cleandoc(command.callback.__doc__ or "")
+        expected = [
+            " ".join(p.split()) for p in help_text(doc).split("\n\n") if not p.startswith(" ")
+        ]
+        rendered = _help_prose(name, width)
+        prose = [p for p in rendered if not p[0].startswith("   ")]  # examples are indented
+        assert [" ".join(" ".join(p).split()) for p in prose] == expected, name
+        for para in prose:
+            # a line ends before the margin only where the next word would not have fitted
+            for line, after in zip(para[:-1], para[1:], strict=True):
+                next_word = after.split()[0]
+                assert len(line) + 1 + len(next_word) > width - 1, (name, width, line, after)
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_hub_client_logs_reach_the_terminal_only_with_debug(debug: bool) -> None:
+    # the clients are imported after the CLI set up logging (as they are: lazily, in a command)
+    code = (
+        "import logging\n"
+        "from llama3zh_local.cli._output import route_logs\n"
+        f"route_logs(debug={debug})\n"
+        "from huggingface_hub.utils import logging as hf\n"
+        "from modelscope_hub.utils import logger as ms\n"
+        "hf.get_logger('huggingface_hub.file_download').warning('hf noise')\n"
+        "ms.get_logger('legacy_api').warning('ms noise')\n"
+        "logging.getLogger('urllib3.connectionpool').warning('urllib3 noise')\n"
+    )
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("HF_HUB_VERBOSITY", "MODELSCOPE_LOG_LEVEL")
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    if debug:
+        for noise in ("hf noise", "ms noise", "urllib3 noise"):
+            assert noise in proc.stderr
+    else:
+        assert proc.stderr == ""

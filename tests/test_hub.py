@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from llama3zh_local.errors import (
     DiskSpaceError,
     IntegrityError,
     ModelNotFoundError,
+    NetworkError,
     UnsafePathError,
     UsageError,
 )
@@ -306,6 +309,118 @@ def test_auto_probe_is_remembered_for_a_day(closed_port_endpoint: str) -> None:
 def test_dry_run_decisions_are_not_remembered(closed_port_endpoint: str) -> None:
     sources.decide_source(remember=False)
     assert not userconfig.config_file().exists()
+
+
+# -- no hub reachable ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Both hubs' endpoints on a port of 127.0.0.1 that is bound but never listens (refused)."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    for var in ("HF_ENDPOINT", "MODELSCOPE_ENDPOINT"):
+        monkeypatch.setenv(var, url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    for var in ("LLAMA3ZH_DEBUG", "MODELSCOPE_REPO_TREE_PAGE_MAX_ATTEMPTS", "MODELSCOPE_LOG_LEVEL"):
+        monkeypatch.delenv(var, raising=False)
+    try:
+        yield url
+    finally:
+        closed.close()
+
+
+def _cli(
+    *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """The CLI in a fresh process (the client reads its settings when first imported)."""
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "llama3zh_local", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+    return proc, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("command", ["run", "pull"])
+def test_a_dry_run_with_no_hub_fails_fast_in_two_lines(no_hub: str, command: str) -> None:
+    proc, seconds = _cli(command, "instruct-v3", "--dry-run")
+    assert proc.returncode == 1, proc.stderr
+    assert seconds < 10, f"took {seconds:.1f} s"
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2, proc.stderr  # no client log lines, no notes, no traceback
+    error, hint = lines
+    repo = "ChineseAlpacaGroup/llama-3-chinese-8b-instruct-v3-gguf"
+    assert error == (
+        f"Error: cannot reach ModelScope at {no_hub}: connection refused "
+        f"(asked for the file list of {repo}, tried 2 times)"
+    )
+    assert hint.startswith(  # --source auto fell back to ModelScope: say that HF is down too
+        "Hint: check the network or proxy (HTTPS_PROXY); Hugging Face did not answer either: "
+        f"{no_hub} is unreachable (connection refused)"
+    )  # run's plan remembers the check (pull's dry run does not): "(checked 1 s ago; ...)"
+
+
+def test_debug_shows_the_retries_and_the_client_logs(no_hub: str) -> None:
+    proc, _ = _cli("pull", "instruct-v3", "--dry-run", env={"LLAMA3ZH_DEBUG": "1"})
+    assert proc.returncode == 1
+    err = proc.stderr
+    assert "WARNING modelscope_hub.legacy_api:" in err and "retry in 1s (1/2)" in err
+    assert "DEBUG urllib3.connectionpool: Starting new HTTP connection (2)" in err
+    assert "Traceback" in err and "ConnectionRefusedError" in err
+
+
+def test_a_host_that_just_failed_is_not_asked_again(no_hub: str) -> None:
+    with pytest.raises(NetworkError, match="connection refused") as first:
+        sources.list_remote(Source.HF, "org/a")
+    assert first.value.unreachable
+    sources._unreachable[no_hub] = (time.monotonic() - sources.UNREACHABLE_TTL - 1, first.value)
+    with pytest.raises(NetworkError):  # stale: asked again (and remembered again)
+        sources.list_remote(Source.HF, "org/b")
+    assert "org/b" in str(sources._unreachable[no_hub][1])
+    with pytest.raises(NetworkError, match="org/b"):  # fresh: the same error, not asked
+        sources.list_remote(Source.HF, "org/c")
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "expected"),
+    [
+        ("short enough", 20, "short enough"),
+        ("cannot reach the host (Revision=master&Recursive=True)", 30, "cannot reach the host…"),
+        ("/api/v1/models/org/name/repo/files?Revision=master", 20, "/api/v1/models/org/…"),
+    ],
+)
+def test_shorten_ends_at_a_word(text: str, limit: int, expected: str) -> None:
+    assert sources.shorten(text, limit) == expected
+    assert len(sources.shorten(text, limit)) <= limit
+
+
+def test_network_cause_is_the_innermost_socket_error() -> None:
+    def chained(*excs: BaseException) -> BaseException:
+        for outer, inner in zip(excs[:-1], excs[1:], strict=True):
+            outer.__cause__ = inner
+        return excs[0]
+
+    refused = chained(
+        RuntimeError("Max retries exceeded with url: /x?Revi"),
+        ConnectionRefusedError(111, "Connection refused"),
+    )
+    assert sources.network_cause(refused) == "connection refused"
+    assert (
+        sources.network_cause(
+            chained(OSError("x"), socket.gaierror(-2, "Name or service not known"))
+        )
+        == "host name not resolved"
+    )
+    assert sources.network_cause(chained(OSError("x"), TimeoutError())) == "timed out"
+    assert sources.network_cause(OSError(101, "Network is unreachable")) == "network is unreachable"
 
 
 # -- disk space ----------------------------------------------------------------------------------

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from .. import __version__
 from . import (
+    _options,
     chat,
     convert,
     demo,
@@ -49,26 +53,50 @@ def _main(
     ] = False,
 ) -> None:
     """Pull, convert, quantize and chat with the Chinese Llama-3 models on your own machine."""
+    from . import _errors, _output
+
+    _output.route_logs(debug=_errors.debug())
 
 
-app.command("run")(run.run)
-app.command("models")(models.models)
-app.command("chat")(chat.chat)
-app.command("doctor")(doctor.doctor)
-app.command("convert")(convert.convert)
-app.command("merge-lora")(convert.merge_lora)
-app.command("pull")(pull.pull)
-app.command("list")(listing.list_models)
-app.command("show")(show.show)
-app.command("rm")(rm.rm)
-app.command("modelfile")(modelfile.modelfile)
-app.command("ollama-create")(modelfile.ollama_create)
-app.command("imatrix")(quantize.imatrix)
-app.command("quantize")(quantize.quantize)
-app.command("eval")(evaluate.eval_models)
-app.command("recommend")(recommend.recommend)
-app.command("gc")(gc.gc)
-app.command("demo")(demo.demo)
+def help_text(doc: str | None) -> str:
+    """A command's docstring as its --help: prose paragraphs on one line each (rich wraps them
+    to the terminal; typer keeps a docstring's line breaks), indented blocks (examples) as
+    written."""
+    paragraphs = []
+    for para in inspect.cleandoc(doc or "").split("\n\n"):
+        lines = para.split("\n")
+        if all(line.startswith(" ") for line in lines):
+            paragraphs.append(para)
+        else:
+            paragraphs.append(" ".join(line.strip() for line in lines))
+    summary, *rest = paragraphs
+    # typer dedents the text after the summary as a docstring, its first line not counted: a
+    # blank first line keeps "Examples:" from making the examples below it lose their indent.
+    return summary + ("\n\n\n" + "\n\n".join(rest) if rest else "")
+
+
+def _command(name: str, func: Callable[..., Any], cls: type[TyperCommand] | None = None) -> None:
+    app.command(name, help=help_text(func.__doc__), cls=cls)(func)
+
+
+_command("run", run.run, _options.RunCommand)
+_command("models", models.models)
+_command("chat", chat.chat)
+_command("doctor", doctor.doctor)
+_command("convert", convert.convert)
+_command("merge-lora", convert.merge_lora)
+_command("pull", pull.pull)
+_command("list", listing.list_models)
+_command("show", show.show)
+_command("rm", rm.rm)
+_command("modelfile", modelfile.modelfile)
+_command("ollama-create", modelfile.ollama_create)
+_command("imatrix", quantize.imatrix)
+_command("quantize", quantize.quantize, _options.QuantizeCommand)
+_command("eval", evaluate.eval_models)
+_command("recommend", recommend.recommend)
+_command("gc", gc.gc)
+_command("demo", demo.demo)
 
 
 def main() -> None:

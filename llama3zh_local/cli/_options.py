@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 ModelArg = Annotated[
     str,
@@ -108,3 +110,44 @@ QuantsOpt = Annotated[
     ),
 ]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
+
+class FlagHintCommand(TyperCommand):
+    """A command whose boolean flags may be given a value out of habit (llama-quantize's
+    ``--imatrix FILE``): instead of click's "unexpected extra argument", an Error/Hint pair
+    that names the option taking the value (``flag_hints``: flag -> hint with ``{value}``)."""
+
+    flag_hints: dict[str, str] = {}
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        given = list(args)
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as e:  # click's UsageError: typer bundles its own click, not public
+            message = str(getattr(e, "message", e))
+            if type(e).__name__ != "UsageError" or "unexpected extra argument" not in message:
+                raise
+            for flag, value in zip(given[:-1], given[1:], strict=True):
+                if flag in self.flag_hints and not value.startswith("-") and value in message:
+                    from ._errors import report
+
+                    report(
+                        f"{flag} takes no value, but {value} follows it",
+                        self.flag_hints[flag].format(value=shlex.quote(value)),
+                    )
+                    raise typer.Exit(1) from None
+            raise
+
+
+class QuantizeCommand(FlagHintCommand):
+    flag_hints = {
+        "--imatrix": "use --imatrix-file {value} (llama-quantize's --imatrix FILE); --imatrix "
+        "alone computes one"
+    }
+
+
+class RunCommand(FlagHintCommand):
+    flag_hints = {
+        "--imatrix": "run computes its own imatrix; to quantize with a file, use "
+        "llama3zh quantize MODEL -q TYPE --imatrix-file {value}"
+    }

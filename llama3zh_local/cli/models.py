@@ -42,28 +42,40 @@ def models(as_json: JsonOpt = False) -> None:
     if as_json:
         _output.result(json.dumps(rows, ensure_ascii=False, indent=2))
         return
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="Chinese Llama-3 models", title_justify="left")
-    for col in (
-        "alias",
-        "repo (hfl/… on HF, ChineseAlpacaGroup/… on ModelScope)",
-        "variants",
-        "chat",
-        "LoRA base",
-        "local",
-    ):
-        table.add_column(col, overflow="fold")
+    # Fits 80 columns: the org prefixes and the LoRA bases are said once, under the table.
+    table = Table(
+        title="Chinese Llama-3 models",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1, 0, 0),
+    )
+    for col in ("alias", "repo", "variants", "chat", "local"):
+        table.add_column(col, no_wrap=col in ("alias", "repo"))
     for r in rows:
-        alias = r["alias"] + (" (default)" if r["default"] else "")
         table.add_row(
-            alias,
+            r["alias"] + (" *" if r["default"] else ""),
             str(r["hf"]).split("/", 1)[1],
             ", ".join(r["variants"]),
-            "yes" if r["chat"] else "no (base)",
-            str(r["lora_base"]).split("/")[-1] if r["lora_base"] else "-",
+            "yes" if r["chat"] else "no",
             str(len(r["local"])) + " GGUF" if r["local"] else "-",
         )
-    _output.out().print(table)
-    quants = ", ".join(f"{q.short} ({q.ftype}, {q.size_gib:.1f} GiB)" for q in GGUF_QUANTS)
-    _output.out().print(f"GGUF files: ggml-model-<quant>.gguf with quant in {quants}", markup=False)
+    out = _output.out()
+    out.print(table)
+    bases: dict[str, list[str]] = {}
+    for r in rows:
+        if r["lora_base"]:
+            bases.setdefault(r["lora_base"], []).append(r["alias"])
+    lines = [
+        "* the default. Repos: hfl/<repo> on Hugging Face, ChineseAlpacaGroup/<repo> on "
+        "ModelScope; the lora and gguf variants add -lora or -gguf to the name.",
+        "LoRA bases: " + "; ".join(f"{', '.join(a)}: {b}" for b, a in bases.items()) + ".",
+        "GGUF files: ggml-model-<quant>.gguf, quant in "
+        + ", ".join(f"{q.short} ({q.ftype}, {q.size_gib:.1f} GiB)" for q in GGUF_QUANTS)
+        + ".",
+    ]
+    for line in lines:
+        out.print(line, markup=False)

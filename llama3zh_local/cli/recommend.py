@@ -1,8 +1,9 @@
-"""`llama3zh recommend`: the best quant for this machine's GPU and RAM."""
+"""`llama3zh recommend`: the quant for this machine's GPU and RAM, quality weighed with speed."""
 
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -14,6 +15,14 @@ from ._options import JsonOpt
 
 if TYPE_CHECKING:
     from ..recommend import Candidate, Fit, Recommendation
+
+
+class PreferChoice(str, Enum):
+    """Mirrors recommend.Prefer (the library is not imported before a command runs)."""
+
+    balanced = "balanced"
+    quality = "quality"
+    speed = "speed"
 
 
 @handle_errors
@@ -35,18 +44,33 @@ def recommend(
             min=64,
         ),
     ] = None,
+    prefer: Annotated[
+        PreferChoice,
+        typer.Option(
+            "--prefer",
+            help="balanced: of the quants at least as good as q4_k, the best quality that "
+            "decodes at 8 tok/s (reading speed), else the fastest of them; quality: the best "
+            "that fits; speed: the fastest that fits.",
+        ),
+    ] = PreferChoice.balanced,
     as_json: JsonOpt = False,
 ) -> None:
-    """Recommend the best quant that fits fully on the GPU, and the best that fits in RAM.
+    """Recommend a quant for this machine: one for the GPU (fully offloaded), one for RAM.
 
-    Counts file size + KV cache for the context + a reserve for compute buffers. Quality comes
-    from `llama3zh eval` results when a file was measured, else llama.cpp's Llama-3-8B figures.
+    Fits count file size + KV cache for the context + a reserve for compute buffers. Quality
+    comes from `llama3zh eval` results when a file was measured, else llama.cpp's Llama-3-8B
+    figures. Decoding reads every weight once per token, so the expected tokens/s is the
+    memory bandwidth over the file size: measured when `llama3zh chat` answered with the file
+    here, else estimated (marked ~). The pick: of the quants at least as good as q4_k
+    (Q4_K_M; below it quality drops steeply), the best quality that decodes at 8 tok/s or more
+    (about reading speed); when none is that fast, the fastest of them. `llama3zh pull`
+    without -q downloads the same pick.
 
     Examples:
 
       llama3zh recommend
 
-      llama3zh recommend instruct-v3 --ctx 4096
+      llama3zh recommend instruct-v3 --ctx 4096 --prefer quality
 
       llama3zh recommend ./ggml-model-f16.gguf --json
     """
@@ -55,6 +79,7 @@ def recommend(
         DEFAULT_CTX,
         RAM_RESERVE,
         VRAM_RESERVE,
+        Prefer,
         alias_candidates,
         file_candidates,
         kv_cache_bytes,
@@ -75,7 +100,14 @@ def recommend(
             n_layer=spec.n_layer, n_head_kv=spec.n_head_kv, head_dim=spec.head_dim, n_ctx=n_ctx
         )
         label = spec.alias
-    rec = run(candidates, model=label, kv_bytes=kv, n_ctx=n_ctx, hw=hardware.detect())
+    rec = run(
+        candidates,
+        model=label,
+        kv_bytes=kv,
+        n_ctx=n_ctx,
+        hw=hardware.detect(),
+        prefer=Prefer(prefer.value),
+    )
     if as_json:
         _output.result(json.dumps(_to_json(rec), ensure_ascii=False, indent=2))
         return
@@ -86,6 +118,7 @@ def recommend(
         f"{rec.model}: {n_ctx}-token context, KV cache {_format.size(rec.kv_bytes)}",
         markup=False,
     )
+    out.print(f"Rule (--prefer {rec.prefer.value}): {rec.rule}.", markup=False, soft_wrap=True)
     gpu_where = (
         f"GPU ({rec.gpu_name}, {_format.size(rec.gpu_free)} free)" if rec.gpu_name else "GPU"
     )
@@ -95,21 +128,32 @@ def recommend(
     out.print(_line(ram_where, rec.ram, none="none fits"), markup=False, soft_wrap=True)
     from rich.table import Table
 
-    table = Table(title="All candidates, best first", title_justify="left")
-    for col in ("quant", "size", "GPU", "RAM", "expected quality", "file"):
-        table.add_column(col, overflow="fold", justify="right" if col == "size" else "left")
+    table = Table(title="All candidates, best quality first", title_justify="left")
+    cols = ["quant", "size", "GPU", "RAM", "GPU tok/s", "CPU tok/s", "expected quality", "file"]
+    if not rec.gpu_speed:
+        cols.remove("GPU tok/s")
+    for col in cols:
+        table.add_column(col, overflow="fold", justify="right" if "size" in col or "/s" in col
+                         else "left")  # fmt: skip
     for c in rec.candidates:
         gpu_ok = rec.gpu_name is not None and c.size + rec.kv_bytes + VRAM_RESERVE <= rec.gpu_free
         ram_ok = c.size + rec.kv_bytes + RAM_RESERVE <= rec.ram_available
-        table.add_row(
-            c.label,
-            _format.size(c.size),
-            "fits" if gpu_ok else "-",
-            "fits" if ram_ok else "-",
-            c.quality_short,
-            c.path.name if c.path else "-",
-        )
+        row = [c.label, _format.size(c.size), "fits" if gpu_ok else "-", "fits" if ram_ok else "-"]
+        if rec.gpu_speed:
+            row.append(rec.gpu_speed[c.label].text)
+        row += [rec.cpu_speed[c.label].text, c.quality_short, c.path.name if c.path else "-"]
+        table.add_row(*row)
     out.print(table)
+    bw = rec.bandwidth
+    if bw is not None:
+        estimates = [f"CPU {bw.cpu_basis}"] + ([f"GPU {bw.gpu_basis}"] if rec.gpu_speed else [])
+        out.print(
+            "tok/s = memory bandwidth / file size, at the start of an answer; ~ marks an "
+            f"estimate ({'; '.join(estimates)}). Figures without ~ were measured by llama3zh chat "
+            "with that file on this machine.",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 def _line(where: str, fit: Fit | None, *, none: str) -> str:
@@ -117,9 +161,10 @@ def _line(where: str, fit: Fit | None, *, none: str) -> str:
         return f"{where}: {none}"
     c = fit.candidate
     here = str(c.path) if c.path else "not on this machine: llama3zh pull / quantize"
+    speed = f"{fit.speed.text} tok/s" if fit.speed else "speed unknown"
     return (
         f"{where}: {c.label} ({_format.size(c.size)}, needs {_format.size(fit.need)} with the "
-        f"KV cache); expected {c.quality}; {here}"
+        f"KV cache); {speed}: {fit.reason}; expected {c.quality}; {here}"
     )
 
 
@@ -137,11 +182,26 @@ def _cand(c: Candidate) -> dict[str, Any]:
 
 def _to_json(rec: Recommendation) -> dict[str, Any]:
     def fit(f: Fit | None) -> dict[str, Any] | None:
-        return (
-            None
-            if f is None
-            else {**_cand(f.candidate), "need_bytes": f.need, "budget_bytes": f.budget}
-        )
+        if f is None:
+            return None
+        return {
+            **_cand(f.candidate),
+            "need_bytes": f.need,
+            "budget_bytes": f.budget,
+            "tps": round(f.speed.tps, 2) if f.speed else None,
+            "tps_measured": f.speed.measured if f.speed else None,
+            "reason": f.reason,
+        }
+
+    def cand(c: Candidate) -> dict[str, Any]:
+        out = _cand(c)
+        for device, table in (("cpu", rec.cpu_speed), ("gpu", rec.gpu_speed)):
+            speed = table.get(c.label)
+            out[f"{device}_tps"] = round(speed.tps, 2) if speed else None
+            out[f"{device}_tps_measured"] = speed.measured if speed else None
+        return out
+
+    bw = rec.bandwidth
 
     return {
         "model": rec.model,
@@ -153,6 +213,16 @@ def _to_json(rec: Recommendation) -> dict[str, Any]:
         "gpu_free_bytes": rec.gpu_free,
         "ram_available_bytes": rec.ram_available,
         "choice": rec.choice.label,
-        "candidates": [_cand(c) for c in rec.candidates],
+        "prefer": rec.prefer.value,
+        "rule": rec.rule,
+        "bandwidth": None
+        if bw is None
+        else {
+            "cpu_bytes_per_s": round(bw.cpu),
+            "cpu_basis": bw.cpu_basis,
+            "gpu_bytes_per_s": round(bw.gpu),
+            "gpu_basis": bw.gpu_basis,
+        },
+        "candidates": [cand(c) for c in rec.candidates],
         "notes": list(rec.notes),
     }

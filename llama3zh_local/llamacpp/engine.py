@@ -492,9 +492,9 @@ class Session:
                         f"{last_log_lines() or 'no reason given'}"
                     )
                 cached.append(tok)
-            tail = decoder.decode(b"", final=True)
-            if tail:
-                yield tail
+            # Cut at the limit or a stop, the answer may end inside a multi-byte character:
+            # drop its first bytes (flushing them would print U+FFFD).
+            decoder.reset()
         finally:
             stats.generation_seconds = (
                 time.perf_counter() - t1 - (stats.first_token_seconds - stats.prompt_seconds)
