@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import atomic, catalog
+from . import atomic, catalog, guard
 from .errors import BackendError, DiskSpaceError, InvalidModelError, UsageError
 
 # File types that are not quantizations: a source for quantizing, never requantized.
@@ -303,9 +303,11 @@ def quantize(
         (t, output_path(source, t, imatrix=want_imatrix, output=out_arg, n_types=len(qtypes_final)))
         for t in qtypes_final
     ]
+    inputs = [source]
+    if want_imatrix and imatrix is not True:
+        inputs.append(Path(str(imatrix)).expanduser())
     for _t, path in targets:
-        if path.resolve() == source.resolve():
-            raise UsageError(f"{path} is the source itself", hint="choose another -o")
+        guard.check_not_input(path, inputs)
         if path.exists() and not force and not dry_run:
             raise UsageError(
                 f"{path} already exists", hint="add --force to replace it, or choose another -o"

@@ -206,6 +206,8 @@ def test_an_unreachable_hub_falls_back_to_the_local_f16(
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     gguf_dir().mkdir(parents=True)
     shutil.copyfile(tiny_llama3_gguf, gguf_dir() / "ggml-model-f16.gguf")
+    # as an earlier run leaves it: recorded (an unrecorded one is refused, see test_safety.py)
+    state.record(gguf_dir() / "ggml-model-f16.gguf", step="convert")
     try:
         result = ok(run("instruct-v3", "-q", "q4_k", "-y", "--source", "hf"))
     finally:
@@ -226,13 +228,20 @@ def test_a_changed_f16_is_not_trusted(hub: HubServer) -> None:
     data = bytearray(f16.read_bytes())
     data[-1] ^= 0xFF  # same size, one weight changed
     f16.write_bytes(bytes(data))
+    changed = state.sha256_file(f16)
+    # neither reused nor replaced: it is no longer the file llama3zh wrote
+    again = run("instruct-v3", "-q", "Q8_0", "--imatrix", "--chunks", "2", "-y", "--source", "hf")
+    assert again.exit_code == 1, again.output  # type: ignore[attr-defined]
+    assert "no record of making it" in again.stderr  # type: ignore[attr-defined]
+    assert state.sha256_file(f16) == changed and target.read_bytes() == first
+    # moved away: the quant made from the f16 it recorded is complete (inputs deleted to save
+    # space do not matter), and nothing adopted the changed one
+    f16.unlink()
     ok(run("instruct-v3", "-q", "Q8_0", "--imatrix", "--chunks", "2", "-y", "--source", "hf"))
     entries = state.read_state(gguf_dir())
-    assert entries["ggml-model-f16.gguf"].sha256 == state.sha256_file(f16)
-    assert entries["ggml-model-q8_0-im.gguf"].inputs["ggml-model-f16.gguf"] == state.sha256_file(
-        f16
-    )
-    assert target.read_bytes() != first
+    assert entries["ggml-model-f16.gguf"].sha256 != changed
+    assert entries["ggml-model-q8_0-im.gguf"].inputs["ggml-model-f16.gguf"] != changed
+    assert target.read_bytes() == first
 
 
 def test_ollama_route_creates_the_model(
