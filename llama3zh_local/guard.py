@@ -119,6 +119,45 @@ def _kind(mode: int) -> str:
 # -- single-file outputs --------------------------------------------------------------------------
 
 
+def check_replaceable(out: Path) -> None:
+    """Refuse an output path that holds a FIFO, socket or device: the rename that finishes a
+    write would replace the node itself (``-o /dev/null --force`` must never touch it).
+
+    Raises:
+        UsageError: ``out`` exists and is not a regular file.
+    """
+    try:
+        mode = out.stat().st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise UsageError(
+            f"{out} is not a regular file ({_kind(mode)})",
+            hint="give -o the path of a new .gguf file",
+        )
+
+
+def check_writable(final: Path) -> None:
+    """Create and delete a temporary file beside ``final`` (its folder made first): an output
+    that cannot be written fails now, not after minutes of work.
+
+    Raises:
+        UsageError: the folder cannot be made or written to.
+    """
+    tmp = atomic.temp_path(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb"):
+            pass
+    except OSError as e:
+        raise UsageError(
+            f"cannot write {final}: {e.strerror or e}",
+            hint="choose a folder you can write to with -o",
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def check_file_output(
     out: Path, *, force: bool, named: bool, inputs: Sequence[Path] = ()
 ) -> None:
@@ -135,6 +174,7 @@ def check_file_output(
     if out.is_dir():
         raise UsageError(f"{out} is a folder", hint="give -o the path of a .gguf file")
     check_not_input(out, inputs)
+    check_replaceable(out)
     if out.exists() or out.is_symlink():
         if not force:
             raise UsageError(

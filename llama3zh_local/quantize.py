@@ -308,6 +308,7 @@ def quantize(
         inputs.append(Path(str(imatrix)).expanduser())
     for _t, path in targets:
         guard.check_not_input(path, inputs)
+        guard.check_replaceable(path)
         if path.exists() and not force and not dry_run:
             raise UsageError(
                 f"{path} already exists", hint="add --force to replace it, or choose another -o"

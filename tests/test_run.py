@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -266,21 +267,46 @@ def dead_pid() -> int:
     return proc.pid
 
 
+def killed_writer(code: str) -> int:
+    """Run ``code`` in a process that is then killed with SIGKILL (no cleanup); its PID.
+
+    ``code`` sees ``atomic`` and ``Path``; it writes temporary files the way the stages do.
+    """
+    script = (
+        "import os, signal\nfrom pathlib import Path\nfrom llama3zh_local import atomic\n"
+        f"{code}\nos.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    assert proc.wait(60) == -signal.SIGKILL
+    return proc.pid
+
+
 def test_gc_removes_orphans_of_dead_writers_only(tmp_path: Path) -> None:
     folder = paths.models_dir() / "some-model"
     folder.mkdir(parents=True)
     final = folder / "ggml-model-f16.gguf"
     final.write_bytes(b"good")
-    dead = dead_pid()
+    scratch_parent = paths.home() / "tmp"
+    dead = killed_writer(
+        f"t = atomic.temp_path(Path({str(final)!r})); t.write_bytes(b'x' * 5000)\n"
+        "Path(str(t) + '.at_10').write_bytes(b'y' * 300)\n"
+        f"d = atomic.scratch_dir('kld', Path({str(scratch_parent)!r}))\n"
+        "(d / 'base-logits.bin').write_bytes(b'z' * 1000)"
+    )
     orphan = folder / f".ggml-model-f16.gguf.tmp-{dead}"
-    orphan.write_bytes(b"x" * 5000)
-    checkpoint = folder / f".imatrix.gguf.tmp-{dead}.at_10"
-    checkpoint.write_bytes(b"y" * 300)
-    scratch = paths.home() / "tmp" / f"kld-pid{dead}-abc"
-    scratch.mkdir(parents=True)
-    (scratch / "base-logits.bin").write_bytes(b"z" * 1000)
-    live = folder / f".ggml-model-q4_k.gguf.tmp-{atomic.os.getpid()}"
+    checkpoint = folder / f".ggml-model-f16.gguf.tmp-{dead}.at_10"
+    (scratch,) = scratch_parent.glob(f"kld-pid{dead}-*")
+    assert orphan.is_file() and checkpoint.is_file()
+    live = atomic.temp_path(folder / "ggml-model-q4_k.gguf")  # this process: still writing
     live.write_bytes(b"in progress")
+    # named like temporary files, but no llama3zh process listed them: never deleted
+    lookalikes = [
+        folder / f".ggml-model-q8_0.gguf.tmp-{dead_pid()}",
+        folder / f".notes.txt.tmp-{dead}",
+        scratch_parent / f"kld-pid{dead_pid()}-mine",
+    ]
+    for p in lookalikes:
+        p.write_bytes(b"mine")
     partial = paths.home() / "xdg" / "blob.incomplete"
     partial.parent.mkdir(parents=True)
     partial.write_bytes(b"p" * 700)
@@ -295,9 +321,12 @@ def test_gc_removes_orphans_of_dead_writers_only(tmp_path: Path) -> None:
     assert {Path(r["path"]) for r in data["removed"]} == {orphan, checkpoint, scratch}
     assert not orphan.exists() and not scratch.exists() and not checkpoint.exists()
     assert final.read_bytes() == b"good" and live.exists() and partial.exists()
+    assert all(p.read_bytes() == b"mine" for p in lookalikes)
+    assert not (atomic.journal_dir() / str(dead)).exists()  # nothing left to sweep
 
     ok(runner.invoke(app, ["gc", "--partial"]))
     assert not partial.exists() and live.exists()
+    live.unlink()
 
 
 def test_gc_drops_state_entries_of_vanished_files() -> None:
@@ -315,10 +344,13 @@ def test_gc_drops_state_entries_of_vanished_files() -> None:
 
 def test_a_new_write_sweeps_the_orphans_of_its_output(tmp_path: Path) -> None:
     out = tmp_path / "x.gguf"
-    dead = dead_pid()
-    stale = tmp_path / f".x.gguf.tmp-{dead}"
-    stale.write_bytes(b"half")
-    other = tmp_path / f".y.gguf.tmp-{dead}"
-    other.write_bytes(b"other")
+    dead = killed_writer(
+        f"atomic.temp_path(Path({str(out)!r})).write_bytes(b'half')\n"
+        f"atomic.temp_path(Path({str(tmp_path / 'y.gguf')!r})).write_bytes(b'other')"
+    )
+    stale, other = tmp_path / f".x.gguf.tmp-{dead}", tmp_path / f".y.gguf.tmp-{dead}"
+    lookalike = tmp_path / f".x.gguf.tmp-{dead_pid()}"  # not listed by any llama3zh process
+    lookalike.write_bytes(b"mine")
+    assert stale.exists() and other.exists()
     assert atomic.sweep(out) == 4
-    assert not stale.exists() and other.exists()
+    assert not stale.exists() and other.exists() and lookalike.read_bytes() == b"mine"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -71,5 +74,28 @@ app.command("gc")(gc.gc)
 app.command("demo")(demo.demo)
 
 
+_terminated = False
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (``kill``, a service manager stopping us) is handled as Ctrl-C: whatever the
+    SIGINT handler of the moment does (raise KeyboardInterrupt, or ask llama.cpp to stop), so
+    temporary files are removed and child tools killed on the way out."""
+    global _terminated
+    _terminated = True
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
+
+
 def main() -> None:
-    app()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        app()
+    except SystemExit as e:
+        if _terminated and e.code == 130:  # "Interrupted.": exit as a terminated process does
+            raise SystemExit(128 + signal.SIGTERM) from None
+        raise
