@@ -9,6 +9,7 @@ refused before anything blocks on reading it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -51,6 +52,14 @@ def check_not_input(out: Path, inputs: Iterable[Path], *, option: str = "-o") ->
                 f"{option} {out} is the input {src} itself",
                 hint="write the output somewhere else: inputs are never overwritten",
             )
+        if src.is_dir() and (out.exists() or out.is_symlink()) and not out.is_dir():
+            # a link (hard or symbolic) to one of the folder's files is that file
+            for p in _top_files(src):
+                if same_path(out, p):
+                    raise UsageError(
+                        f"{option} {out} is the input {p} itself",
+                        hint="write the output somewhere else: inputs are never overwritten",
+                    )
         if out.is_dir() and _inside(src, out):
             raise UsageError(
                 f"{option} {out} holds the input {src}",
@@ -67,6 +76,14 @@ def check_not_input(out: Path, inputs: Iterable[Path], *, option: str = "-o") ->
                 f"{option} {out} is a file of the input folder {src}",
                 hint="write the output somewhere else: inputs are never overwritten",
             )
+
+
+def _top_files(folder: Path) -> list[Path]:
+    """The files of an input folder that a reader may read (a GGUF in it is never an input)."""
+    try:
+        return [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() != ".gguf"]
+    except OSError:
+        return []
 
 
 def require_regular(folder: Path) -> None:
@@ -155,12 +172,11 @@ def check_writable(final: Path) -> None:
             hint="choose a folder you can write to with -o",
         ) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # NotADirectoryError when the folder is a file
+            tmp.unlink()
 
 
-def check_file_output(
-    out: Path, *, force: bool, named: bool, inputs: Sequence[Path] = ()
-) -> None:
+def check_file_output(out: Path, *, force: bool, named: bool, inputs: Sequence[Path] = ()) -> None:
     """Refuse a file output that would replace something it must not, before any heavy work.
 
     ``named``: the user gave this very path. A derived name (inside a folder given with ``-o``,
