@@ -24,7 +24,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -753,6 +753,21 @@ def verify_gguf(
 # -- the stage ------------------------------------------------------------------------------------
 
 
+def fingerprint(*folders: Path) -> dict[str, str]:
+    """Size and mtime of each file a conversion reads from ``folders`` (not the GGUFs beside
+    them): what a GGUF written under a derived name is recorded as made from. Cheap, unlike the
+    sha256 of gigabytes; a copied or changed checkpoint no longer matches."""
+    out = {}
+    for folder in folders:
+        for p in sorted(folder.iterdir()):
+            if p.name.startswith(".") or p.suffix == ".gguf" or not p.is_file():
+                continue
+            st = p.stat()
+            key = p.name if len(folders) == 1 else f"{folder.name}/{p.name}"
+            out[key] = f"size {st.st_size} mtime_ns {st.st_mtime_ns}"
+    return out
+
+
 def output_path(output: str | Path | None, default_dir: Path, filename: str) -> tuple[Path, bool]:
     """``output`` itself, ``output/filename`` for an existing folder, else ``default_dir/filename``;
     and whether the user named that file (``-o FILE``) rather than a folder.
@@ -825,7 +840,7 @@ def convert(
             dry_run=dry_run,
             progress=progress,
             t0=t0,
-            record=not named,
+            record=None if named else fingerprint(src),
         )
 
 
@@ -845,12 +860,12 @@ def _write_checked(
     progress: Progress | None,
     t0: float,
     extra_metadata: Callable[[gguf.GGUFWriter], None] | None = None,
-    record: bool = False,
+    record: Mapping[str, str] | None = None,
 ) -> ConvertResult:
     """Write ``plans`` to a temporary file, read it back, then rename it to ``out``.
 
-    ``record``: note the file in its folder's state file (a derived name: the next ``--force``
-    may replace it because llama3zh wrote it).
+    ``record``: note the file in its folder's state file as made from these inputs (a derived
+    name: the next ``--force`` may replace it, and ``quantize`` of the checkpoint reuse it).
     """
     size_estimate = sum(p.nbytes for p in plans) + 16 * len(vocab.tokens) + (8 << 20)
 
@@ -889,6 +904,6 @@ def _write_checked(
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    if record:
-        state.record(out, step="convert")
+    if record is not None:
+        state.record(out, step="convert", inputs=record)
     return result(out, out.stat().st_size, warnings)

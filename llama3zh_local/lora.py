@@ -499,7 +499,7 @@ def _write_merged_gguf(
         dry_run=dry_run,
         progress=progress,
         t0=t0,
-        record=not named,
+        record=None if named else cv.fingerprint(lora.path, ckpt.path),
     )
     return MergeResult(
         path=res.path,
@@ -822,7 +822,7 @@ def _write_adapter(
     finally:
         tmp.unlink(missing_ok=True)
     if not named:
-        state.record(out, step="merge-lora")
+        state.record(out, step="merge-lora", inputs=cv.fingerprint(lora.path, ckpt.path))
     return result(out, out.stat().st_size, tuple(warn))
 
 

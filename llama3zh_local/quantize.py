@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import atomic, catalog, guard
+from . import atomic, catalog, guard, state
 from .errors import BackendError, DiskSpaceError, InvalidModelError, UsageError
 
 # File types that are not quantizations: a source for quantizing, never requantized.
@@ -197,11 +197,22 @@ def source_gguf(model: Path, *, notes: list[str], dry_run: bool) -> Path:
             f"{model} is a folder without config.json: neither a GGUF file nor an HF checkpoint",
             hint="give a .gguf file, or an HF checkpoint folder (config.json, *.safetensors)",
         )
+    from .convert import convert, fingerprint
+
     for name in ("ggml-model-f16.gguf", "ggml-model-bf16.gguf", "ggml-model-f32.gguf"):
-        if (model / name).is_file():
-            notes.append(f"using {model / name} (converted earlier)")
-            return model / name
-    from .convert import convert
+        earlier = model / name
+        if not (earlier.exists() or earlier.is_symlink()):
+            continue
+        # reused only when the folder's state file says it was converted from these files
+        if state.completed(earlier, inputs=fingerprint(model)) is None:
+            raise UsageError(
+                f"{earlier} is there, but llama3zh has no record of converting it from the "
+                f"checkpoint in {model} as it is now",
+                hint=f"quantize that file itself (llama3zh quantize {earlier} ...), or move it "
+                "away to convert the checkpoint again",
+            )
+        notes.append(f"using {earlier} (converted earlier from this checkpoint)")
+        return earlier
 
     done = convert(source=model, outtype="auto", dry_run=dry_run)
     verb = "would convert" if dry_run else "converted"

@@ -587,3 +587,28 @@ def test_the_journal_lists_temporaries_before_they_exist(tmp_path: Path) -> None
     journal = atomic.journal_dir() / str(os.getpid())
     lines = [json.loads(ln) for ln in journal.read_text(encoding="utf-8").splitlines()]
     assert str(tmp) in lines and not tmp.exists()
+
+
+@pytest.mark.parametrize("case", ["foreign", "checkpoint-changed", "recorded"])
+def test_quantize_of_a_checkpoint_reuses_only_its_own_conversion(
+    case: str, base: Path, tmp_path: Path, tiny_llama3_gguf: Path
+) -> None:
+    """`quantize HF_FOLDER` used any ggml-model-f16.gguf found in the folder."""
+    f16 = base / "ggml-model-f16.gguf"
+    if case == "foreign":
+        shutil.copyfile(tiny_llama3_gguf, f16)
+    else:
+        made = cli("convert", str(base))
+        assert made.returncode == 0, made.stderr
+    if case == "checkpoint-changed":  # the weights were replaced after the conversion
+        weights = base / "model.safetensors"
+        weights.write_bytes(weights.read_bytes())
+    args = ["quantize", str(base), "-q", "q8_0", "-o", str(tmp_path / "q8.gguf")]
+    if case == "recorded":
+        ok = cli(*args)
+        assert ok.returncode == 0, ok.stderr
+        assert "converted earlier from this checkpoint" in ok.stderr
+        return
+    before = snapshot(tmp_path, home())
+    refused(cli(*args), "no record of converting it")
+    assert snapshot(tmp_path, home()) == before
