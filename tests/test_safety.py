@@ -612,3 +612,27 @@ def test_quantize_of_a_checkpoint_reuses_only_its_own_conversion(
     before = snapshot(tmp_path, home())
     refused(cli(*args), "no record of converting it")
     assert snapshot(tmp_path, home()) == before
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_chat_repl(smollm2_gguf: Path) -> None:
+    """Ctrl-C at the prompt keeps the session; SIGTERM ends it (exit 143), without a traceback."""
+    import pexpect
+
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "llama3zh_local", "chat", str(smollm2_gguf)],
+        env={**os.environ, "NO_COLOR": "1", "TERM": "dumb"},
+        encoding="utf-8",
+        timeout=120,
+        dimensions=(40, 200),
+    )
+    child.expect_exact(">>> ")
+    child.sendintr()
+    child.expect_exact("Use Ctrl-D or /exit to leave.")
+    child.expect_exact(">>> ")
+    child.kill(signal.SIGTERM)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 128 + signal.SIGTERM, child.before
+    assert "Traceback" not in (child.before or "")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import signal
-import threading
-from types import FrameType
 from typing import Annotated
 
 import typer
 
 from .. import __version__
 from . import (
+    _signals,
     chat,
     convert,
     demo,
@@ -74,28 +73,11 @@ app.command("gc")(gc.gc)
 app.command("demo")(demo.demo)
 
 
-_terminated = False
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM (``kill``, a service manager stopping us) is handled as Ctrl-C: whatever the
-    SIGINT handler of the moment does (raise KeyboardInterrupt, or ask llama.cpp to stop), so
-    temporary files are removed and child tools killed on the way out."""
-    global _terminated
-    _terminated = True
-    handler = signal.getsignal(signal.SIGINT)
-    if callable(handler):
-        handler(signal.SIGINT, frame)
-    else:
-        raise KeyboardInterrupt
-
-
 def main() -> None:
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    _signals.install()
     try:
         app()
     except SystemExit as e:
-        if _terminated and e.code == 130:  # "Interrupted.": exit as a terminated process does
+        if _signals.terminated() and e.code == 130:  # "Interrupted." after SIGTERM
             raise SystemExit(128 + signal.SIGTERM) from None
         raise
