@@ -317,12 +317,19 @@ def quantize(
     inputs = [source]
     if want_imatrix and imatrix is not True:
         inputs.append(Path(str(imatrix)).expanduser())
+    # a name of its own (beside the source, or in an -o folder) replaces only a recorded file
+    named = out_arg is not None and not (out_arg.is_dir() or str(out_arg).endswith(os.sep))
     for _t, path in targets:
         guard.check_not_input(path, inputs)
         guard.check_replaceable(path)
         if path.exists() and not force and not dry_run:
             raise UsageError(
                 f"{path} already exists", hint="add --force to replace it, or choose another -o"
+            )
+        if path.exists() and not named and not guard.owned_file(path):
+            raise UsageError(
+                f"{path} already exists and llama3zh did not write it",
+                hint=f"name it to replace it: -o {path} --force (or choose another -o)",
             )
     # -- the importance matrix
     im_path: Path | None = None
@@ -427,6 +434,10 @@ def quantize(
                 on_tensor=on_tensor,
             )
             back = read_back(tmp, expect=t, source_tensors=info.tensor_count)
+            if not named:  # recorded before the rename: the next --force may replace it
+                st = source.stat()
+                made_from = {source.name: f"size {st.st_size} mtime_ns {st.st_mtime_ns}"}
+                state.record(path, step="quantize", inputs=made_from, measure=tmp)
             os.replace(tmp, path)
         except (BackendError, InvalidModelError) as e:
             # llama.cpp reports a full disk as a stream error ("basic_ios::clear"): say which
