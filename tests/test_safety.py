@@ -565,6 +565,24 @@ def test_a_fifo_or_device_is_refused_not_read(
     assert snapshot(tmp_path, home()) == before
 
 
+@pytest.mark.parametrize("command", ["quantize", "imatrix", "chat", "eval"])
+@pytest.mark.parametrize("make", [_fifo, _device], ids=["fifo", "device"])
+def test_a_gguf_that_is_a_fifo_or_device_is_refused_not_read(
+    command: str, make: object, tmp_path: Path
+) -> None:
+    model = tmp_path / "model.gguf"
+    make(model)  # type: ignore[operator]
+    args = {
+        "quantize": ["quantize", str(model), "-q", "q8_0", "-o", str(tmp_path / "q.gguf")],
+        "imatrix": ["imatrix", str(model), "-o", str(tmp_path / "im.gguf")],
+        "chat": ["chat", str(model), "-p", "hi"],
+        "eval": ["eval", str(model), "--chunks", "1"],
+    }[command]
+    before = snapshot(tmp_path, home())
+    refused(cli(*args, timeout=60), "not a regular file")
+    assert snapshot(tmp_path, home()) == before
+
+
 @pytest.mark.parametrize("case", ["sysfs", "parent-is-a-file", "fifo", "fifo-force"])
 def test_imatrix_checks_its_output_before_computing(
     case: str, tiny_llama3_gguf: Path, tmp_path: Path
