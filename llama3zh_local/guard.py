@@ -317,9 +317,10 @@ def install_folder(
 
 
 def temp_folder(dest: Path) -> Path:
-    """A fresh temporary folder beside ``dest`` (orphans of killed runs deleted first)."""
+    """The temporary folder name beside ``dest`` (orphans of killed runs deleted first); the
+    caller makes it inside the ``try`` whose ``finally`` removes it, so that an interrupt
+    right after ``mkdir`` leaves nothing behind."""
     atomic.sweep(dest)
     tmp = atomic.temp_path(dest)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     return tmp

@@ -342,6 +342,7 @@ def export_hf(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = guard.temp_folder(dest)
     try:
+        tmp.mkdir(parents=True)
         n_tensors, n_params = _write_checkpoint(reader, arch, tmp, dtype, progress)
         files = guard.install_folder(
             tmp, dest, force=force, inputs=[source], records=records,

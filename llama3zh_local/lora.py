@@ -580,6 +580,7 @@ def _write_hf(
     tmp = guard.temp_folder(out)
     done = 0
     try:
+        tmp.mkdir(parents=True)
         names = (
             ["model.safetensors"]
             if len(shards) == 1
