@@ -168,11 +168,6 @@ def orphans() -> list[Path]:
     return sorted(set(out))
 
 
-def is_orphan(path: Path) -> bool:
-    """A temporary file or folder of a llama3zh process that is no longer running."""
-    return Path(os.path.abspath(path)) in orphans()
-
-
 def size_of(path: Path) -> int:
     try:
         if path.is_dir() and not path.is_symlink():
