@@ -681,3 +681,28 @@ def test_sigterm_ends_the_chat_repl(smollm2_gguf: Path) -> None:
     child.close()
     assert child.exitstatus == 128 + signal.SIGTERM, child.before
     assert "Traceback" not in (child.before or "")
+
+
+@pytest.mark.parametrize("case", ["folder-foreign", "model-itself", "folder-recorded"])
+def test_modelfile_output_rules(case: str, tmp_path: Path, tiny_llama3_gguf: Path) -> None:
+    """`modelfile -o`: never the GGUF it describes; in an -o folder, never a foreign Modelfile."""
+    model = Path(shutil.copyfile(tiny_llama3_gguf, tmp_path / "m.gguf"))
+    folder = user_folder(tmp_path / "out")
+    if case == "model-itself":
+        before = snapshot(tmp_path, home())
+        refused(cli("modelfile", str(model), "-o", str(model), "--force"), "is the input")
+        assert snapshot(tmp_path, home()) == before
+        return
+    args = ["modelfile", str(model), "-o", str(folder)]
+    if case == "folder-foreign":
+        (folder / "Modelfile").write_text("FROM my-own-model\n")
+        before = snapshot(tmp_path, home())
+        refused(cli(*args, "--force"), "did not write")
+        assert snapshot(tmp_path, home()) == before
+        return
+    first = cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert state.completed(folder / "Modelfile") is not None
+    refused(cli(*args), "already exists")
+    again = cli(*args, "--force")
+    assert again.returncode == 0, again.stderr
