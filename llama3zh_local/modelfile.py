@@ -687,6 +687,7 @@ def write_modelfile(modelfile: Modelfile, *, path: str | Path, force: bool = Fal
     try:
         tmp.write_bytes(text.encode("utf-8"))
         if derived:  # recorded before the rename, so that the next --force may replace it
+            path.unlink(missing_ok=True)  # ours (checked by modelfile_path)
             state.record(path, step="modelfile", measure=tmp)
         tmp.replace(path)
     finally:

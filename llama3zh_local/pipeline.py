@@ -590,7 +590,10 @@ def _convert_run(step: Step, folder: Path, work: Work) -> state.Artifact:
             repo=step.note or None,
             progress=on_progress,
         )
-        # recorded before the rename (which keeps size and mtime): never in place unrecorded
+        # recorded before the rename (which keeps size and mtime): never in place unrecorded;
+        # the old file (llama3zh's: refused above otherwise) goes first, so that a kill in
+        # between leaves no file whose record was overwritten
+        step.output.unlink(missing_ok=True)
         entry = state.record(step.output, step="convert", inputs=inputs, folder=folder,
                              measure=staging)  # fmt: skip
         os.replace(staging, step.output)
@@ -695,6 +698,7 @@ def _quantize_run(
             progress=on_progress,
         )
         assert result.outputs[0].path == staging
+        step.output.unlink(missing_ok=True)  # ours (refused above otherwise): see _convert_run
         entry = state.record(step.output, step="quantize", inputs=inputs, folder=folder,
                              measure=staging)  # fmt: skip
         os.replace(staging, step.output)

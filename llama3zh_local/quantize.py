@@ -435,6 +435,7 @@ def quantize(
             )
             back = read_back(tmp, expect=t, source_tensors=info.tensor_count)
             if not named:  # recorded before the rename: the next --force may replace it
+                path.unlink(missing_ok=True)  # ours (checked above); no stale record left
                 st = source.stat()
                 made_from = {source.name: f"size {st.st_size} mtime_ns {st.st_mtime_ns}"}
                 state.record(path, step="quantize", inputs=made_from, measure=tmp)
