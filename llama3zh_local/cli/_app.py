@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 from typing import Annotated
 
 import typer
@@ -81,3 +82,7 @@ def main() -> None:
         if _signals.terminated() and e.code == 130:  # "Interrupted." after SIGTERM
             raise SystemExit(128 + signal.SIGTERM) from None
         raise
+    except KeyboardInterrupt:  # after the command had finished (click's teardown): exit cleanly
+        sys.stderr.write("\nInterrupted.\n")
+        sig = signal.SIGTERM if _signals.terminated() else signal.SIGINT
+        raise SystemExit(128 + sig) from None
