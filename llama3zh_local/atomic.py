@@ -2,25 +2,88 @@
 
 Every stage writes ``.NAME.tmp-PID`` beside its final ``NAME`` and renames it when complete, so a
 final name only ever holds a whole file. A process killed with SIGKILL (or a power cut) cannot
-delete its temporary file; the PID in the name tells the next run (and ``llama3zh gc``) that its
-writer is gone. Resumable downloads (``*.incomplete``) are not orphans: the next pull continues
-them. No library offers this pid-tagged sweep (tempfile names are random and carry no owner).
+delete its temporary file. Before a temporary name is used it is written to this process's
+journal (``$LLAMA3ZH_HOME/tmp/journal/PID``): the next run (and ``llama3zh gc``) deletes only
+what the journal of a process that is gone lists, never a file because its name looks like a
+temporary one (a pulled or hand-made file may well be called ``.x.tmp-123``). Resumable
+downloads (``*.incomplete``) are not orphans: the next pull continues them. No library offers
+this sweep (tempfile names are random and carry no owner).
 """
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
-import re
+import secrets
 import shutil
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-# .NAME.tmp-PID, plus the checkpoints llama-imatrix writes beside it (.NAME.tmp-PID.at_N)
-_TEMP = re.compile(r"^\.(?P<final>.+)\.tmp-(?P<pid>\d+)(?P<extra>\..*)?$")
-# tempfile.mkdtemp(prefix=f"{scratch_prefix(kind)}") for scratch folders (KLD logits)
-_SCRATCH = re.compile(r"^(?P<kind>[a-z]+)-pid(?P<pid>\d+)-.+$")
+from . import paths
+
 PARTIAL_SUFFIX = ".incomplete"
+_lock = threading.Lock()
+_noted: set[str] = set()
+
+
+def journal_dir() -> Path:
+    """Where each process lists the temporary names it uses, one file per PID."""
+    return paths.home() / "tmp" / "journal"
+
+
+def _note(path: Path) -> None:
+    """Add ``path`` to this process's journal (before anything is written there)."""
+    entry = os.path.abspath(path)
+    with _lock:
+        if entry in _noted:
+            return
+        journal = journal_dir() / str(os.getpid())
+        try:
+            journal.parent.mkdir(parents=True, exist_ok=True)
+            with open(journal, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(entry) + "\n")
+        except OSError:
+            return  # no journal (a read-only home): the file is simply never swept
+        if not _noted:
+            atexit.register(_close_journal, journal)
+        _noted.add(entry)
+
+
+def _close_journal(journal: Path) -> None:
+    """At exit: drop this process's journal once nothing it lists is left."""
+    if not any(_exists(p) for p in _read_journal(journal)):
+        journal.unlink(missing_ok=True)
+
+
+def _read_journal(journal: Path) -> list[Path]:
+    try:
+        lines = journal.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(Path(json.loads(line)))
+        except (ValueError, TypeError):
+            continue  # a line cut short by a kill
+    return out
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink() or any(_extras(path))
+
+
+def _extras(path: Path) -> Iterator[Path]:
+    """What a tool writes beside a journaled name: llama-imatrix's ``NAME.at_N`` checkpoints."""
+    try:
+        for p in path.parent.iterdir():
+            if p.name.startswith(path.name + ".at_"):
+                yield p
+    except OSError:
+        return
 
 
 def temp_path(final: Path) -> Path:
@@ -30,7 +93,9 @@ def temp_path(final: Path) -> Path:
         if threading.current_thread() is threading.main_thread()
         else f".t{threading.get_native_id()}"
     )
-    return final.with_name(f".{final.name}.tmp-{os.getpid()}{thread}")
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}{thread}")
+    _note(tmp)
+    return tmp
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -54,9 +119,13 @@ def unchanged(path: Path, *, size: int, mtime_ns: int) -> bool:
     return st.st_size == size and st.st_mtime_ns == mtime_ns
 
 
-def scratch_prefix(kind: str) -> str:
-    """A ``tempfile.mkdtemp`` prefix that ``orphans`` recognises once this process is gone."""
-    return f"{kind}-pid{os.getpid()}-"
+def scratch_dir(kind: str, parent: Path) -> Path:
+    """A new scratch folder in ``parent``, journaled (``gc`` deletes it once this process is
+    gone)."""
+    path = parent / f"{kind}-pid{os.getpid()}-{secrets.token_hex(4)}"
+    _note(path)
+    path.mkdir(parents=True)
+    return path
 
 
 def pid_alive(pid: int) -> bool:
@@ -73,16 +142,30 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _owner(path: Path) -> int | None:
-    """The PID in a temporary or scratch name, None for any other name."""
-    m = _TEMP.match(path.name) or _SCRATCH.match(path.name)
-    return int(m["pid"]) if m else None
+def _journals() -> list[tuple[int, Path]]:
+    try:
+        found = [(int(p.name), p) for p in journal_dir().iterdir() if p.name.isdigit()]
+    except OSError:
+        return []
+    return sorted(found)
 
 
-def is_orphan(path: Path) -> bool:
-    """A temporary file or folder whose writer is no longer running."""
-    pid = _owner(path)
-    return pid is not None and not pid_alive(pid)
+def orphans() -> list[Path]:
+    """The temporary files and folders that journals of processes now gone list, still there.
+
+    Journals left with nothing are deleted on the way.
+    """
+    out: list[Path] = []
+    for pid, journal in _journals():
+        if pid_alive(pid):
+            continue
+        listed = _read_journal(journal)
+        here = [p for p in listed if p.exists() or p.is_symlink()]
+        extras = [x for p in listed for x in _extras(p)]
+        if not here and not extras:
+            journal.unlink(missing_ok=True)
+        out += here + extras
+    return sorted(set(out))
 
 
 def size_of(path: Path) -> int:
@@ -108,15 +191,16 @@ def remove(path: Path) -> int:
 
 
 def sweep(final: Path) -> int:
-    """Delete the orphaned temporary files of ``final`` (from killed runs); bytes freed."""
+    """Delete the orphaned temporary files of ``final`` (from killed runs); bytes freed.
+
+    Those of its temporary names too (``..NAME.tmp-A.tmp-B``: a stage that wrote to a
+    temporary name through another stage).
+    """
     freed = 0
-    try:
-        siblings = list(final.parent.iterdir())
-    except OSError:
-        return 0
-    for p in siblings:
-        m = _TEMP.match(p.name)
-        if m and m["final"] == final.name and not pid_alive(int(m["pid"])):
+    where = Path(os.path.abspath(final))
+    prefix = where.name.lstrip(".") + ".tmp-"
+    for p in orphans():
+        if p.parent == where.parent and p.name.lstrip(".").startswith(prefix):
             freed += remove(p)
     return freed
 
@@ -128,23 +212,22 @@ class Leftover:
     kind: str  # "orphan" (a dead writer's temporary file) or "partial" (a resumable download)
 
 
-def leftovers(roots: list[Path], *, partial: bool = False) -> list[Leftover]:
-    """Orphaned temporary files under ``roots``, and with ``partial`` resumable downloads too."""
+def leftovers(
+    roots: list[Path], *, partial: bool = False, keep: frozenset[Path] = frozenset()
+) -> list[Leftover]:
+    """Orphaned temporary files (from the journals), and with ``partial`` the resumable
+    downloads under ``roots`` too; never a path in ``keep`` (files the store vouches for)."""
     found: dict[Path, Leftover] = {}
-    for root in roots:
-        if not root.is_dir():
-            continue
-        for dirpath, dirnames, filenames in os.walk(root):
-            here = Path(dirpath)
-            for name in list(dirnames):
-                p = here / name
-                if is_orphan(p):
-                    found[p] = Leftover(p, size_of(p), "orphan")
-                    dirnames.remove(name)  # its contents go with it
-            for name in filenames:
-                p = here / name
-                if is_orphan(p):
-                    found[p] = Leftover(p, size_of(p), "orphan")
-                elif partial and name.endswith(PARTIAL_SUFFIX):
-                    found[p] = Leftover(p, size_of(p), "partial")
+    for p in orphans():
+        if p not in keep:
+            found[p] = Leftover(p, size_of(p), "orphan")
+    if partial:
+        for root in roots:
+            if not root.is_dir():
+                continue
+            for dirpath, _dirs, filenames in os.walk(root):
+                for name in filenames:
+                    p = Path(dirpath) / name
+                    if name.endswith(PARTIAL_SUFFIX) and p not in keep and p not in found:
+                        found[p] = Leftover(p, size_of(p), "partial")
     return sorted(found.values(), key=lambda x: str(x.path))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import atomic, paths, sources, state
+from . import atomic, paths, sources, state, store
 
 
 @dataclass(frozen=True)
@@ -24,12 +26,36 @@ def roots() -> list[Path]:
     return out
 
 
+def pulled_files() -> frozenset[Path]:
+    """Every path of every pull the store records (store links, cache files, their blobs):
+    never leftovers, whatever their names look like."""
+    out: set[Path] = set()
+    models = paths.models_dir()
+    if not models.is_dir():
+        return frozenset()
+    for manifest in models.rglob(store.MANIFEST):
+        folder = manifest.parent
+        for entry in store.read_manifest(folder).values():
+            for p in (folder / entry.name, Path(entry.cache_path)):
+                out.add(Path(os.path.abspath(p)))
+                with contextlib.suppress(OSError):
+                    out.add(p.resolve())
+    return frozenset(out)
+
+
 def collect(*, partial: bool = False, dry_run: bool = False) -> GcResult:
-    """Find (and unless ``dry_run`` delete) leftovers; drop state entries of vanished files."""
-    found = atomic.leftovers(roots(), partial=partial)
+    """Find (and unless ``dry_run`` delete) leftovers; drop state entries of vanished files.
+
+    Orphans are only what the journals of finished processes list (``atomic``); partial
+    downloads are ``*.incomplete`` files in llama3zh's folder and the hub caches. Neither is
+    ever a file the store records as pulled.
+    """
+    found = atomic.leftovers(roots(), partial=partial, keep=pulled_files())
     freed = 0
     for x in found:
         freed += x.size if dry_run else atomic.remove(x.path)
+    if not dry_run:
+        atomic.orphans()  # drops the journals whose files are all gone now
     stale: list[str] = []
     if not dry_run:
         models = paths.models_dir()

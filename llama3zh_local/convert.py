@@ -24,13 +24,13 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import __version__, atomic
+from . import __version__, atomic, guard, state
 from .errors import DiskSpaceError, InvalidModelError, UsageError
 from .hfcheckpoint import Checkpoint, free_bytes, iter_row_chunks, open_checkpoint
 
@@ -576,17 +576,12 @@ def write_gguf(
     return warnings
 
 
-def check_output(out: Path, *, force: bool) -> None:
-    """Refuse an existing output (unless ``force``) before any heavy work."""
-    if out.is_dir():
-        raise UsageError(f"{out} is a folder", hint="give -o the path of a .gguf file")
-    if out.exists() and not force:
-        raise UsageError(
-            f"{out} already exists",
-            hint="add --force to replace it, or choose another path with -o",
-        )
-    if not out.parent.exists():
-        raise UsageError(f"the folder {out.parent} does not exist", hint="create it first")
+def check_output(
+    out: Path, *, force: bool, named: bool = True, inputs: Sequence[Path] = ()
+) -> None:
+    """Refuse an output that exists (unless ``force``; a derived name only when llama3zh wrote
+    it) or that is one of ``inputs``, before any heavy work (``guard.check_file_output``)."""
+    guard.check_file_output(out, force=force, named=named, inputs=inputs)
 
 
 def check_space(out: Path, need: int) -> None:
@@ -758,15 +753,31 @@ def verify_gguf(
 # -- the stage ------------------------------------------------------------------------------------
 
 
-def output_path(output: str | Path | None, default_dir: Path, filename: str) -> Path:
-    """``output`` itself, ``output/filename`` for an existing folder, else ``default_dir/filename``.
+def fingerprint(*folders: Path) -> dict[str, str]:
+    """Size and mtime of each file a conversion reads from ``folders`` (not the GGUFs beside
+    them): what a GGUF written under a derived name is recorded as made from. Cheap, unlike the
+    sha256 of gigabytes; a copied or changed checkpoint no longer matches."""
+    out = {}
+    for folder in folders:
+        for p in sorted(folder.iterdir()):
+            if p.name.startswith(".") or p.suffix == ".gguf" or not p.is_file():
+                continue
+            st = p.stat()
+            key = p.name if len(folders) == 1 else f"{folder.name}/{p.name}"
+            out[key] = f"size {st.st_size} mtime_ns {st.st_mtime_ns}"
+    return out
+
+
+def output_path(output: str | Path | None, default_dir: Path, filename: str) -> tuple[Path, bool]:
+    """``output`` itself, ``output/filename`` for an existing folder, else ``default_dir/filename``;
+    and whether the user named that file (``-o FILE``) rather than a folder.
 
     The default folder is the source's own, as in llama.cpp's converter and the upstream docs.
     """
     if output is None:
-        return default_dir / filename
+        return default_dir / filename, False
     out = Path(output).expanduser()
-    return out / filename if out.is_dir() else out
+    return (out / filename, False) if out.is_dir() else (out, True)
 
 
 def convert(
@@ -810,8 +821,8 @@ def convert(
     with open_checkpoint(src) as ckpt:
         ftype = file_type_for(outtype, ckpt.first_matrix_dtype())
         resolved = ftype.name.partition("_")[2].lower()
-        out = output_path(output, src, f"ggml-model-{resolved}.gguf")
-        check_output(out, force=force)
+        out, named = output_path(output, src, f"ggml-model-{resolved}.gguf")
+        check_output(out, force=force, named=named, inputs=[src])
         vocab = load_vocab(src, vocab_size=params.n_vocab)
         plans = plan_tensors(ckpt, params, ftype)
         provenance = source_provenance(src, repo=repo)
@@ -829,6 +840,7 @@ def convert(
             dry_run=dry_run,
             progress=progress,
             t0=t0,
+            record=None if named else fingerprint(src),
         )
 
 
@@ -848,8 +860,13 @@ def _write_checked(
     progress: Progress | None,
     t0: float,
     extra_metadata: Callable[[gguf.GGUFWriter], None] | None = None,
+    record: Mapping[str, str] | None = None,
 ) -> ConvertResult:
-    """Write ``plans`` to a temporary file, read it back, then rename it to ``out``."""
+    """Write ``plans`` to a temporary file, read it back, then rename it to ``out``.
+
+    ``record``: note the file in its folder's state file as made from these inputs (a derived
+    name: the next ``--force`` may replace it, and ``quantize`` of the checkpoint reuse it).
+    """
     size_estimate = sum(p.nbytes for p in plans) + 16 * len(vocab.tokens) + (8 << 20)
 
     def result(path: Path, size: int, warnings: Sequence[str] = ()) -> ConvertResult:
@@ -887,4 +904,6 @@ def _write_checked(
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+    if record is not None:
+        state.record(out, step="convert", inputs=record)
     return result(out, out.stat().st_size, warnings)

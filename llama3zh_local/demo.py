@@ -183,6 +183,7 @@ def run_demo(
     require("tokenizers", what="the demo (rebuilding the tokenizer)")
     require("safetensors.numpy", what="the demo (writing the HF checkpoint)")
     out.mkdir(parents=True, exist_ok=True)
+    check_outputs(out)
     emit = progress or (lambda _e: None)
     run = _Run(out, emit)
 
@@ -225,6 +226,23 @@ def run_demo(
     )
 
 
+def check_outputs(out: Path) -> None:
+    """Refuse, before any work, a demo folder where a file the demo writes is there without its
+    record: the demo neither reuses nor replaces what it did not write (its other files stay).
+
+    Raises:
+        UsageError: a demo file (or a file in the checkpoint folder) that llama3zh did not write.
+    """
+    from . import guard
+    from .pipeline import F16, refuse_foreign
+    from .quantize import parse_type
+
+    guard.check_folder_output(out / HF_NAME, force=True, records=out)
+    quant = parse_type(QUANT).filename(imatrix=True)
+    for name in (F16, quant, EVAL_JSON, EVAL_MD, MODELFILE, ANSWER):
+        refuse_foreign(out / name, out, made_from=f"the demo's {HF_NAME}")
+
+
 def _settings_sha(settings: Mapping[str, Any]) -> str:
     """What a step was made with, as a state-file input: the sha256 of its settings."""
     return hashlib.sha256(json.dumps(dict(settings), sort_keys=True).encode()).hexdigest()
@@ -261,8 +279,18 @@ class _Run:
     def completed(self, path: Path, inputs: Mapping[str, str]) -> state.Artifact | None:
         return state.completed(path, inputs=inputs, folder=self.out)
 
-    def record(self, path: Path, step: str, inputs: Mapping[str, str]) -> state.Artifact:
-        return state.record(path, step=step, inputs=inputs, folder=self.out)
+    def write(self, path: Path, text: str, step: str, inputs: Mapping[str, str]) -> None:
+        """``text`` to ``path`` through a temporary name, recorded before the rename (so that
+        the file is never there without its record)."""
+        atomic.sweep(path)
+        tmp = atomic.temp_path(path)
+        try:
+            tmp.write_bytes(text.encode("utf-8"))
+            path.unlink(missing_ok=True)  # ours (check_outputs refused any other)
+            state.record(path, step=step, inputs=inputs, folder=self.out, measure=tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     # 1. export
 
@@ -292,10 +320,9 @@ class _Run:
         def on_progress(p: ExportProgress) -> None:
             self.event("export", "work", p.tensor, p.index, p.n_tensors, "tensors")
 
-        made = export_hf(source=source, dest=hf_dir, dtype="float16", force=True,
-                         progress=on_progress)  # fmt: skip
-        for f in made.files:
-            self.record(f, "export", inputs)
+        # replaces only the files an earlier export recorded (check_outputs refused others)
+        export_hf(source=source, dest=hf_dir, dtype="float16", force=True, records=self.out,
+                  inputs=inputs, progress=on_progress)  # fmt: skip
         self.done("export", t)
         return hf_dir
 
@@ -345,10 +372,8 @@ class _Run:
             f"of {result.ctx} tokens of {result.text.name}; the second half of each chunk is "
             "scored. A demo-sized sample: the numbers say the quant works, not how good it is.\n"
         )
-        atomic.write_text(js, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
-        atomic.write_text(md, table)
-        self.record(js, "eval", inputs)
-        self.record(md, "eval", inputs)
+        self.write(js, json.dumps(data, ensure_ascii=False, indent=1) + "\n", "eval", inputs)
+        self.write(md, table, "eval", inputs)
         self.done("eval", t)
         return _ppl_rows(data)
 
@@ -363,8 +388,7 @@ class _Run:
             return path
         self.event("modelfile", "start", f"write {MODELFILE} for {quant.name} (ChatML template)")
         t = time.monotonic()
-        atomic.write_text(path, text)
-        self.record(path, "modelfile", inputs)
+        self.write(path, text, "modelfile", inputs)
         self.done("modelfile", t)
         return path
 
@@ -401,8 +425,7 @@ class _Run:
         finally:
             loaded.chat.session.close()
             loaded.chat.model.close()
-        atomic.write_text(path, answer + "\n")
-        self.record(path, "chat", inputs)
+        self.write(path, answer + "\n", "chat", inputs)
         self.done("chat", t)
         return answer
 

@@ -14,7 +14,6 @@ import json
 import math
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -260,7 +259,7 @@ def evaluate(
                     f"distributions; {scratch} has {free / 1e9:.2f} GB free",
                     hint="use fewer --chunks, or set LLAMA3ZH_HOME to a disk with more room",
                 )
-            tmpdir = Path(tempfile.mkdtemp(prefix=atomic.scratch_prefix("kld"), dir=scratch))
+            tmpdir = atomic.scratch_dir("kld", scratch)
             logits = tmpdir / "base-logits.bin"
         for i, info in enumerate(ordered, 1):
             is_base = base_info is not None and info is base_info

@@ -53,6 +53,9 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
         InvalidModelError: not a GGUF, truncated, or missing the keys llama.cpp needs.
     """
     path = Path(path)
+    from .guard import require_regular_file
+
+    require_regular_file(path, what=".gguf file")  # a FIFO or device: refused, never read
     if not path.is_file():
         raise ModelNotFoundError(
             f"no model file at {path}",

@@ -222,6 +222,9 @@ def load_config(model_dir: Path) -> dict[str, Any]:
             hint="give the folder of an HF checkpoint (config.json, *.safetensors, tokenizer.json)"
             " or a pulled model alias",
         )
+    from .guard import require_regular
+
+    require_regular(model_dir)  # a FIFO for a file would block the first read forever
     cfg = load_json(model_dir / "config.json", what="the model's config.json")
     if isinstance(cfg.get("text_config"), dict):
         cfg = {**cfg, **cfg["text_config"]}

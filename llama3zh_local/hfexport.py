@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import atomic
+from . import guard
 from .errors import InvalidModelError, Llama3zhError, ModelNotFoundError, UsageError
 from .hfvocab import LLAMA3_REGEX
 
@@ -286,31 +286,37 @@ def export_hf(
     dest: str | Path,
     dtype: str = "float16",
     force: bool = False,
+    records: Path | None = None,
+    inputs: Mapping[str, str] | None = None,
     progress: Callable[[ExportProgress], None] | None = None,
 ) -> HFExport:
     """A Llama GGUF dequantized to an HF Llama checkpoint in ``dtype``, written to ``dest``.
 
     The folder is written under a temporary name beside ``dest`` and renamed when complete; an
-    empty ``dest`` (a fresh ``mkdtemp``) counts as absent.
+    empty ``dest`` (a fresh ``mkdtemp``) counts as absent. ``force`` replaces only the files an
+    earlier export recorded in the state file of ``records`` (the folder that keeps the records;
+    none are kept without it): a ``dest`` with any other file is refused (``guard``).
+
+    Args:
+        inputs: what the files were made from, recorded with them (``state.record``).
 
     Raises:
         ModelNotFoundError: no file at ``source``.
         InvalidModelError: not a readable Llama GGUF with a gpt2 (BPE) vocab this can rebuild.
-        UsageError: ``dest`` holds files (without ``force``), or an unknown dtype.
+        UsageError: ``dest`` holds files (without ``force``, or not written by llama3zh), or an
+            unknown dtype.
         MissingExtraError: tokenizers / safetensors are not installed.
     """
     import gguf
 
     t0 = time.monotonic()
-    source, dest = Path(source).expanduser(), Path(dest).expanduser()
+    source = Path(source).expanduser()
+    dest = Path(os.path.abspath(Path(dest).expanduser()))
     if dtype not in HF_DTYPES:
         raise UsageError(f"dtype {dtype!r}: expected one of {', '.join(HF_DTYPES)}")
     if not source.is_file():
         raise ModelNotFoundError(f"no GGUF file at {source}", hint="give the path of a .gguf file")
-    if dest.exists() and not force and (not dest.is_dir() or any(dest.iterdir())):
-        raise UsageError(
-            f"{dest} already exists", hint="delete it, pass force=True, or choose another folder"
-        )
+    guard.check_folder_output(dest, force=force, inputs=[source], records=records)
     # both extras before minutes of work, not after
     require("tokenizers", what="rebuilding the tokenizer")
     if dtype != "bfloat16":
@@ -334,23 +340,20 @@ def export_hf(
         )
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    atomic.sweep(dest)
-    tmp = atomic.temp_path(dest)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = guard.temp_folder(dest)
     try:
+        tmp.mkdir(parents=True)
         n_tensors, n_params = _write_checkpoint(reader, arch, tmp, dtype, progress)
-        if dest.is_dir():
-            shutil.rmtree(dest)
-        elif dest.exists():
-            dest.unlink()
-        os.replace(tmp, dest)
+        files = guard.install_folder(
+            tmp, dest, force=force, inputs=[source], records=records,
+            step="export" if records is not None else None, record_inputs=inputs,
+        )  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return HFExport(
         path=dest,
         source=source,
-        files=tuple(sorted(dest.iterdir())),
+        files=tuple(files),
         n_tensors=n_tensors,
         n_params=n_params,
         dtype=dtype,

@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import atomic, paths
+from . import atomic, guard, paths
 from .errors import InputError, InvalidModelError, UsageError
 
 if TYPE_CHECKING:
@@ -359,6 +359,8 @@ def plan_imatrix(
     if out.is_dir():
         out = out / f"{model.stem}.imatrix.gguf"
     cached = out == default_out and out.is_file() and not force
+    guard.check_not_input(out, [model, calib])
+    guard.check_replaceable(out)
     if output is not None and out.exists() and not force:
         raise UsageError(
             f"{out} already exists", hint="add --force to replace it, or choose another -o"
@@ -470,7 +472,7 @@ def compute_imatrix(
             return result(plan.output, n_entries=len(found.entries), cached=True, ppl=None)
         except InvalidModelError:
             pass  # a damaged cache entry: compute it again
-    plan.output.parent.mkdir(parents=True, exist_ok=True)
+    guard.check_writable(plan.output)  # before minutes of work, not at the rename after them
     atomic.sweep(plan.output)
     tmp = atomic.temp_path(plan.output)
     cmd = list(plan.command)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import convert as cv
+from . import guard, state
 from .errors import DiskSpaceError, InvalidModelError, ModelNotFoundError, UsageError
 from .hfcheckpoint import (
     REDOWNLOAD,
@@ -124,6 +125,7 @@ def open_lora(lora_dir: Path) -> LoraAdapter:
         ModelNotFoundError: not a LoRA folder, or no safetensors weights.
         InvalidModelError: an unsupported LoRA variant, or inconsistent factors.
     """
+    guard.require_regular(lora_dir)  # a FIFO for a file would block the first read forever
     if not (lora_dir / "adapter_config.json").is_file():
         raise ModelNotFoundError(
             f"{lora_dir} is not a PEFT LoRA folder (no adapter_config.json)",
@@ -475,8 +477,8 @@ def _write_merged_gguf(
     params = _params_with_vocab(params, lora)
     ftype = cv.file_type_for(outtype, ckpt.first_matrix_dtype())
     resolved = ftype.name.partition("_")[2].lower()
-    out = cv.output_path(output, lora.path, f"ggml-model-{resolved}.gguf")
-    cv.check_output(out, force=force)
+    out, named = cv.output_path(output, lora.path, f"ggml-model-{resolved}.gguf")
+    cv.check_output(out, force=force, named=named, inputs=[lora.path, ckpt.path])
     vocab = load_vocab(_vocab_dir(lora, ckpt), vocab_size=params.n_vocab)
     plans = cv.plan_tensors(ckpt, params, ftype, sources=merged_sources(lora, ckpt))
     provenance = cv.source_provenance(ckpt.path, repo=base_repo)
@@ -497,6 +499,7 @@ def _write_merged_gguf(
         dry_run=dry_run,
         progress=progress,
         t0=t0,
+        record=None if named else cv.fingerprint(lora.path, ckpt.path),
     )
     return MergeResult(
         path=res.path,
@@ -549,11 +552,11 @@ def _write_hf(
     import numpy as np
 
     dtype = _hf_dtype(outtype, ckpt)
-    out = Path(output).expanduser() if output else lora.path.with_name(lora.path.name + "-merged")
-    if out.exists() and not force:
-        raise UsageError(f"{out} already exists", hint="add --force, or choose another -o")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} is a file", hint="--format hf writes a folder")
+    # abspath: `-o .` or `-o ..` must name the folder itself (and have a name for the temp copy)
+    out = Path(os.path.abspath(Path(output).expanduser() if output else
+                               lora.path.with_name(lora.path.name + "-merged")))  # fmt: skip
+    inputs = [lora.path, ckpt.path]
+    guard.check_folder_output(out, force=force, inputs=inputs)
     sources = merged_sources(lora, ckpt)
     items: list[tuple[str, tuple[int, ...], cv.RowSource]] = []
     for hf_name, ref in ckpt.tensors.items():
@@ -574,11 +577,10 @@ def _write_hf(
     if dry_run:
         return _hf_result(out, lora, ckpt, dtype, len(items), total, t0, warnings, dry_run=True)
     cv.check_space(out / "model.safetensors", total)
-    tmp = cv.temp_path(out)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = guard.temp_folder(out)
     done = 0
     try:
+        tmp.mkdir(parents=True)
         names = (
             ["model.safetensors"]
             if len(shards) == 1
@@ -629,9 +631,9 @@ def _write_hf(
             )
         _copy_side_files(lora, ckpt, tmp, dtype)
         _verify_hf(tmp, items, dtype)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        # only the files an earlier merge wrote there are replaced; they are recorded in the
+        # folder's state file, so that the next --force knows them
+        guard.install_folder(tmp, out, force=force, inputs=inputs, step="merge-lora")
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise DiskSpaceError(
@@ -749,8 +751,8 @@ def _write_adapter(
     # "auto" is convert_lora_to_gguf.py's default, f32: the factors are small
     ftype = cv.file_type_for("f32" if outtype == "auto" else outtype, None)
     resolved = ftype.name.partition("_")[2].lower()
-    out = cv.output_path(output, lora.path, f"ggml-adapter-{resolved}.gguf")
-    cv.check_output(out, force=force)
+    out, named = cv.output_path(output, lora.path, f"ggml-adapter-{resolved}.gguf")
+    cv.check_output(out, force=force, named=named, inputs=[lora.path, ckpt.path])
     tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, params.n_layer)
     plans: list[cv.TensorPlan] = []
     # the reference writes A then B per module, in the LoRA file's key order
@@ -820,6 +822,8 @@ def _write_adapter(
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+    if not named:
+        state.record(out, step="merge-lora", inputs=cv.fingerprint(lora.path, ckpt.path))
     return result(out, out.stat().st_size, tuple(warn))
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, atomic, catalog, store
+from . import __version__, atomic, catalog, guard, state, store
 from .chat import LLAMA3_STOPS
 from .errors import InputError, InvalidModelError, Llama3zhError, OllamaError, UsageError
 
@@ -653,13 +653,21 @@ def modelfile_path(output: str | Path, *, force: bool = False) -> Path:
         UsageError: the file exists and ``force`` is not set.
     """
     path = Path(output).expanduser()
-    if path.is_dir():
+    named = not path.is_dir()
+    if not named:
         path = path / "Modelfile"
     if path.exists() and not force:
         raise UsageError(
             f"{path} already exists",
             hint="delete it, pass --force to replace it, or choose another -o path",
         )
+    if path.exists() and not named and not guard.owned_file(path):
+        # -o FOLDER: its Modelfile is replaced only when llama3zh wrote (and recorded) it
+        raise UsageError(
+            f"{path} already exists and llama3zh did not write it",
+            hint=f"name it to replace it: -o {path} --force (or choose another -o)",
+        )
+    guard.check_replaceable(path)
     return path
 
 
@@ -669,13 +677,18 @@ def write_modelfile(modelfile: Modelfile, *, path: str | Path, force: bool = Fal
     Raises:
         UsageError: ``path`` exists and ``force`` is not set.
     """
+    derived = Path(path).expanduser().is_dir()
     path = modelfile_path(path, force=force)
+    guard.check_not_input(path, [p for p in (modelfile.gguf, modelfile.adapter) if p is not None])
     text = modelfile.text
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic.sweep(path)
     tmp = atomic.temp_path(path)
     try:
         tmp.write_bytes(text.encode("utf-8"))
+        if derived:  # recorded before the rename, so that the next --force may replace it
+            path.unlink(missing_ok=True)  # ours (checked by modelfile_path)
+            state.record(path, step="modelfile", measure=tmp)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

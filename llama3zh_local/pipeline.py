@@ -9,11 +9,12 @@ cut reuses what is complete and redoes only the step that was cut short.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -191,6 +192,30 @@ def _present(path: Path) -> bool:
     return path.is_file() and path.stat().st_size > 0
 
 
+def _foreign(path: Path, folder: Path | None = None) -> bool:
+    """A file at ``path`` that no record vouches for: neither the state file (as written by
+    llama3zh and unchanged since) nor the store (a pull whose checksum holds)."""
+    if not (path.exists() or path.is_symlink()):
+        return False
+    return state.completed(path, folder=folder) is None and _verified_pull(path) is None
+
+
+def refuse_foreign(path: Path, folder: Path | None = None, *, made_from: str = "") -> None:
+    """Stop before replacing or reusing a file llama3zh has no record of writing.
+
+    Raises:
+        UsageError: ``path`` is there without a record (copied in, changed since, or another
+            model's).
+    """
+    if _foreign(path, folder):
+        what = f" from {made_from}" if made_from else ""
+        raise UsageError(
+            f"{path} is there, but llama3zh has no record of making it{what} (or it changed "
+            "since): it is neither reused nor replaced",
+            hint="move it away or delete it, then run again",
+        )
+
+
 @dataclass(frozen=True)
 class _Want:
     qtype: QuantType
@@ -246,6 +271,8 @@ def plan_run(
 
     if _ready(target):
         return finish("local", [_reuse("quantize", target)], [f"{target.name} is complete"])
+    refuse_foreign(target)
+    refuse_foreign(f16)
     notes: list[str] = []
     if upstream is not None and not imatrix:
         try:
@@ -254,7 +281,7 @@ def plan_run(
         except (ModelNotFoundError, NetworkError) as e:
             # not there, or the hub is unreachable: the f16 weights may be here already
             notes.append(f"{e}; making it from the f16 weights instead")
-    if _ready(f16) or _present(f16):
+    if _ready(f16):  # recorded, made from what is here (an unrecorded f16 was refused above)
         steps = [_reuse("convert", f16), *_tail(f16, target, want)]
         return finish("local", _sized(steps, f16.stat().st_size, want), notes)
     hf_dir = store.repo_folder(spec.repo_id(Variant.FULL))
@@ -318,6 +345,8 @@ def plan_folder(
     out = out_dir or hf_dir
     f16 = out / F16
     target = out / want.qtype.filename(imatrix=imatrix)
+    for p in (f16, target):
+        refuse_foreign(p, out, made_from=str(hf_dir))
     steps = [_convert(hf_dir, f16, None), *_tail(f16, target, want)]
     return RunPlan(
         str(hf_dir), want.qtype.name, imatrix, target, "folder",
@@ -537,38 +566,60 @@ def _inputs_of(hf_dir: Path) -> dict[str, str]:
 
 def _convert_run(step: Step, folder: Path, work: Work) -> state.Artifact:
     from .convert import ConvertProgress, convert
-    from .ggufinfo import read_gguf_info
 
     assert step.source is not None
     inputs = _inputs_of(step.source)
     done = state.completed(step.output, inputs=inputs, folder=folder)
-    if done is not None:
+    if done is not None and _header_is(step.output, "MOSTLY_F16"):
         return done
-    if _present(step.output):
-        # renamed into place by a run that died before recording it: check it, keep it
-        try:
-            info = read_gguf_info(step.output)
-            if info.file_type == "MOSTLY_F16":
-                work(0, 0, "", f"checking {step.output.name} from an earlier run")
-                return state.record(step.output, step="convert", inputs=inputs, folder=folder)
-        except Llama3zhError:
-            pass
+    # Only a file llama3zh recorded is replaced; one without a record (copied in, another
+    # model's, changed since) is never adopted: its header may say F16 and its weights be others.
+    refuse_foreign(step.output, folder, made_from=str(step.source))
 
     def on_progress(p: ConvertProgress) -> None:
         work(p.bytes_done, p.bytes_total, "bytes", p.tensor)
 
     step.output.parent.mkdir(parents=True, exist_ok=True)
     t = time.monotonic()
-    result = convert(
-        source=step.source,
-        output=step.output,
-        outtype="f16",
-        force=True,
-        repo=step.note or None,
-        progress=on_progress,
-    )
+    with _staged(step.output) as staging:
+        result = convert(
+            source=step.source,
+            output=staging,
+            outtype="f16",
+            force=True,
+            repo=step.note or None,
+            progress=on_progress,
+        )
+        # recorded before the rename (which keeps size and mtime): never in place unrecorded;
+        # the old file (llama3zh's: refused above otherwise) goes first, so that a kill in
+        # between leaves no file whose record was overwritten
+        step.output.unlink(missing_ok=True)
+        entry = state.record(step.output, step="convert", inputs=inputs, folder=folder,
+                             measure=staging)  # fmt: skip
+        os.replace(staging, step.output)
     _remember_rate("convert", result.size, time.monotonic() - t)
-    return state.record(step.output, step="convert", inputs=inputs, folder=folder)
+    return entry
+
+
+@contextlib.contextmanager
+def _staged(final: Path) -> Iterator[Path]:
+    """A temporary name beside ``final`` for a stage to write to; removed unless renamed."""
+    atomic.sweep(final)
+    staging = atomic.temp_path(final)
+    try:
+        yield staging
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def _header_is(path: Path, file_type: str) -> bool:
+    """A cheap look at a recorded file's header: still a model of that file type."""
+    from .ggufinfo import read_gguf_info
+
+    try:
+        return read_gguf_info(path).file_type == file_type
+    except Llama3zhError:
+        return False
 
 
 def _imatrix_run(
@@ -630,20 +681,26 @@ def _quantize_run(
     done = state.completed(step.output, inputs=inputs, folder=folder)
     if done is not None:
         return done
+    refuse_foreign(step.output, folder, made_from=step.source.name)
 
     def on_progress(p: QuantizeProgress) -> None:
         work(p.index, p.n_tensors, "tensors", p.tensor)
 
     t = time.monotonic()
-    result = quantize(
-        model=step.source,
-        types=[step.quant],
-        imatrix=imatrix_file,
-        output=step.output,
-        force=True,
-        threads=threads,
-        progress=on_progress,
-    )
+    with _staged(step.output) as staging:
+        result = quantize(
+            model=step.source,
+            types=[step.quant],
+            imatrix=imatrix_file,
+            output=staging,
+            force=True,
+            threads=threads,
+            progress=on_progress,
+        )
+        assert result.outputs[0].path == staging
+        step.output.unlink(missing_ok=True)  # ours (refused above otherwise): see _convert_run
+        entry = state.record(step.output, step="quantize", inputs=inputs, folder=folder,
+                             measure=staging)  # fmt: skip
+        os.replace(staging, step.output)
     _remember_rate("quantize", step.source.stat().st_size, time.monotonic() - t)
-    assert result.outputs[0].path == step.output
-    return state.record(step.output, step="quantize", inputs=inputs, folder=folder)
+    return entry

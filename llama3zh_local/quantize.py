@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import atomic, catalog
+from . import atomic, catalog, guard, state
 from .errors import BackendError, DiskSpaceError, InvalidModelError, UsageError
 
 # File types that are not quantizations: a source for quantizing, never requantized.
@@ -197,11 +197,22 @@ def source_gguf(model: Path, *, notes: list[str], dry_run: bool) -> Path:
             f"{model} is a folder without config.json: neither a GGUF file nor an HF checkpoint",
             hint="give a .gguf file, or an HF checkpoint folder (config.json, *.safetensors)",
         )
+    from .convert import convert, fingerprint
+
     for name in ("ggml-model-f16.gguf", "ggml-model-bf16.gguf", "ggml-model-f32.gguf"):
-        if (model / name).is_file():
-            notes.append(f"using {model / name} (converted earlier)")
-            return model / name
-    from .convert import convert
+        earlier = model / name
+        if not (earlier.exists() or earlier.is_symlink()):
+            continue
+        # reused only when the folder's state file says it was converted from these files
+        if state.completed(earlier, inputs=fingerprint(model)) is None:
+            raise UsageError(
+                f"{earlier} is there, but llama3zh has no record of converting it from the "
+                f"checkpoint in {model} as it is now",
+                hint=f"quantize that file itself (llama3zh quantize {earlier} ...), or move it "
+                "away to convert the checkpoint again",
+            )
+        notes.append(f"using {earlier} (converted earlier from this checkpoint)")
+        return earlier
 
     done = convert(source=model, outtype="auto", dry_run=dry_run)
     verb = "would convert" if dry_run else "converted"
@@ -303,12 +314,22 @@ def quantize(
         (t, output_path(source, t, imatrix=want_imatrix, output=out_arg, n_types=len(qtypes_final)))
         for t in qtypes_final
     ]
+    inputs = [source]
+    if want_imatrix and imatrix is not True:
+        inputs.append(Path(str(imatrix)).expanduser())
+    # a name of its own (beside the source, or in an -o folder) replaces only a recorded file
+    named = out_arg is not None and not (out_arg.is_dir() or str(out_arg).endswith(os.sep))
     for _t, path in targets:
-        if path.resolve() == source.resolve():
-            raise UsageError(f"{path} is the source itself", hint="choose another -o")
+        guard.check_not_input(path, inputs)
+        guard.check_replaceable(path)
         if path.exists() and not force and not dry_run:
             raise UsageError(
                 f"{path} already exists", hint="add --force to replace it, or choose another -o"
+            )
+        if path.exists() and not named and not guard.owned_file(path):
+            raise UsageError(
+                f"{path} already exists and llama3zh did not write it",
+                hint=f"name it to replace it: -o {path} --force (or choose another -o)",
             )
     # -- the importance matrix
     im_path: Path | None = None
@@ -413,6 +434,11 @@ def quantize(
                 on_tensor=on_tensor,
             )
             back = read_back(tmp, expect=t, source_tensors=info.tensor_count)
+            if not named:  # recorded before the rename: the next --force may replace it
+                path.unlink(missing_ok=True)  # ours (checked above); no stale record left
+                st = source.stat()
+                made_from = {source.name: f"size {st.st_size} mtime_ns {st.st_mtime_ns}"}
+                state.record(path, step="quantize", inputs=made_from, measure=tmp)
             os.replace(tmp, path)
         except (BackendError, InvalidModelError) as e:
             # llama.cpp reports a full disk as a stream error ("basic_ios::clear"): say which

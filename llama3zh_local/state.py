@@ -111,11 +111,18 @@ def record(
     inputs: Mapping[str, str] | None = None,
     sha256: str | None = None,
     folder: Path | None = None,
+    measure: Path | None = None,
 ) -> Artifact:
-    """Add (or replace) the entry of a finished file; hashes it unless ``sha256`` is given."""
+    """Add (or replace) the entry of a finished file; hashes it unless ``sha256`` is given.
+
+    ``measure``: the finished temporary file that is about to be renamed to ``path`` (a rename
+    keeps size and mtime): recording it first leaves no moment in which ``path`` holds a file
+    without its entry.
+    """
     where, name = _where(path, folder)
-    st = path.stat()
-    digest = sha256 or sha256_file(path)
+    real = measure or path
+    st = real.stat()
+    digest = sha256 or sha256_file(real)
     entry = Artifact(
         name=name,
         step=step,

@@ -294,7 +294,8 @@ def test_existing_output(lora_attn: Path, tiny_llama3_hf: Path, tmp_path: Path) 
     (tmp_path / "m.gguf").write_bytes(b"x")
     with pytest.raises(UsageError, match="already exists"):
         lr.merge_lora(lora=lora_attn, base=tiny_llama3_hf, output=tmp_path / "m.gguf")
-    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf").mkdir()  # empty: nothing to lose, written into
+    lr.merge_lora(lora=lora_attn, base=tiny_llama3_hf, output=tmp_path / "hf", format="hf")
     with pytest.raises(UsageError, match="already exists"):
         lr.merge_lora(lora=lora_attn, base=tiny_llama3_hf, output=tmp_path / "hf", format="hf")
 

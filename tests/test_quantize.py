@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from llama3zh_local import catalog, evaluate, imatrix, quantize, recommend
+from llama3zh_local import catalog, evaluate, imatrix, quantize, recommend, state
 from llama3zh_local.cli import app
 from llama3zh_local.errors import (
     DiskSpaceError,
@@ -312,7 +312,15 @@ def test_quantize_writes_reads_back_and_names(synth: Path, tmp_path: Path) -> No
     assert 4.5 < q4.bpw < 5.5 and 8.4 < q8.bpw < 8.6  # all rows are multiples of 256: no fallback
     assert q4.fallback_tensors == 0 and q4.tensor_count == 21
     assert seen[0] == ("Q4_K_M", 1, 21) and seen[-1] == ("Q8_0", 21, 21)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [q4.path.name, q8.path.name]
+    # _env: conftest's LLAMA3ZH_HOME (which holds the journal of temporary names); the state
+    # file records the two, so that a later --force may replace them
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "_env") == [
+        ".llama3zh-state.json",
+        ".llama3zh-state.json.lock",
+        q4.path.name,
+        q8.path.name,
+    ]
+    assert set(state.read_state(tmp_path)) == {q4.path.name, q8.path.name}
     # output exists
     with pytest.raises(UsageError, match="already exists") as err:
         quantize.quantize(model=synth, types=["Q8_0"], output=tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -206,6 +207,8 @@ def test_an_unreachable_hub_falls_back_to_the_local_f16(
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     gguf_dir().mkdir(parents=True)
     shutil.copyfile(tiny_llama3_gguf, gguf_dir() / "ggml-model-f16.gguf")
+    # as an earlier run leaves it: recorded (an unrecorded one is refused, see test_safety.py)
+    state.record(gguf_dir() / "ggml-model-f16.gguf", step="convert")
     try:
         result = ok(run("instruct-v3", "-q", "q4_k", "-y", "--source", "hf"))
     finally:
@@ -226,13 +229,20 @@ def test_a_changed_f16_is_not_trusted(hub: HubServer) -> None:
     data = bytearray(f16.read_bytes())
     data[-1] ^= 0xFF  # same size, one weight changed
     f16.write_bytes(bytes(data))
+    changed = state.sha256_file(f16)
+    # neither reused nor replaced: it is no longer the file llama3zh wrote
+    again = run("instruct-v3", "-q", "Q8_0", "--imatrix", "--chunks", "2", "-y", "--source", "hf")
+    assert again.exit_code == 1, again.output  # type: ignore[attr-defined]
+    assert "no record of making it" in again.stderr  # type: ignore[attr-defined]
+    assert state.sha256_file(f16) == changed and target.read_bytes() == first
+    # moved away: the quant made from the f16 it recorded is complete (inputs deleted to save
+    # space do not matter), and nothing adopted the changed one
+    f16.unlink()
     ok(run("instruct-v3", "-q", "Q8_0", "--imatrix", "--chunks", "2", "-y", "--source", "hf"))
     entries = state.read_state(gguf_dir())
-    assert entries["ggml-model-f16.gguf"].sha256 == state.sha256_file(f16)
-    assert entries["ggml-model-q8_0-im.gguf"].inputs["ggml-model-f16.gguf"] == state.sha256_file(
-        f16
-    )
-    assert target.read_bytes() != first
+    assert entries["ggml-model-f16.gguf"].sha256 != changed
+    assert entries["ggml-model-q8_0-im.gguf"].inputs["ggml-model-f16.gguf"] != changed
+    assert target.read_bytes() == first
 
 
 def test_ollama_route_creates_the_model(
@@ -257,21 +267,46 @@ def dead_pid() -> int:
     return proc.pid
 
 
+def killed_writer(code: str) -> int:
+    """Run ``code`` in a process that is then killed with SIGKILL (no cleanup); its PID.
+
+    ``code`` sees ``atomic`` and ``Path``; it writes temporary files the way the stages do.
+    """
+    script = (
+        "import os, signal\nfrom pathlib import Path\nfrom llama3zh_local import atomic\n"
+        f"{code}\nos.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    assert proc.wait(60) == -signal.SIGKILL
+    return proc.pid
+
+
 def test_gc_removes_orphans_of_dead_writers_only(tmp_path: Path) -> None:
     folder = paths.models_dir() / "some-model"
     folder.mkdir(parents=True)
     final = folder / "ggml-model-f16.gguf"
     final.write_bytes(b"good")
-    dead = dead_pid()
+    scratch_parent = paths.home() / "tmp"
+    dead = killed_writer(
+        f"t = atomic.temp_path(Path({str(final)!r})); t.write_bytes(b'x' * 5000)\n"
+        "Path(str(t) + '.at_10').write_bytes(b'y' * 300)\n"
+        f"d = atomic.scratch_dir('kld', Path({str(scratch_parent)!r}))\n"
+        "(d / 'base-logits.bin').write_bytes(b'z' * 1000)"
+    )
     orphan = folder / f".ggml-model-f16.gguf.tmp-{dead}"
-    orphan.write_bytes(b"x" * 5000)
-    checkpoint = folder / f".imatrix.gguf.tmp-{dead}.at_10"
-    checkpoint.write_bytes(b"y" * 300)
-    scratch = paths.home() / "tmp" / f"kld-pid{dead}-abc"
-    scratch.mkdir(parents=True)
-    (scratch / "base-logits.bin").write_bytes(b"z" * 1000)
-    live = folder / f".ggml-model-q4_k.gguf.tmp-{atomic.os.getpid()}"
+    checkpoint = folder / f".ggml-model-f16.gguf.tmp-{dead}.at_10"
+    (scratch,) = scratch_parent.glob(f"kld-pid{dead}-*")
+    assert orphan.is_file() and checkpoint.is_file()
+    live = atomic.temp_path(folder / "ggml-model-q4_k.gguf")  # this process: still writing
     live.write_bytes(b"in progress")
+    # named like temporary files, but no llama3zh process listed them: never deleted
+    lookalikes = [
+        folder / f".ggml-model-q8_0.gguf.tmp-{dead_pid()}",
+        folder / f".notes.txt.tmp-{dead}",
+        scratch_parent / f"kld-pid{dead_pid()}-mine",
+    ]
+    for p in lookalikes:
+        p.write_bytes(b"mine")
     partial = paths.home() / "xdg" / "blob.incomplete"
     partial.parent.mkdir(parents=True)
     partial.write_bytes(b"p" * 700)
@@ -286,9 +321,12 @@ def test_gc_removes_orphans_of_dead_writers_only(tmp_path: Path) -> None:
     assert {Path(r["path"]) for r in data["removed"]} == {orphan, checkpoint, scratch}
     assert not orphan.exists() and not scratch.exists() and not checkpoint.exists()
     assert final.read_bytes() == b"good" and live.exists() and partial.exists()
+    assert all(p.read_bytes() == b"mine" for p in lookalikes)
+    assert not (atomic.journal_dir() / str(dead)).exists()  # nothing left to sweep
 
     ok(runner.invoke(app, ["gc", "--partial"]))
     assert not partial.exists() and live.exists()
+    live.unlink()
 
 
 def test_gc_drops_state_entries_of_vanished_files() -> None:
@@ -306,10 +344,13 @@ def test_gc_drops_state_entries_of_vanished_files() -> None:
 
 def test_a_new_write_sweeps_the_orphans_of_its_output(tmp_path: Path) -> None:
     out = tmp_path / "x.gguf"
-    dead = dead_pid()
-    stale = tmp_path / f".x.gguf.tmp-{dead}"
-    stale.write_bytes(b"half")
-    other = tmp_path / f".y.gguf.tmp-{dead}"
-    other.write_bytes(b"other")
+    dead = killed_writer(
+        f"atomic.temp_path(Path({str(out)!r})).write_bytes(b'half')\n"
+        f"atomic.temp_path(Path({str(tmp_path / 'y.gguf')!r})).write_bytes(b'other')"
+    )
+    stale, other = tmp_path / f".x.gguf.tmp-{dead}", tmp_path / f".y.gguf.tmp-{dead}"
+    lookalike = tmp_path / f".x.gguf.tmp-{dead_pid()}"  # not listed by any llama3zh process
+    lookalike.write_bytes(b"mine")
+    assert stale.exists() and other.exists()
     assert atomic.sweep(out) == 4
-    assert not stale.exists() and other.exists()
+    assert not stale.exists() and other.exists() and lookalike.read_bytes() == b"mine"

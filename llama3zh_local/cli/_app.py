@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import signal
+import sys
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -12,6 +14,7 @@ from typer.core import TyperCommand
 from .. import __version__
 from . import (
     _options,
+    _signals,
     chat,
     convert,
     demo,
@@ -100,4 +103,14 @@ _command("demo", demo.demo)
 
 
 def main() -> None:
-    app()
+    _signals.install()
+    try:
+        app()
+    except SystemExit as e:
+        if _signals.terminated() and e.code == 130:  # "Interrupted." after SIGTERM
+            raise SystemExit(128 + signal.SIGTERM) from None
+        raise
+    except KeyboardInterrupt:  # after the command had finished (click's teardown): exit cleanly
+        sys.stderr.write("\nInterrupted.\n")
+        sig = signal.SIGTERM if _signals.terminated() else signal.SIGINT
+        raise SystemExit(128 + sig) from None

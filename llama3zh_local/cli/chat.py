@@ -21,6 +21,7 @@ from ._options import (
     TemplateChoice,
     ThreadsOpt,
 )
+from ._signals import Terminated
 
 if TYPE_CHECKING:
     from ..chat import Chat
@@ -202,7 +203,9 @@ def _repl(chat: Chat, *, show_stats: bool) -> None:
     while True:
         try:
             text = _read_message(">>> ")
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
+            if isinstance(e, Terminated):  # SIGTERM ends the session; Ctrl-C does not
+                raise
             sys.stdout.write("\n")
             _output.note("Use Ctrl-D or /exit to leave.")
             continue
@@ -251,7 +254,9 @@ def _repl(chat: Chat, *, show_stats: bool) -> None:
             continue
         try:
             _answer(chat, text)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
+            if isinstance(e, Terminated):
+                raise
             sys.stdout.write("\n")
             _output.note("(answer stopped)")
         except Exception as err:  # noqa: BLE001 - a failed answer should not end the session

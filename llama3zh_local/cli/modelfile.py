@@ -104,11 +104,11 @@ def modelfile(
     )
     for warning in mf.warnings:
         _output.warn(warning)
-    if target is None:
+    if target is None or output is None:
         sys.stdout.write(mf.text)
         sys.stdout.flush()
         return
-    path = write_modelfile(mf, path=target, force=force)
+    path = write_modelfile(mf, path=output, force=force)  # -o FOLDER: recorded there
     _output.note(f"Create the model: ollama create NAME -f {path}")
     _output.result(str(path))
 
