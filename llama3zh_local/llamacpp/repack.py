@@ -235,7 +235,8 @@ def probe_amx(
 
     The scratch folder is removed here, also after a crash.
     """
-    with tempfile.TemporaryDirectory(prefix=atomic.scratch_prefix("repackprobe")) as tmp:
+    # the system's temporary folder: a few MB, removed here whatever the child did
+    with tempfile.TemporaryDirectory(prefix="llama3zh-repack-probe-") as tmp:
         cmd = list(command) + [tmp] if command is not None else probe_command(Path(tmp))
         env = {k: v for k, v in os.environ.items() if k != OVERRIDE_ENV}
         try:

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import paths
+from .. import atomic, paths
 from ..errors import BackendError, UsageError
 
 Progress = Callable[[str], None]
@@ -461,7 +461,7 @@ def _build(spec: ToolSpec, version: str, out: Path, libs: Path, say: Progress) -
     fallback = False
     t_compile = time.perf_counter()
     _compile_all(cxx, src, units, say)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp = atomic.temp_path(out)  # journaled: gc removes it after a kill
     say(f"linking {spec.name}")
     done = _run(link_command(cxx, [o for o, _ in units.values()], tmp, libs))
     if done.returncode != 0 and _undefined_symbols(done.stderr):
@@ -513,7 +513,7 @@ def _compile_all(
     counter = itertools.count(1)
 
     def one(rel: str, obj: Path, inc: list[Path]) -> None:
-        tmp = obj.with_name(f".{obj.name}.tmp-{os.getpid()}")
+        tmp = atomic.temp_path(obj)
         done = _run(compile_command(cxx, src, rel, tmp, extra_includes=inc))
         if done.returncode != 0:
             tmp.unlink(missing_ok=True)
@@ -799,7 +799,7 @@ def _tail(text: str, n: int = 3) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = atomic.temp_path(path)
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
