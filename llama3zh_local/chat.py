@@ -13,7 +13,7 @@ from typing import Any
 
 from . import atomic
 from .catalog import DEFAULT_SYSTEM_PROMPT
-from .errors import ChatTemplateError, InputError
+from .errors import ChatTemplateError, InputError, UsageError
 from .llamacpp.engine import GenerationStats, Model, SamplingParams, Session
 
 # Special tokens that end an assistant turn in the Llama-3 format; llama.cpp marks them as
@@ -299,6 +299,17 @@ class Chat:
             return min(self.max_tokens, n_ctx // 2)
         return min(512, n_ctx // 4)
 
+    def _overflow_hint(self, n_prompt: int) -> str:
+        """What to do when one message does not fit: a larger --ctx only if there is one."""
+        n_ctx, reserve = self.session.n_ctx, self._reserve()
+        need = n_prompt + reserve
+        bigger = 1 << max(need - 1, 1).bit_length()  # the next power of two that holds it
+        limit = self.model.n_ctx_train or bigger
+        if n_ctx < limit:
+            return f"shorten it, or start with a larger context: --ctx {min(bigger, limit)}"
+        also = ", or ask for a shorter answer (-n)" if self.max_tokens > 0 else ""
+        return f"shorten it{also}: the context is already the model's maximum ({limit} tokens)"
+
     def fit(self) -> list[int]:
         """Prompt tokens for the conversation, dropping the oldest turns until they fit.
 
@@ -315,7 +326,7 @@ class Chat:
                 raise InputError(
                     f"the message is too long: the prompt needs {len(tokens)} tokens, the context "
                     f"holds {self.session.n_ctx} (with {self._reserve()} kept for the answer)",
-                    hint="shorten it, or start with a larger context: --ctx 8192",
+                    hint=self._overflow_hint(len(tokens)),
                 )
             # drop the oldest exchange: a user turn and the assistant answer after it
             n = 2 if len(conv.turns) > 2 and conv.turns[1]["role"] == "assistant" else 1
@@ -356,6 +367,22 @@ class Chat:
                 self.session.n_ctx
             ):
                 self.notify("the answer reached the end of the context and was cut")
+
+
+def check_max_tokens(max_tokens: int) -> None:
+    """``-n``: a positive number of tokens, or -1 for no limit (0 would mean no answer at all).
+
+    Raises:
+        UsageError: any other value.
+    """
+    if max_tokens == -1 or 0 < max_tokens <= 1 << 30:
+        return
+    raise UsageError(
+        f"-n {max_tokens}: the longest answer must be a positive number of tokens, or -1 for "
+        "no limit",
+        hint="e.g. -n 256, or leave it out (-1: the answer ends when the model stops or the "
+        "context is full)",
+    )
 
 
 def format_stats(stats: GenerationStats) -> str:
@@ -408,6 +435,7 @@ def open_chat(
 
     sampling = sampling or SamplingParams()
     sampling.validate()
+    check_max_tokens(max_tokens)
     info = read_gguf_info(path)
     ctx = n_ctx or min(8192, info.n_ctx_train or 8192)
     hw = hardware.detect()

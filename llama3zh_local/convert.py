@@ -175,6 +175,11 @@ class LlamaParams:
 
 # -- config ---------------------------------------------------------------------------------------
 
+CONFIG_HINT = (
+    "config.json does not describe a working Llama model: compare it with the original "
+    "model's config.json (or download it again)"
+)
+
 
 def llama_params(cfg: dict[str, Any], *, where: Path) -> LlamaParams:
     """Check that config.json describes a Llama model this converter handles.
@@ -207,13 +212,19 @@ def llama_params(cfg: dict[str, Any], *, where: Path) -> LlamaParams:
     head_dim = cfg.get("head_dim") or n_embd // n_head
     if not isinstance(n_head_kv, int) or n_head % n_head_kv:
         raise InvalidModelError(
-            f"{where}: num_key_value_heads {n_head_kv} does not divide num_attention_heads {n_head}"
+            f"{where}: num_key_value_heads {n_head_kv} does not divide num_attention_heads "
+            f"{n_head}",
+            hint=CONFIG_HINT,
         )
     if not isinstance(head_dim, int) or head_dim % 2:
-        raise InvalidModelError(f"{where}: head_dim {head_dim} must be an even integer")
+        raise InvalidModelError(
+            f"{where}: head_dim {head_dim} must be an even integer", hint=CONFIG_HINT
+        )
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     if not isinstance(rope, dict):
-        raise InvalidModelError(f"{where}: rope_scaling must be an object, not {rope!r}")
+        raise InvalidModelError(
+            f"{where}: rope_scaling must be an object, not {rope!r}", hint=CONFIG_HINT
+        )
     theta = cfg.get("rope_theta", rope.get("rope_theta"))
     eps = cfg.get("rms_norm_eps")
     n_ctx = cfg.get("max_position_embeddings")
@@ -591,11 +602,12 @@ def check_output(out: Path, *, force: bool) -> None:
 
 def check_space(out: Path, need: int) -> None:
     free = free_bytes(out.parent)
-    if free < need + (64 << 20):
+    reserve = 64 << 20  # the disk is never filled to the last byte
+    if free < need + reserve:
         raise DiskSpaceError(
-            f"not enough free space for {out.name}: it needs {need / 1e9:.2f} GB, "
-            f"{out.parent} has {free / 1e9:.2f} GB free",
-            hint="free some space, or write elsewhere with -o",
+            f"not enough free space for {out.name}: it needs {need / 1e9:.2f} GB plus "
+            f"{reserve / 1e9:.2f} GB kept free, {out.parent} has {free / 1e9:.2f} GB free",
+            hint=f"free {(need + reserve - free) / 1e9:.2f} GB, or write elsewhere with -o",
         )
 
 

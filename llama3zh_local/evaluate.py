@@ -221,9 +221,11 @@ def evaluate(
     if not models:
         raise UsageError("no model to evaluate", hint="give one or more .gguf files")
     if ctx < 16:
-        raise UsageError(f"--ctx {ctx}: must be at least 16 tokens")
+        raise UsageError(f"--ctx {ctx}: must be at least 16 tokens", hint="e.g. --ctx 512")
     if chunks is not None and chunks < 1:
-        raise UsageError(f"--chunks {chunks}: must be at least 1")
+        raise UsageError(
+            f"--chunks {chunks}: must be at least 1", hint="leave it out to use all of the text"
+        )
     infos = [read_gguf_info(m) for m in models]
     base_info = read_gguf_info(kld_base) if kld_base is not None else None
     text_path = Path(text).expanduser() if text is not None else default_eval_text()
@@ -233,7 +235,10 @@ def evaluate(
     try:
         body = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise InputError(f"{text_path} is not UTF-8 text (byte {e.start})") from None
+        raise InputError(
+            f"{text_path} is not UTF-8 text (byte {e.start})",
+            hint="convert it first: iconv -f GBK -t UTF-8 FILE > FILE.utf8",
+        ) from None
     vocab_src = (base_info or infos[0]).path
     n_tokens = quant.count_tokens(vocab_src, body) if body.strip() else 0
     check_token_count(n_tokens, ctx=ctx, chunks=chunks, what="evaluation text")
@@ -254,10 +259,12 @@ def evaluate(
             scratch = paths.home() / "tmp"
             scratch.mkdir(parents=True, exist_ok=True)
             free = shutil.disk_usage(scratch).free
-            if free < need + (256 << 20):
+            reserve = 256 << 20  # the disk is never filled to the last byte
+            if free < need + reserve:
                 raise DiskSpaceError(
                     f"KL-divergence needs {need / 1e9:.2f} GB for the base model's token "
-                    f"distributions; {scratch} has {free / 1e9:.2f} GB free",
+                    f"distributions plus {reserve / 1e9:.2f} GB kept free; {scratch} has "
+                    f"{free / 1e9:.2f} GB free",
                     hint="use fewer --chunks, or set LLAMA3ZH_HOME to a disk with more room",
                 )
             tmpdir = Path(tempfile.mkdtemp(prefix=atomic.scratch_prefix("kld"), dir=scratch))

@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 
 FORMATS = ("gguf", "hf", "adapter")
 PEFT_PREFIX = "base_model.model."
+UNSUPPORTED_HINT = (
+    "only plain LoRA adapters are supported: merge this one with PEFT's merge_and_unload, "
+    "then `llama3zh convert` the merged folder"
+)
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -133,10 +137,14 @@ def open_lora(lora_dir: Path) -> LoraAdapter:
     cfg = load_json(lora_dir / "adapter_config.json", what="the LoRA's config")
     where = lora_dir / "adapter_config.json"
     if str(cfg.get("peft_type", "LORA")).upper() != "LORA":
-        raise InvalidModelError(f"{where}: peft_type {cfg.get('peft_type')} is not LORA")
+        raise InvalidModelError(
+            f"{where}: peft_type {cfg.get('peft_type')} is not LORA", hint=UNSUPPORTED_HINT
+        )
     for flag, what in (("use_dora", "DoRA"), ("fan_in_fan_out", "fan_in_fan_out weights")):
         if cfg.get(flag):
-            raise InvalidModelError(f"{where}: {what} adapters are not supported")
+            raise InvalidModelError(
+                f"{where}: {what} adapters are not supported", hint=UNSUPPORTED_HINT
+            )
     for pattern in ("rank_pattern", "alpha_pattern"):
         if cfg.get(pattern):
             raise InvalidModelError(
@@ -188,7 +196,9 @@ def _parse_keys(st: SafetensorsFile, r: int) -> tuple[dict[str, LoraPair], dict[
         if ".base_layer." in name:
             continue  # a copy of the base weight some tools save: the base folder has it
         if not name.endswith((".weight", ".bias")):
-            raise InvalidModelError(f"{st.path}: unexpected tensor {key!r} in a LoRA")
+            raise InvalidModelError(
+                f"{st.path}: tensor {key!r} is not part of a LoRA", hint=UNSUPPORTED_HINT
+            )
         full[name] = ref
     pairs: dict[str, LoraPair] = {}
     for target, h in halves.items():
@@ -207,11 +217,12 @@ def _parse_keys(st: SafetensorsFile, r: int) -> tuple[dict[str, LoraPair], dict[
             )
         if a.shape[0] != r:
             raise InvalidModelError(
-                f"{st.path}: {target} has rank {a.shape[0]}, adapter_config.json says r={r}"
+                f"{st.path}: {target} has rank {a.shape[0]}, adapter_config.json says r={r}",
+                hint=REDOWNLOAD,
             )
         pairs[target] = LoraPair(a, b, embedding=emb)
     if not pairs and not full:
-        raise InvalidModelError(f"{st.path} holds no LoRA tensors")
+        raise InvalidModelError(f"{st.path} holds no LoRA tensors", hint=REDOWNLOAD)
     return pairs, full
 
 

@@ -519,9 +519,10 @@ def _tensor_bytes(path: Path) -> int:
 
 def _check_space(*, out_dir: Path, need: int) -> None:
     free = shutil.disk_usage(out_dir).free
-    if free < need + (64 << 20):
+    reserve = 64 << 20  # the disk is never filled to the last byte
+    if free < need + reserve:
         raise DiskSpaceError(
-            f"not enough free space in {out_dir}: the outputs need {need / 1e9:.2f} GB, "
-            f"{free / 1e9:.2f} GB are free",
+            f"not enough free space in {out_dir}: the outputs need {need / 1e9:.2f} GB plus "
+            f"{reserve / 1e9:.2f} GB kept free, {free / 1e9:.2f} GB are free",
             hint="free some space, quantize fewer types at once, or write elsewhere with -o",
         )

@@ -68,6 +68,25 @@ def _silence_stdout() -> None:
         pass
 
 
+def default_hint(err: Llama3zhError) -> str:
+    """The next step for an error raised without a hint of its own: every error gets one."""
+    from .. import errors
+
+    hints: tuple[tuple[type[Llama3zhError], str], ...] = (
+        (errors.UsageError, "see the options and examples: llama3zh COMMAND --help"),
+        (errors.ModelNotFoundError, "check the path or alias (`llama3zh list` shows the models)"),
+        (errors.InvalidModelError, "check the file, or create or download it again"),
+        (errors.ChatTemplateError, "use the built-in template instead: --template llama3"),
+        (errors.BackendError, "rerun with LLAMA3ZH_DEBUG=1 to see llama.cpp's log"),
+        (errors.InputError, "check the input: text as UTF-8, files that exist"),
+        (errors.DiskSpaceError, "free some space, or write elsewhere with -o"),
+    )
+    for cls, hint in hints:
+        if isinstance(err, cls):
+            return hint
+    return "rerun with LLAMA3ZH_DEBUG=1 for the details"
+
+
 def handle_errors(func: F) -> F:
     """Wrap a command: library errors and other failures become one line + hint and exit 1."""
 
@@ -86,7 +105,7 @@ def handle_errors(func: F) -> F:
         except Llama3zhError as e:
             if debug():
                 raise
-            report(str(e), e.hint)
+            report(str(e), e.hint or default_hint(e))
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             if debug():
