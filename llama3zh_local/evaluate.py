@@ -226,8 +226,13 @@ def evaluate(
         raise UsageError(
             f"--chunks {chunks}: must be at least 1", hint="leave it out to use all of the text"
         )
+    from .hardware import check_ctx, check_threads
+
+    check_threads(threads)
     infos = [read_gguf_info(m) for m in models]
     base_info = read_gguf_info(kld_base) if kld_base is not None else None
+    for info in [*infos, *([base_info] if base_info else [])]:
+        check_ctx(ctx, info)
     text_path = Path(text).expanduser() if text is not None else default_eval_text()
     if not text_path.is_file():
         raise InputError(f"no evaluation text at {text_path}", hint="give a UTF-8 text file")

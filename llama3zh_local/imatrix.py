@@ -344,18 +344,19 @@ def plan_imatrix(
         ModelNotFoundError / InvalidModelError: the model file.
     """
     from .ggufinfo import read_gguf_info
+    from .hardware import check_ctx, check_threads
     from .llamacpp import quant, tools
 
+    check_threads(threads)
     if ctx < 16:
-        raise UsageError(f"--ctx {ctx}: must be at least 16 tokens")
+        raise UsageError(f"--ctx {ctx}: must be at least 16 tokens", hint="e.g. --ctx 512")
     if chunks is not None and chunks < 1:
-        raise UsageError(f"--chunks {chunks}: must be at least 1")
+        raise UsageError(
+            f"--chunks {chunks}: must be at least 1", hint="leave it out to use all of the text"
+        )
     info = read_gguf_info(model)
     model = info.path
-    if ctx > info.n_ctx_train > 0:
-        raise UsageError(
-            f"--ctx {ctx} exceeds the {info.n_ctx_train} tokens {model.name} was trained on"
-        )
+    check_ctx(ctx, info)
     calib = Path(calibration).expanduser() if calibration else default_calibration()
     if not calib.is_file():
         raise InputError(f"no calibration text at {calib}", hint="give a UTF-8 text file")

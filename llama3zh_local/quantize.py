@@ -247,9 +247,11 @@ def quantize(
         BackendError: llama.cpp failed.
     """
     from .ggufinfo import read_gguf_info
+    from .hardware import check_threads
     from .imatrix import check_matches, compute_imatrix, read_imatrix
     from .llamacpp import quant
 
+    check_threads(threads)
     t0 = time.perf_counter()
     notes: list[str] = []
     warnings: list[str] = []
