@@ -438,6 +438,8 @@ def open_chat(
     check_max_tokens(max_tokens)
     hardware.check_threads(threads)
     info = read_gguf_info(path)
+    info.check_loadable()
+    info.check_vocab()
     ctx = n_ctx or min(8192, info.n_ctx_train or 8192)
     hw = hardware.detect()
     hardware.check_ctx(ctx, info, ram_total=hw.ram_total + sum(g.total for g in hw.gpus))

@@ -232,6 +232,8 @@ def evaluate(
     infos = [read_gguf_info(m) for m in models]
     base_info = read_gguf_info(kld_base) if kld_base is not None else None
     for info in [*infos, *([base_info] if base_info else [])]:
+        info.check_loadable()
+        info.check_vocab()
         check_ctx(ctx, info)
     text_path = Path(text).expanduser() if text is not None else default_eval_text()
     if not text_path.is_file():

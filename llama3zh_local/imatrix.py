@@ -355,6 +355,8 @@ def plan_imatrix(
             f"--chunks {chunks}: must be at least 1", hint="leave it out to use all of the text"
         )
     info = read_gguf_info(model)
+    info.check_loadable()
+    info.check_vocab()
     model = info.path
     check_ctx(ctx, info)
     calib = Path(calibration).expanduser() if calibration else default_calibration()

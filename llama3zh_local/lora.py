@@ -152,8 +152,25 @@ def open_lora(lora_dir: Path) -> LoraAdapter:
                 hint="merge this LoRA with PEFT's merge_and_unload, then `llama3zh convert`",
             )
     r, alpha = cfg.get("r"), cfg.get("lora_alpha")
-    if not isinstance(r, int) or r <= 0 or not isinstance(alpha, (int, float)):
-        raise InvalidModelError(f"{where}: r and lora_alpha must be numbers (r > 0)")
+    if (
+        not isinstance(r, int)
+        or isinstance(r, bool)
+        or r <= 0
+        or not isinstance(alpha, (int, float))
+        or isinstance(alpha, bool)
+        or not math.isfinite(alpha)
+    ):
+        # JSON's NaN and Infinity parse as floats: a NaN alpha made an all-NaN model
+        raise InvalidModelError(
+            f"{where}: r must be a positive integer and lora_alpha a finite number "
+            f"(found r={r!r}, lora_alpha={alpha!r})",
+            hint="compare adapter_config.json with the one the adapter was trained with",
+        )
+    if not isinstance(cfg.get("use_rslora", False), bool):
+        raise InvalidModelError(
+            f"{where}: use_rslora is {cfg.get('use_rslora')!r}, not true or false",
+            hint="compare adapter_config.json with the one the adapter was trained with",
+        )
     scale = float(alpha) / (math.sqrt(r) if cfg.get("use_rslora") else r)
     weights = lora_dir / "adapter_model.safetensors"
     if not weights.is_file():

@@ -288,6 +288,7 @@ def quantize(
             seconds=time.perf_counter() - t0,
         )
     info = read_gguf_info(source)
+    info.check_loadable()  # llama-quantize reads the hyperparameters as a load does
     src_type = info.file_type.removeprefix("MOSTLY_").removeprefix("ALL_")
     if src_type not in FLOAT_TYPES:
         if not allow_requantize:

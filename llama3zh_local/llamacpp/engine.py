@@ -629,6 +629,7 @@ def _libgguf() -> Any:
             "gguf_get_val_data": ([vp, i64], vp),
             "gguf_get_arr_n": ([vp, i64], ctypes.c_size_t),
             "gguf_get_arr_data": ([vp, i64], vp),
+            "gguf_get_arr_str": ([vp, i64, ctypes.c_size_t], ctypes.c_char_p),
             "gguf_get_data_offset": ([vp], ctypes.c_size_t),
             "gguf_get_n_tensors": ([vp], i64),
             "gguf_get_tensor_name": ([vp, i64], ctypes.c_char_p),
@@ -642,11 +643,21 @@ def _libgguf() -> Any:
     return _GGUF
 
 
-def read_gguf_header(path: str | Path) -> tuple[dict[str, Any], list[tuple[str, int, int]]] | None:
+def read_gguf_header(
+    path: str | Path,
+    *,
+    types: dict[str, tuple[int, int | None]] | None = None,
+    strings: Sequence[str] = (),
+) -> tuple[dict[str, Any], list[tuple[str, int, int]]] | None:
     """Metadata and tensor table of a GGUF file, parsed by llama.cpp's own GGUF reader.
 
     Returns ``(kv, tensors)`` with tensors as ``(name, absolute offset, size)``, or None when
     llama.cpp rejects the file (see ``last_log_lines()`` for its reason).
+
+    Args:
+        types: filled with each key's GGUF value type, and for arrays their item type.
+        strings: keys of string arrays to read whole (``tokenizer.ggml.tokens``); others are
+            only counted.
     """
     lib()
     g = _libgguf()
@@ -658,7 +669,18 @@ def read_gguf_header(path: str | Path) -> tuple[dict[str, Any], list[tuple[str, 
         for i in range(g.gguf_get_n_kv(ctx)):
             key = g.gguf_get_key(ctx, i).decode("utf-8", errors="replace")
             typ = g.gguf_get_kv_type(ctx, i)
-            if typ == _GGUF_STRING:
+            if types is not None:
+                types[key] = (typ, g.gguf_get_arr_type(ctx, i) if typ == _GGUF_ARRAY else None)
+            if typ == _GGUF_ARRAY and key in strings and g.gguf_get_arr_type(ctx, i) == 8:
+                get = g.gguf_get_arr_str
+                kv[key] = GGUFArray(
+                    g.gguf_get_arr_n(ctx, i),
+                    [
+                        (get(ctx, i, j) or b"").decode("utf-8", errors="replace")
+                        for j in range(g.gguf_get_arr_n(ctx, i))
+                    ],
+                )
+            elif typ == _GGUF_STRING:
                 kv[key] = g.gguf_get_val_str(ctx, i).decode("utf-8", errors="replace")
             elif typ == _GGUF_ARRAY:
                 n = g.gguf_get_arr_n(ctx, i)
