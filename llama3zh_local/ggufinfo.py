@@ -141,7 +141,9 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
     n_layer = key(gguf.Keys.LLM.BLOCK_COUNT)
     n_embd = key(gguf.Keys.LLM.EMBEDDING_LENGTH)
     n_head = key(gguf.Keys.Attention.HEAD_COUNT)
-    if not n_layer or not n_embd or not n_head:
+    counts = (n_layer, n_embd, n_head, key(gguf.Keys.Attention.HEAD_COUNT_KV) or 1,
+              key(gguf.Keys.LLM.CONTEXT_LENGTH) or 1)  # fmt: skip
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in counts):
         raise InvalidModelError(
             f"{path} lacks {arch}.block_count / embedding_length / head_count: not a usable model",
             hint=DAMAGED_HINT,
@@ -241,6 +243,20 @@ def check_loadable(
             return list(v.items or [])
         return [] if v is None else [v]
 
+    def ints(key: str) -> list[int]:
+        found = values(key)
+        for v in found:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise bad(f"{arch}.{key} is {v!r}, not a count")
+        return found
+
+    for key in (
+        "embedding_length", "feed_forward_length", "attention.head_count",
+        "attention.head_count_kv", "rope.dimension_count", "attention.key_length",
+        "attention.value_length", "expert_count", "expert_used_count", "context_length",
+    ):  # fmt: skip
+        ints(key)
+
     n_layer = kv.get(f"{arch}.block_count")
     if not isinstance(n_layer, int) or isinstance(n_layer, bool) or n_layer > LLAMA_MAX_LAYERS:
         raise bad(f"{n_layer!r} layers: llama.cpp supports at most {LLAMA_MAX_LAYERS}")
@@ -311,7 +327,9 @@ def check_loadable(
             "(llama.cpp: invalid n_rot)"
         )
     tokens = kv.get("tokenizer.ggml.tokens")
-    n_vocab = len(tokens) if isinstance(tokens, GGUFArray) else 0
+    if not isinstance(tokens, GGUFArray) or not len(tokens):
+        raise bad("tokenizer.ggml.tokens is missing or empty (llama.cpp requires a vocabulary)")
+    n_vocab = len(tokens)
     want: dict[str, tuple[int, ...]] = {
         "token_embd.weight": (n_embd, n_vocab),
         "output_norm.weight": (n_embd,),

@@ -139,7 +139,7 @@ def test_numeric_options_never_abort(tmp_path: Path) -> None:
 
 
 def run_batch(all_cases: list[list[str]], tmp_path: Path) -> list[dict]:
-    """Run the cases in two processes (two cores), one JSON line of result per case."""
+    """Run the cases in two processes (two cores): one result per case, in the cases' order."""
     halves = [all_cases[0::2], all_cases[1::2]]
     procs = []
     for i, part in enumerate(halves):
@@ -159,7 +159,7 @@ def run_batch(all_cases: list[list[str]], tmp_path: Path) -> list[dict]:
                 ),
             )
         )
-    results: list[dict] = []
+    parts: list[list[dict]] = []
     for res, p in procs:
         output = p.communicate(timeout=600)[0].decode("utf-8", "replace")
         lines = [json.loads(ln) for ln in res.read_text(encoding="utf-8").splitlines()]
@@ -167,5 +167,8 @@ def run_batch(all_cases: list[list[str]], tmp_path: Path) -> list[dict]:
             last = next((ln["start"] for ln in reversed(lines) if "start" in ln), None)
             died = f"the batch died (exit {p.returncode}) in {last}"
             raise AssertionError(f"{died}: {output[-3000:]}")
-        results += [ln for ln in lines if "code" in ln]
+        parts.append([ln for ln in lines if "code" in ln])
+    # back in the order of the cases: the halves took every other one
+    results = [r for pair in zip(parts[0], parts[1], strict=False) for r in pair]
+    results += parts[0][len(parts[1]) :]
     return results
