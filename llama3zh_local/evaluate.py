@@ -103,9 +103,12 @@ def parse_perplexity(stdout: str, stderr: str = "") -> PerplexityOutput:
             "tokens for this context",
             hint="use a longer --text or a smaller --ctx",
         )
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    from .llamacpp.tools import without_debugger_noise
+
+    lines = without_debugger_noise(text)
     raise BackendError(
-        f"llama-perplexity printed no perplexity: {' | '.join(lines[-3:]) or 'no output'}"
+        f"llama-perplexity printed no perplexity: {' | '.join(lines[-3:]) or 'no output'}",
+        hint="rerun with LLAMA3ZH_DEBUG=1, or run the command by hand to see all of its output",
     )
 
 
@@ -235,6 +238,16 @@ def evaluate(
         info.check_loadable()
         info.check_vocab()
         check_ctx(ctx, info)
+    if base_info is not None:
+        # KL-divergence compares token distributions: llama-perplexity aborts on another vocab
+        for info in infos:
+            if info.vocab_sha256 != base_info.vocab_sha256 or info.n_vocab != base_info.n_vocab:
+                raise UsageError(
+                    f"{info.path.name} has another vocabulary ({info.n_vocab:,} tokens) than the "
+                    f"--kld-base {base_info.path.name} ({base_info.n_vocab:,} tokens): they are "
+                    "not quants of one model",
+                    hint="give --kld-base the F16/BF16 GGUF these files were quantized from",
+                )
     text_path = Path(text).expanduser() if text is not None else default_eval_text()
     if not text_path.is_file():
         raise InputError(f"no evaluation text at {text_path}", hint="give a UTF-8 text file")

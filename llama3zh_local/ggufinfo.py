@@ -52,6 +52,7 @@ class GGUFInfo:
     metadata: dict[str, Any] = field(default_factory=dict, repr=False)  # scalar keys
     vocab_problem: str | None = None  # why llama.cpp cannot tokenize with it (see vocab_problem)
     load_problem: str | None = None  # why llama.cpp cannot load it (see check_loadable)
+    vocab_sha256: str = ""  # of the token texts in order: equal for files of one vocabulary
 
     def check_loadable(self) -> None:
         """Refuse a file llama.cpp would abort on, or refuse, when it loads it.
@@ -178,6 +179,7 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
         output_bytes=sizes.get("output.weight", sizes.get("token_embd.weight", 0)),
         metadata={k: v for k, v in kv.items() if not isinstance(v, engine.GGUFArray)},
         vocab_problem=vocab_problem(kv),
+        vocab_sha256=_vocab_sha256(tokens),
         load_problem=load_problem,
     )
 
@@ -364,3 +366,16 @@ def check_loadable(
             raise bad(f"tensor {name} is missing ({n_layer} layers)")
         if tuple(have) != shape:
             raise bad(f"tensor {name} has shape {list(have)}, the metadata implies {list(shape)}")
+
+
+def _vocab_sha256(tokens: Any) -> str:
+    import hashlib
+
+    from .llamacpp.engine import GGUFArray
+
+    if not isinstance(tokens, GGUFArray) or tokens.items is None:
+        return ""
+    h = hashlib.sha256()
+    for t in tokens.items:
+        h.update(t.encode("utf-8", "surrogatepass") + b"\0")
+    return h.hexdigest()

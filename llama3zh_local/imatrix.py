@@ -593,5 +593,6 @@ def _final_ppl(out: str) -> float | None:
 
 
 def _tail(text: str, n: int = 3) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return " | ".join(lines[-n:])
+    from .llamacpp.tools import without_debugger_noise
+
+    return " | ".join(without_debugger_noise(text)[-n:])
