@@ -334,6 +334,9 @@ def test_repl_survives_invalid_utf8(tiny_llama3_gguf: Path, tmp_path: Path) -> N
         child.expect_exact(PROMPT)
         seen += child.before
     assert "not valid UTF-8" in seen and "byte 0xff" in seen, seen
+    os.write(child.child_fd, b"/system \xff\xfe\r")  # a system prompt too
+    child.expect("the system prompt is not valid UTF-8")
+    child.expect_exact(PROMPT)
     assert "Traceback" not in seen and "unexpected" not in seen
     child.sendline("Hello")
     child.expect_exact(PROMPT)

@@ -215,7 +215,7 @@ def _warn_error(err: Llama3zhError) -> None:
 
 
 def _repl(chat: Chat, *, show_stats: bool) -> None:
-    from ..chat import Conversation, format_stats, quoted
+    from ..chat import Conversation, check_text, format_stats, quoted
     from ..errors import Llama3zhError
     from ..llamacpp.engine import GenerationStats
 
@@ -252,6 +252,11 @@ def _repl(chat: Chat, *, show_stats: bool) -> None:
                 chat.session.reset()
                 _output.note("Conversation cleared.")
             elif cmd == "/system":
+                try:
+                    check_text(arg, "the system prompt")
+                except Llama3zhError as err:
+                    _warn_error(err)
+                    continue
                 chat.conversation.system = arg or None
                 _output.note(f"System prompt {'set' if arg else 'removed'}.")
             elif cmd == "/save":
