@@ -132,8 +132,6 @@ LOAD = "import sys; from llama3zh_local.llamacpp import engine; m = engine.Model
     ("name", "code"),
     [
         ("513 layers", LOAD),
-        ("eps -1 (aborted)", LOAD + "s = engine.Session(m, engine.ContextSettings(n_ctx=64)); "
-         "s.evaluate(m.tokenize('hi', add_special=True))"),
         ("4 of 2 experts (aborted)", LOAD),
         ("no byte tokens (aborted)", LOAD + "m.tokenize('hi', add_special=True)"),
     ],
@@ -146,7 +144,7 @@ def test_llama_cpp_itself_aborts_on_them(
         [sys.executable, "-c", code, str(refused[name][0])],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
     )
     assert proc.returncode < 0 or proc.returncode == 134, (proc.returncode, proc.stderr[-500:])
