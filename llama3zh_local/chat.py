@@ -218,7 +218,8 @@ def _sandbox() -> Any:
             return super().call_binop(context, operator, left, right)
 
         def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
-            owner = getattr(__obj, "__self__", None)  # "{:>100000000}".format(...)
+            # "{:>100000000}".format(...): the sandbox wraps str.format; the string is its owner
+            owner = getattr(getattr(__obj, "__wrapped__", __obj), "__self__", None)
             if (
                 any(_too_big(a) for a in args)
                 or any(_too_big(v) for v in kwargs.values())

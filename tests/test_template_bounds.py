@@ -42,6 +42,7 @@ HOSTILE = {
     "center method": "{{ 'x'.center(1000000000) }}",
     "indent filter": "{{ 'x\ny' | indent(1000000000) }}",
     "format width": "{{ '{0:>{1}}'.format(1, 1000000000) }}",
+    "format width in the string": "{{ '{:>1000000000}'.format(1) }}",
     "percent width": "{{ '%1000000000s' % 'x' }}",
     "lipsum": "{{ lipsum(100000) }}",
     "while-like loop": "{% for i in range(100000) %}{% for j in range(100000) %}{{ '' }}"
@@ -70,6 +71,8 @@ def test_hostile_template_is_a_template_error(name: str, quick_deadline: float) 
     t0 = time.perf_counter()
     with pytest.raises(ChatTemplateError, match="evil.gguf") as e:
         ChatTemplate(HOSTILE[name], origin="evil.gguf").render(MESSAGES)
+    if "width" in name or "repetition" in name:  # refused before the value is built
+        assert "too large" in str(e.value) and "built a value" not in str(e.value)
     assert e.value.hint == "use the built-in template instead: --template llama3"
     assert time.perf_counter() - t0 < quick_deadline + 3
 
