@@ -175,6 +175,11 @@ class LlamaParams:
 
 # -- config ---------------------------------------------------------------------------------------
 
+CONFIG_HINT = (
+    "config.json does not describe a working Llama model: compare it with the original "
+    "model's config.json (or download it again)"
+)
+
 
 def llama_params(cfg: dict[str, Any], *, where: Path) -> LlamaParams:
     """Check that config.json describes a Llama model this converter handles.
@@ -194,29 +199,74 @@ def llama_params(cfg: dict[str, Any], *, where: Path) -> LlamaParams:
     def need(*keys: str) -> int:
         for k in keys:
             v = cfg.get(k)
-            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            if isinstance(v, int) and not isinstance(v, bool) and 0 < v < 1 << 31:
                 return v
         raise InvalidModelError(
-            f"{where}: config.json has no valid {keys[0]} (a positive integer)",
-            hint="the config.json is incomplete or not a transformers model config",
+            f"{where}: config.json has no valid {keys[0]} (a positive integer, "
+            f"found {cfg.get(keys[0])!r})",
+            hint=CONFIG_HINT,
         )
+
+    def number(key: str, value: Any, *, default: float | None) -> float | None:
+        """A finite, positive number (JSON NaN and Infinity included in what is refused)."""
+        if value is None:
+            return default
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise InvalidModelError(
+                f"{where}: {key} is {value!r}, not a finite positive number", hint=CONFIG_HINT
+            )
+        return float(value)
 
     n_embd = need("hidden_size")
     n_head = need("num_attention_heads")
     n_head_kv = cfg.get("num_key_value_heads") or n_head
     head_dim = cfg.get("head_dim") or n_embd // n_head
-    if not isinstance(n_head_kv, int) or n_head % n_head_kv:
+    if (
+        not isinstance(n_head_kv, int)
+        or isinstance(n_head_kv, bool)
+        or n_head_kv > n_head
+        or n_head % n_head_kv
+    ):
         raise InvalidModelError(
-            f"{where}: num_key_value_heads {n_head_kv} does not divide num_attention_heads {n_head}"
+            f"{where}: num_key_value_heads {n_head_kv!r} does not divide num_attention_heads "
+            f"{n_head}",
+            hint=CONFIG_HINT,
         )
-    if not isinstance(head_dim, int) or head_dim % 2:
-        raise InvalidModelError(f"{where}: head_dim {head_dim} must be an even integer")
+    if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim % 2:
+        raise InvalidModelError(
+            f"{where}: head_dim {head_dim!r} must be an even integer", hint=CONFIG_HINT
+        )
+    if "head_dim" not in cfg and n_embd % n_head:
+        raise InvalidModelError(
+            f"{where}: hidden_size {n_embd} is not a multiple of num_attention_heads {n_head}",
+            hint=CONFIG_HINT,
+        )
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     if not isinstance(rope, dict):
-        raise InvalidModelError(f"{where}: rope_scaling must be an object, not {rope!r}")
-    theta = cfg.get("rope_theta", rope.get("rope_theta"))
-    eps = cfg.get("rms_norm_eps")
-    n_ctx = cfg.get("max_position_embeddings")
+        raise InvalidModelError(
+            f"{where}: rope_scaling must be an object, not {rope!r}", hint=CONFIG_HINT
+        )
+    check_rope_scaling(rope, where=where)
+    theta = number("rope_theta", cfg.get("rope_theta", rope.get("rope_theta")), default=None)
+    # transformers' LlamaConfig default; llama.cpp refuses a file without the key
+    eps = number("rms_norm_eps", cfg.get("rms_norm_eps"), default=1e-6)
+    n_ctx = need("max_position_embeddings")
+    act = cfg.get("hidden_act", "silu")
+    if act != "silu":
+        raise InvalidModelError(
+            f"{where}: hidden_act {act!r}: llama.cpp's Llama runs SiLU (silu) only",
+            hint=CONFIG_HINT,
+        )
+    tied = cfg.get("tie_word_embeddings", False)
+    if not isinstance(tied, bool):
+        raise InvalidModelError(
+            f"{where}: tie_word_embeddings is {tied!r}, not true or false", hint=CONFIG_HINT
+        )
     return LlamaParams(
         n_layer=need("num_hidden_layers"),
         n_embd=n_embd,
@@ -225,12 +275,56 @@ def llama_params(cfg: dict[str, Any], *, where: Path) -> LlamaParams:
         n_head_kv=n_head_kv,
         head_dim=head_dim,
         n_vocab=need("vocab_size"),
-        n_ctx=n_ctx if isinstance(n_ctx, int) else None,
-        rope_theta=float(theta) if isinstance(theta, (int, float)) else None,
-        rms_eps=float(eps) if isinstance(eps, (int, float)) else None,
+        n_ctx=n_ctx,
+        rope_theta=theta,
+        rms_eps=eps,
         rope=dict(rope),
-        tied=bool(cfg.get("tie_word_embeddings", False)),
+        tied=tied,
     )
+
+
+# rope_scaling types this converter writes, and the keys each must give (Llama-3.1's llama3
+# type has no defaults worth guessing: a wrong factor silently changes every long answer)
+ROPE_KEYS = {
+    "linear": ("factor",),
+    "yarn": ("factor", "original_max_position_embeddings"),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
+
+def check_rope_scaling(rope: dict[str, Any], *, where: Path) -> None:
+    """Refuse a rope_scaling block of an unknown type, or one without its numbers.
+
+    Raises:
+        InvalidModelError: the type is not none/default/linear/yarn/llama3, or a factor is
+            missing, not a finite positive number, or (llama3) high_freq_factor <= low_freq_factor.
+    """
+    rope_type = rope.get("rope_type", rope.get("type"))
+    if rope_type == "default" or (rope_type in (None, "") and "factor" not in rope):
+        return
+    if not isinstance(rope_type, str) or rope_type.lower() not in ROPE_KEYS:
+        raise InvalidModelError(
+            f"{where}: rope_scaling type {rope_type!r} is not supported by this converter",
+            hint="supported: none, linear, yarn, llama3 (Llama-3.1)",
+        )
+    for key in ROPE_KEYS[rope_type.lower()]:
+        value = rope.get(key)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise InvalidModelError(
+                f"{where}: rope_scaling ({rope_type}) needs {key} as a finite positive number, "
+                f"found {value!r}",
+                hint=CONFIG_HINT,
+            )
+    if rope_type.lower() == "llama3" and rope["high_freq_factor"] <= rope["low_freq_factor"]:
+        raise InvalidModelError(
+            f"{where}: rope_scaling (llama3) needs high_freq_factor > low_freq_factor",
+            hint=CONFIG_HINT,
+        )
 
 
 def expected_shapes(p: LlamaParams) -> dict[str, tuple[int, ...]]:
@@ -586,11 +680,12 @@ def check_output(
 
 def check_space(out: Path, need: int) -> None:
     free = free_bytes(out.parent)
-    if free < need + (64 << 20):
+    reserve = 64 << 20  # the disk is never filled to the last byte
+    if free < need + reserve:
         raise DiskSpaceError(
-            f"not enough free space for {out.name}: it needs {need / 1e9:.2f} GB, "
-            f"{out.parent} has {free / 1e9:.2f} GB free",
-            hint="free some space, or write elsewhere with -o",
+            f"not enough free space for {out.name}: it needs {need / 1e9:.2f} GB plus "
+            f"{reserve / 1e9:.2f} GB kept free, {out.parent} has {free / 1e9:.2f} GB free",
+            hint=f"free {(need + reserve - free) / 1e9:.2f} GB, or write elsewhere with -o",
         )
 
 
@@ -724,7 +819,10 @@ def verify_gguf(
     from .ggufinfo import read_gguf_info
     from .llamacpp import engine
 
+    # read_gguf_info checks every key llama.cpp requires (with its type), the vocabulary and each
+    # tensor's shape against the hyperparameters, as llama.cpp's loader would
     info = read_gguf_info(path)
+    info.check_loadable()
     header = engine.read_gguf_header(path)
     problems = []
     if info.architecture != "llama":

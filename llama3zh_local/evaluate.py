@@ -102,9 +102,12 @@ def parse_perplexity(stdout: str, stderr: str = "") -> PerplexityOutput:
             "tokens for this context",
             hint="use a longer --text or a smaller --ctx",
         )
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    from .llamacpp.tools import without_debugger_noise
+
+    lines = without_debugger_noise(text)
     raise BackendError(
-        f"llama-perplexity printed no perplexity: {' | '.join(lines[-3:]) or 'no output'}"
+        f"llama-perplexity printed no perplexity: {' | '.join(lines[-3:]) or 'no output'}",
+        hint="rerun with LLAMA3ZH_DEBUG=1, or run the command by hand to see all of its output",
     )
 
 
@@ -220,11 +223,30 @@ def evaluate(
     if not models:
         raise UsageError("no model to evaluate", hint="give one or more .gguf files")
     if ctx < 16:
-        raise UsageError(f"--ctx {ctx}: must be at least 16 tokens")
+        raise UsageError(f"--ctx {ctx}: must be at least 16 tokens", hint="e.g. --ctx 512")
     if chunks is not None and chunks < 1:
-        raise UsageError(f"--chunks {chunks}: must be at least 1")
+        raise UsageError(
+            f"--chunks {chunks}: must be at least 1", hint="leave it out to use all of the text"
+        )
+    from .hardware import check_ctx, check_threads
+
+    check_threads(threads)
     infos = [read_gguf_info(m) for m in models]
     base_info = read_gguf_info(kld_base) if kld_base is not None else None
+    for info in [*infos, *([base_info] if base_info else [])]:
+        info.check_loadable()
+        info.check_vocab()
+        check_ctx(ctx, info)
+    if base_info is not None:
+        # KL-divergence compares token distributions: llama-perplexity aborts on another vocab
+        for info in infos:
+            if info.vocab_sha256 != base_info.vocab_sha256 or info.n_vocab != base_info.n_vocab:
+                raise UsageError(
+                    f"{info.path.name} has another vocabulary ({info.n_vocab:,} tokens) than the "
+                    f"--kld-base {base_info.path.name} ({base_info.n_vocab:,} tokens): they are "
+                    "not quants of one model",
+                    hint="give --kld-base the F16/BF16 GGUF these files were quantized from",
+                )
     text_path = Path(text).expanduser() if text is not None else default_eval_text()
     if not text_path.is_file():
         raise InputError(f"no evaluation text at {text_path}", hint="give a UTF-8 text file")
@@ -232,7 +254,10 @@ def evaluate(
     try:
         body = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise InputError(f"{text_path} is not UTF-8 text (byte {e.start})") from None
+        raise InputError(
+            f"{text_path} is not UTF-8 text (byte {e.start})",
+            hint="convert it first: iconv -f GBK -t UTF-8 FILE > FILE.utf8",
+        ) from None
     vocab_src = (base_info or infos[0]).path
     n_tokens = quant.count_tokens(vocab_src, body) if body.strip() else 0
     check_token_count(n_tokens, ctx=ctx, chunks=chunks, what="evaluation text")
@@ -253,10 +278,12 @@ def evaluate(
             scratch = paths.home() / "tmp"
             scratch.mkdir(parents=True, exist_ok=True)
             free = shutil.disk_usage(scratch).free
-            if free < need + (256 << 20):
+            reserve = 256 << 20  # the disk is never filled to the last byte
+            if free < need + reserve:
                 raise DiskSpaceError(
                     f"KL-divergence needs {need / 1e9:.2f} GB for the base model's token "
-                    f"distributions; {scratch} has {free / 1e9:.2f} GB free",
+                    f"distributions plus {reserve / 1e9:.2f} GB kept free; {scratch} has "
+                    f"{free / 1e9:.2f} GB free",
                     hint="use fewer --chunks, or set LLAMA3ZH_HOME to a disk with more room",
                 )
             tmpdir = atomic.scratch_dir("kld", scratch)

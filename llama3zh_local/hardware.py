@@ -12,6 +12,11 @@ from .errors import UsageError
 from .ggufinfo import GGUFInfo
 
 GIB = 1024**3
+# GGML_MAX_N_THREADS (ggml.h): llama.cpp's thread pool holds no more, and asking for far more
+# threads than that makes it throw std::bad_alloc (an abort, not an error).
+MAX_THREADS = 512
+# llama.cpp keeps n_ctx in a uint32_t (and positions in int32_t): larger values wrap around.
+MAX_CTX = 1 << 24
 # VRAM kept free for the compute buffers, the CUDA/Metal context and other programs.
 VRAM_RESERVE = 768 * 1024**2
 
@@ -100,6 +105,68 @@ def detect() -> Hardware:
     )
 
 
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity mask, else all of them)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS
+        return max(1, os.cpu_count() or 1)
+
+
+def check_threads(threads: int | None) -> None:
+    """Refuse a thread count this machine cannot run (None: the default, always fine).
+
+    More threads than CPUs only slows llama.cpp down; far more makes it abort.
+
+    Raises:
+        UsageError: below 1, or more than the CPUs this process may use.
+    """
+    if threads is None:
+        return
+    n_cpu = cpu_count()
+    limit = min(n_cpu, MAX_THREADS)
+    if not 1 <= threads <= limit:
+        raise UsageError(
+            f"--threads {threads}: must be from 1 to {limit} (the CPUs this process may use)",
+            hint="leave it out for the default (the physical cores), or give a smaller number",
+        )
+
+
+def check_ctx(n_ctx: int, info: GGUFInfo, *, ram_total: int | None = None) -> None:
+    """Refuse a context llama.cpp cannot honour for this model on this machine.
+
+    Checked: at least 16 tokens; no more than the model was trained on (its
+    ``context_length``); no value that wraps around llama.cpp's 32-bit counters; a KV cache
+    (f16) that fits in this machine's RAM and GPU memory together.
+
+    Raises:
+        UsageError: which limit, and the largest value that works.
+    """
+    train = info.n_ctx_train
+    if n_ctx < 16:
+        raise UsageError(f"--ctx {n_ctx}: must be at least 16 tokens", hint="e.g. --ctx 4096")
+    if train > 0 and n_ctx > train:
+        raise UsageError(
+            f"--ctx {n_ctx} exceeds the {train} tokens {info.path.name} was trained on",
+            hint=f"use --ctx {train} or less (beyond it the model's answers fall apart)",
+        )
+    if n_ctx > MAX_CTX:
+        raise UsageError(
+            f"--ctx {n_ctx}: more than llama.cpp handles ({MAX_CTX} tokens)",
+            hint=f"use --ctx {min(train or MAX_CTX, MAX_CTX)} or less",
+        )
+    if ram_total is None:
+        ram_total = system_memory()[0]
+    kv = info.kv_bytes_per_token * n_ctx
+    if kv > ram_total:
+        fits = max(16, ram_total // max(info.kv_bytes_per_token, 1) // 2)
+        raise UsageError(
+            f"--ctx {n_ctx}: its KV cache alone needs {kv / GIB:.1f} GiB, this machine has "
+            f"{ram_total / GIB:.1f} GiB of memory",
+            hint=f"use a smaller context, e.g. --ctx {1 << (fits.bit_length() - 1)}",
+        )
+
+
 def reinstall_hint(hw: Hardware) -> str | None:
     """The command that gives GPU offload, when a GPU is there but the build cannot use it."""
     present = gpu_hardware_present()
@@ -131,7 +198,10 @@ def parse_gpu_layers(value: str) -> int | None:
             hint="for example `-ngl auto` (default) or `-ngl 20`",
         ) from None
     if n < 0:
-        raise UsageError(f"-ngl {n}: must be >= 0 (or auto, all)")
+        raise UsageError(
+            f"-ngl {n}: must be >= 0 (or auto, all)",
+            hint="for example `-ngl auto` (default) or `-ngl 20`",
+        )
     return n
 
 

@@ -47,6 +47,10 @@ def _signature(pre: Any, ignore_merges: bool | None) -> str:
     return json.dumps([clean(pre), ignore_merges], sort_keys=True, ensure_ascii=False)
 
 
+TOKENIZER_HINT = (
+    "copy tokenizer.json and tokenizer_config.json from the original model again (they are "
+    "damaged or not from the tokenizers library)"
+)
 _BYTELEVEL_NO_REGEX = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}
 _BYTELEVEL_GPT2 = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
 _LLAMA3_SPLIT = {
@@ -152,6 +156,25 @@ def detect_pre(tokenizer: dict[str, Any], *, where: Path) -> str:
 
 
 def load_vocab(model_dir: Path, *, vocab_size: int | None = None) -> GGUFVocab:
+    """Read ``tokenizer.json`` of an HF model folder as GGUF tokenizer metadata (see _load_vocab).
+
+    Raises:
+        ModelNotFoundError: no tokenizer.json.
+        InvalidModelError: not a byte-level BPE tokenizer, an unknown pre-tokenizer, ids that do
+            not fit ``vocab_size``, or files of the wrong shape (a list where an object belongs).
+    """
+    try:
+        return _load_vocab(model_dir, vocab_size=vocab_size)
+    except (TypeError, AttributeError, KeyError, ValueError, IndexError) as e:
+        # valid JSON of the wrong shape fails deep inside gguf.BpeVocab / SpecialVocab
+        raise InvalidModelError(
+            f"{model_dir / 'tokenizer.json'} (or tokenizer_config.json) is not a valid tokenizer "
+            f"file ({type(e).__name__}: {e})",
+            hint=TOKENIZER_HINT,
+        ) from None
+
+
+def _load_vocab(model_dir: Path, *, vocab_size: int | None = None) -> GGUFVocab:
     """Read ``tokenizer.json`` (+ tokenizer_config.json, config.json) of an HF model folder.
 
     Args:
@@ -179,7 +202,9 @@ def load_vocab(model_dir: Path, *, vocab_size: int | None = None) -> GGUFVocab:
     try:
         tok = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidModelError(f"{path} is not valid JSON ({e})") from None
+        raise InvalidModelError(f"{path} is not valid JSON ({e})", hint=TOKENIZER_HINT) from None
+    if not isinstance(tok, dict) or not isinstance(tok.get("model") or {}, dict):
+        raise InvalidModelError(f"{path} is not a tokenizers file", hint=TOKENIZER_HINT)
     model = tok.get("model") or {}
     if model.get("type") != "BPE" or (tok.get("decoder") or {}).get("type") != "ByteLevel":
         raise InvalidModelError(
@@ -193,7 +218,7 @@ def load_vocab(model_dir: Path, *, vocab_size: int | None = None) -> GGUFVocab:
     try:
         bpe = gguf.BpeVocab(model_dir)  # checks the vocab and the added-token ids
     except (FileNotFoundError, ValueError, KeyError) as e:
-        raise InvalidModelError(f"{path}: {e}") from None
+        raise InvalidModelError(f"{path}: {e}", hint=TOKENIZER_HINT) from None
 
     config_path = model_dir / "tokenizer_config.json"
     tok_config: dict[str, Any] = {}
@@ -201,7 +226,9 @@ def load_vocab(model_dir: Path, *, vocab_size: int | None = None) -> GGUFVocab:
         try:
             tok_config = json.loads(config_path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InvalidModelError(f"{config_path} is not valid JSON ({e})") from None
+            raise InvalidModelError(
+                f"{config_path} is not valid JSON ({e})", hint=TOKENIZER_HINT
+            ) from None
 
     # added tokens: tokenizer_config.json's added_tokens_decoder wins, as in transformers
     added: dict[int, tuple[str, bool]] = {

@@ -513,7 +513,8 @@ def check_disk(plan: PullPlan) -> None:
             var = "HF_HOME" if plan.source is Source.HF else "MODELSCOPE_CACHE"
             raise DiskSpaceError(
                 f"not enough disk space for {plan.repo_label}: {d.needed / GIB:.2f} GiB to "
-                f"download, {d.free / GIB:.2f} GiB free in {d.path}",
+                f"download plus {_margin(d.needed) / GIB:.2f} GiB kept free, {d.free / GIB:.2f} "
+                f"GiB free in {d.path}",
                 hint=f"free {(d.needed + _margin(d.needed) - d.free) / GIB:.2f} GiB more, or "
                 f"put the cache on a bigger disk: export {var}=/path/on/bigger/disk",
             )

@@ -136,13 +136,31 @@ def read_imatrix(path: str | Path) -> Imatrix:
 
 
 def _read_gguf_imatrix(path: Path) -> Imatrix:
+    """An imatrix GGUF; a damaged one (truncated, odd shapes) is an InvalidModelError."""
+    import struct
+
+    try:
+        return _parse_gguf_imatrix(path)
+    except InvalidModelError:
+        raise
+    except (ValueError, IndexError, KeyError, TypeError, struct.error, ZeroDivisionError) as e:
+        # GGUFReader and numpy fail in many ways on a cut file: every one means "damaged"
+        raise InvalidModelError(
+            f"{path} is a damaged or truncated imatrix file ({type(e).__name__}: {e})",
+            hint="compute it again: llama3zh imatrix MODEL -o imatrix.gguf",
+        ) from None
+    except OSError as e:
+        raise InvalidModelError(
+            f"{path} cannot be read: {e.strerror or e}",
+            hint="check the file and its permissions",
+        ) from None
+
+
+def _parse_gguf_imatrix(path: Path) -> Imatrix:
     import gguf
     import numpy as np
 
-    try:
-        reader = gguf.GGUFReader(path)
-    except (ValueError, OSError) as e:
-        raise InvalidModelError(f"{path} is not a readable GGUF file: {e}") from None
+    reader = gguf.GGUFReader(path)
     fields = reader.fields
 
     def scalar(key: str) -> int | None:
@@ -160,6 +178,14 @@ def _read_gguf_imatrix(path: Path) -> Imatrix:
             f"{path} is {what} (no imatrix.* metadata)",
             hint="give --imatrix the .gguf that `llama3zh imatrix` or llama-imatrix wrote",
         )
+    size = path.stat().st_size
+    for t in reader.tensors:  # GGUFReader maps a cut file without a word: check the ends
+        if t.data_offset + t.n_bytes > size or t.data.size != t.n_elements:
+            raise InvalidModelError(
+                f"{path} is truncated: tensor {t.name} ends at byte {t.data_offset + t.n_bytes:,}"
+                f", the file has {size:,}",
+                hint="compute it again: llama3zh imatrix MODEL -o imatrix.gguf",
+            )
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, np.ndarray] = {}
     for t in reader.tensors:
@@ -168,7 +194,10 @@ def _read_gguf_imatrix(path: Path) -> Imatrix:
         elif t.name.endswith(COUNT_SUFFIX):
             counts[t.name[: -len(COUNT_SUFFIX)]] = np.asarray(t.data, dtype=np.float32)
     if not sums or set(sums) != set(counts):
-        raise InvalidModelError(f"{path}: imatrix sums and counts do not pair up")
+        raise InvalidModelError(
+            f"{path}: imatrix sums and counts do not pair up",
+            hint="compute it again: llama3zh imatrix MODEL -o imatrix.gguf",
+        )
     entries: dict[str, np.ndarray] = {}
     for name, s in sums.items():
         s = s.reshape(-1)
@@ -315,18 +344,21 @@ def plan_imatrix(
         ModelNotFoundError / InvalidModelError: the model file.
     """
     from .ggufinfo import read_gguf_info
+    from .hardware import check_ctx, check_threads
     from .llamacpp import quant, tools
 
+    check_threads(threads)
     if ctx < 16:
-        raise UsageError(f"--ctx {ctx}: must be at least 16 tokens")
+        raise UsageError(f"--ctx {ctx}: must be at least 16 tokens", hint="e.g. --ctx 512")
     if chunks is not None and chunks < 1:
-        raise UsageError(f"--chunks {chunks}: must be at least 1")
-    info = read_gguf_info(model)
-    model = info.path
-    if ctx > info.n_ctx_train > 0:
         raise UsageError(
-            f"--ctx {ctx} exceeds the {info.n_ctx_train} tokens {model.name} was trained on"
+            f"--chunks {chunks}: must be at least 1", hint="leave it out to use all of the text"
         )
+    info = read_gguf_info(model)
+    info.check_loadable()
+    info.check_vocab()
+    model = info.path
+    check_ctx(ctx, info)
     calib = Path(calibration).expanduser() if calibration else default_calibration()
     if not calib.is_file():
         raise InputError(f"no calibration text at {calib}", hint="give a UTF-8 text file")
@@ -564,5 +596,6 @@ def _final_ppl(out: str) -> float | None:
 
 
 def _tail(text: str, n: int = 3) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return " | ".join(lines[-n:])
+    from .llamacpp.tools import without_debugger_noise
+
+    return " | ".join(without_debugger_noise(text)[-n:])

@@ -43,6 +43,10 @@ if TYPE_CHECKING:
 
 FORMATS = ("gguf", "hf", "adapter")
 PEFT_PREFIX = "base_model.model."
+UNSUPPORTED_HINT = (
+    "only plain LoRA adapters are supported: merge this one with PEFT's merge_and_unload, "
+    "then `llama3zh convert` the merged folder"
+)
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -135,10 +139,14 @@ def open_lora(lora_dir: Path) -> LoraAdapter:
     cfg = load_json(lora_dir / "adapter_config.json", what="the LoRA's config")
     where = lora_dir / "adapter_config.json"
     if str(cfg.get("peft_type", "LORA")).upper() != "LORA":
-        raise InvalidModelError(f"{where}: peft_type {cfg.get('peft_type')} is not LORA")
+        raise InvalidModelError(
+            f"{where}: peft_type {cfg.get('peft_type')} is not LORA", hint=UNSUPPORTED_HINT
+        )
     for flag, what in (("use_dora", "DoRA"), ("fan_in_fan_out", "fan_in_fan_out weights")):
         if cfg.get(flag):
-            raise InvalidModelError(f"{where}: {what} adapters are not supported")
+            raise InvalidModelError(
+                f"{where}: {what} adapters are not supported", hint=UNSUPPORTED_HINT
+            )
     for pattern in ("rank_pattern", "alpha_pattern"):
         if cfg.get(pattern):
             raise InvalidModelError(
@@ -146,8 +154,25 @@ def open_lora(lora_dir: Path) -> LoraAdapter:
                 hint="merge this LoRA with PEFT's merge_and_unload, then `llama3zh convert`",
             )
     r, alpha = cfg.get("r"), cfg.get("lora_alpha")
-    if not isinstance(r, int) or r <= 0 or not isinstance(alpha, (int, float)):
-        raise InvalidModelError(f"{where}: r and lora_alpha must be numbers (r > 0)")
+    if (
+        not isinstance(r, int)
+        or isinstance(r, bool)
+        or r <= 0
+        or not isinstance(alpha, (int, float))
+        or isinstance(alpha, bool)
+        or not math.isfinite(alpha)
+    ):
+        # JSON's NaN and Infinity parse as floats: a NaN alpha made an all-NaN model
+        raise InvalidModelError(
+            f"{where}: r must be a positive integer and lora_alpha a finite number "
+            f"(found r={r!r}, lora_alpha={alpha!r})",
+            hint="compare adapter_config.json with the one the adapter was trained with",
+        )
+    if not isinstance(cfg.get("use_rslora", False), bool):
+        raise InvalidModelError(
+            f"{where}: use_rslora is {cfg.get('use_rslora')!r}, not true or false",
+            hint="compare adapter_config.json with the one the adapter was trained with",
+        )
     scale = float(alpha) / (math.sqrt(r) if cfg.get("use_rslora") else r)
     weights = lora_dir / "adapter_model.safetensors"
     if not weights.is_file():
@@ -190,7 +215,9 @@ def _parse_keys(st: SafetensorsFile, r: int) -> tuple[dict[str, LoraPair], dict[
         if ".base_layer." in name:
             continue  # a copy of the base weight some tools save: the base folder has it
         if not name.endswith((".weight", ".bias")):
-            raise InvalidModelError(f"{st.path}: unexpected tensor {key!r} in a LoRA")
+            raise InvalidModelError(
+                f"{st.path}: tensor {key!r} is not part of a LoRA", hint=UNSUPPORTED_HINT
+            )
         full[name] = ref
     pairs: dict[str, LoraPair] = {}
     for target, h in halves.items():
@@ -209,11 +236,12 @@ def _parse_keys(st: SafetensorsFile, r: int) -> tuple[dict[str, LoraPair], dict[
             )
         if a.shape[0] != r:
             raise InvalidModelError(
-                f"{st.path}: {target} has rank {a.shape[0]}, adapter_config.json says r={r}"
+                f"{st.path}: {target} has rank {a.shape[0]}, adapter_config.json says r={r}",
+                hint=REDOWNLOAD,
             )
         pairs[target] = LoraPair(a, b, embedding=emb)
     if not pairs and not full:
-        raise InvalidModelError(f"{st.path} holds no LoRA tensors")
+        raise InvalidModelError(f"{st.path} holds no LoRA tensors", hint=REDOWNLOAD)
     return pairs, full
 
 

@@ -778,10 +778,24 @@ def ollama_create(
             hint="build it from a file: llama3zh ollama-create NAME MODEL",
         )
     import httpx
-    import ollama
 
     report = progress or (lambda _p: None)
-    client = ollama.Client(host=host)
+
+    def bad_address(where: str, err: ValueError) -> UsageError:
+        return UsageError(
+            f"{where} is not a server address ({err})",
+            hint="give HOST[:PORT] or http://HOST:PORT, e.g. 127.0.0.1:11434",
+        )
+
+    try:
+        import ollama  # it makes a default client from $OLLAMA_HOST on import
+    except ValueError as err:  # a malformed address: a bad port, an unclosed [IPv6 bracket
+        raise bad_address(f"OLLAMA_HOST {os.environ.get('OLLAMA_HOST', '')!r}", err) from None
+    try:
+        client = ollama.Client(host=host)
+    except ValueError as err:
+        where = f"--host {host!r}" if host is not None else "OLLAMA_HOST"
+        raise bad_address(where, err) from None
     # The client has no version or blob-exists call; its httpx client carries the resolved host
     # (OLLAMA_HOST), headers and auth, so these two requests go exactly where the others go.
     http: httpx.Client = client._client
@@ -809,6 +823,11 @@ def ollama_create(
             report(CreateProgress("create", last, part.completed, part.total))
     except (httpx.ConnectError, httpx.ConnectTimeout, ConnectionError) as err:
         raise _no_server(base, err) from None
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as err:
+        raise UsageError(
+            f"cannot reach Ollama at {base}: {err}",
+            hint="give --host (or OLLAMA_HOST) as HOST[:PORT] or http://HOST:PORT",
+        ) from None
     except (httpx.TransportError, httpx.StreamError) as err:
         raise OllamaError(
             f"the connection to Ollama at {base} failed: {err}",

@@ -258,9 +258,11 @@ def quantize(
         BackendError: llama.cpp failed.
     """
     from .ggufinfo import read_gguf_info
+    from .hardware import check_threads
     from .imatrix import check_matches, compute_imatrix, read_imatrix
     from .llamacpp import quant
 
+    check_threads(threads)
     t0 = time.perf_counter()
     notes: list[str] = []
     warnings: list[str] = []
@@ -297,6 +299,7 @@ def quantize(
             seconds=time.perf_counter() - t0,
         )
     info = read_gguf_info(source)
+    info.check_loadable()  # llama-quantize reads the hyperparameters as a load does
     src_type = info.file_type.removeprefix("MOSTLY_").removeprefix("ALL_")
     if src_type not in FLOAT_TYPES:
         if not allow_requantize:
@@ -545,9 +548,10 @@ def _tensor_bytes(path: Path) -> int:
 
 def _check_space(*, out_dir: Path, need: int) -> None:
     free = shutil.disk_usage(out_dir).free
-    if free < need + (64 << 20):
+    reserve = 64 << 20  # the disk is never filled to the last byte
+    if free < need + reserve:
         raise DiskSpaceError(
-            f"not enough free space in {out_dir}: the outputs need {need / 1e9:.2f} GB, "
-            f"{free / 1e9:.2f} GB are free",
+            f"not enough free space in {out_dir}: the outputs need {need / 1e9:.2f} GB plus "
+            f"{reserve / 1e9:.2f} GB kept free, {free / 1e9:.2f} GB are free",
             hint="free some space, quantize fewer types at once, or write elsewhere with -o",
         )

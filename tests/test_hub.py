@@ -440,7 +440,8 @@ def test_disk_check_message(tmp_path: Path) -> None:
         disk=(hub.DiskNeed(tmp_path, 5 * GIB, 2 * GIB),),
         notes=(),
     )
-    with pytest.raises(DiskSpaceError, match=r"5.00 GiB to download, 2.00 GiB free in") as e:
+    needle = r"5.00 GiB to download plus 0.05 GiB kept free, 2.00 GiB free in"
+    with pytest.raises(DiskSpaceError, match=needle) as e:
         hub.check_disk(plan)
     assert "HF_HOME" in (e.value.hint or "")
     assert hub.DiskNeed(tmp_path, 100, 101).fits and not hub.DiskNeed(tmp_path, 100, 99).fits

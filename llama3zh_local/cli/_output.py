@@ -26,7 +26,13 @@ def err() -> Console:
 def out() -> Console:
     from rich.console import Console
 
-    return Console(highlight=False)
+    class _Stdout(Console):
+        def on_broken_pipe(self) -> None:
+            # rich would exit silently; let the one error-translation point say what happened
+            self.quiet = True
+            raise BrokenPipeError(32, "Broken pipe")
+
+    return _Stdout(highlight=False)
 
 
 def note(message: str) -> None:

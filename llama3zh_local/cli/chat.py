@@ -25,6 +25,7 @@ from ._signals import Terminated
 
 if TYPE_CHECKING:
     from ..chat import Chat
+    from ..errors import Llama3zhError
 
 HELP = """Commands:
   /help          this list
@@ -83,19 +84,34 @@ def chat(
       echo "What is GGUF?" | llama3zh chat instruct-v3 --temp 0 --stats
     """
     from .. import catalog, hardware, store
-    from ..chat import Conversation, format_stats, open_chat
+    from ..chat import Conversation, check_text, decode_input, format_stats, open_chat
     from ..errors import InputError
     from ..llamacpp.engine import SamplingParams
 
+    if prompt is not None:
+        check_text(prompt, "-p")
+        if not prompt.strip():
+            raise InputError(
+                "the question is empty (-p with no text)",
+                hint='ask something: llama3zh chat -p "用一句话介绍北京", or leave out -p to chat',
+            )
+    check_text(system, "--system")
+    if prompt is None and sys.stdin is None:  # started with <&-
+        raise InputError(
+            "no question: standard input is closed",
+            hint='ask with -p "…", or pipe a question in (echo 你好 | llama3zh chat)',
+        )
     interactive = prompt is None and sys.stdin.isatty()
     question = prompt
     if prompt is None and not interactive:
-        question = sys.stdin.read()
+        question = decode_input(sys.stdin.buffer.read(), "the question on stdin")
         if not question.strip():
             raise InputError(
                 "no question on stdin (it was empty)",
                 hint='pipe a question in (echo 你好 | llama3zh chat) or use -p "…"',
             )
+    # a saved conversation is checked before gigabytes are loaded
+    conversation = Conversation.load(load) if load is not None else None
     gpu_layers = hardware.parse_gpu_layers(n_gpu_layers)
     path = store.resolve_gguf(model, quant=quant)
     if not store.looks_like_path(model) and not catalog.get_model(model).chat:
@@ -128,8 +144,8 @@ def chat(
         _output.warn(
             f"{path.name} has no chat template (a base model?): using the Llama-3-Instruct format"
         )
-    if load is not None:
-        chat.conversation = Conversation.load(load)
+    if conversation is not None:
+        chat.conversation = conversation
     _output.note(
         f"{path.name}: {loaded.info.file_type}, {loaded.info.n_layer} layers"
         f" · {loaded.plan.summary}"
@@ -194,8 +210,14 @@ def _history() -> None:
     atexit.register(save)
 
 
+def _warn_error(err: Llama3zhError) -> None:
+    """A failure inside the REPL: one warning line (with the hint), and the session goes on."""
+    _output.warn(str(err) + (f" ({err.hint})" if err.hint else ""))
+
+
 def _repl(chat: Chat, *, show_stats: bool) -> None:
-    from ..chat import Conversation, format_stats
+    from ..chat import Conversation, check_text, format_stats, quoted
+    from ..errors import Llama3zhError
     from ..llamacpp.engine import GenerationStats
 
     _history()
@@ -212,6 +234,12 @@ def _repl(chat: Chat, *, show_stats: bool) -> None:
         except EOFError:
             sys.stdout.write("\n")
             return
+        except UnicodeDecodeError as err:  # bytes that are not UTF-8 (a GBK terminal, say)
+            _output.warn(
+                f"that line is not valid UTF-8 text (byte 0x{err.object[err.start]:02x}); "
+                "type it again (set the terminal to UTF-8: LANG=C.UTF-8)"
+            )
+            continue
         stripped = text.strip()
         if not stripped:
             continue
@@ -227,23 +255,33 @@ def _repl(chat: Chat, *, show_stats: bool) -> None:
                 chat.session.reset()
                 _output.note("Conversation cleared.")
             elif cmd == "/system":
+                try:
+                    check_text(arg, "the system prompt")
+                except Llama3zhError as err:
+                    _warn_error(err)
+                    continue
                 chat.conversation.system = arg or None
                 _output.note(f"System prompt {'set' if arg else 'removed'}.")
             elif cmd == "/save":
                 if not arg:
                     _output.warn("usage: /save FILE")
                     continue
-                _output.note(f"Saved to {chat.conversation.save(arg)}.")
+                try:
+                    saved = chat.conversation.save(arg)
+                except Llama3zhError as err:
+                    _warn_error(err)
+                    continue
+                _output.note(f"Saved to {quoted(saved)}.")
             elif cmd == "/load":
                 if not arg:
                     _output.warn("usage: /load FILE")
                     continue
                 try:
                     chat.conversation = Conversation.load(arg)
-                except Exception as err:  # noqa: BLE001 - stay in the REPL
-                    _output.warn(str(err))
+                except Llama3zhError as err:
+                    _warn_error(err)
                     continue
-                _output.note(f"Loaded {len(chat.conversation.turns)} messages from {arg}.")
+                _output.note(f"Loaded {len(chat.conversation.turns)} messages from {quoted(arg)}.")
             elif cmd == "/stats":
                 show_stats = not show_stats
                 if chat.last_stats:
@@ -259,12 +297,8 @@ def _repl(chat: Chat, *, show_stats: bool) -> None:
                 raise
             sys.stdout.write("\n")
             _output.note("(answer stopped)")
-        except Exception as err:  # noqa: BLE001 - a failed answer should not end the session
-            from ..errors import Llama3zhError
-
-            if not isinstance(err, Llama3zhError):
-                raise
-            _output.warn(str(err) + (f" ({err.hint})" if err.hint else ""))
+        except Llama3zhError as err:  # a failed answer should not end the session
+            _warn_error(err)
             continue
         if show_stats and isinstance(chat.last_stats, GenerationStats):
             _output.note(format_stats(chat.last_stats))

@@ -53,7 +53,9 @@ def demo(
     """
     from .. import paths
     from ..demo import PROMPT, run_demo
+    from ..hardware import check_threads
 
+    check_threads(threads)
     out_dir = out if out is not None else paths.home() / "demo"
     _output.note(
         f"demo: {HF_NAME} -> HF checkpoint -> f16 GGUF -> imatrix -> {QUANT}-im -> eval -> "

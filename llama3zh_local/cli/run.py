@@ -73,9 +73,11 @@ def run(
 
       llama3zh run instruct -q q8_0 --dry-run
     """
-    from ..hardware import parse_gpu_layers
+    from ..hardware import check_threads, parse_gpu_layers
     from ..pipeline import execute, plan_run
 
+    check_threads(threads)
+    parse_gpu_layers(n_gpu_layers)
     plan = plan_run(model, quant=quant, imatrix=imatrix, source=source.value, chunks=chunks)
     show_plan(plan)
     if dry_run:

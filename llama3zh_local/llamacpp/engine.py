@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import ctypes
+import math
 import os
 import signal
 import threading
@@ -109,14 +110,26 @@ class SamplingParams:
     seed: int | None = None
 
     def validate(self) -> None:
-        if self.temperature < 0:
-            raise UsageError(f"--temperature {self.temperature}: must be >= 0")
-        if not 0 < self.top_p <= 1:
-            raise UsageError(f"--top-p {self.top_p}: must be in (0, 1]")
-        if self.top_k < 0:
-            raise UsageError(f"--top-k {self.top_k}: must be >= 0 (0 disables it)")
-        if self.repeat_penalty <= 0:
-            raise UsageError(f"--repeat-penalty {self.repeat_penalty}: must be > 0")
+        """Refuse values llama.cpp's samplers would misbehave on (NaN and infinities too).
+
+        Raises:
+            UsageError: the option, its value, the range and (hint) a usual value.
+        """
+        checks = (
+            ("--temperature", self.temperature, self.temperature >= 0, ">= 0 (0: greedy)",
+             "0.2 (the default) to 1.0; 0 always picks the likeliest token"),
+            ("--top-p", self.top_p, 0 < self.top_p <= 1, "in (0, 1]",
+             "0.9 (the default); 1 turns it off"),
+            ("--top-k", self.top_k, 0 <= self.top_k <= 1 << 30, "in [0, 2^30] (0 disables it)",
+             "40 (the default); 0 turns it off"),
+            ("--min-p", self.min_p, 0 <= self.min_p <= 1, "in [0, 1]",
+             "0 (the default) turns it off; 0.05 is a common value"),
+            ("--repeat-penalty", self.repeat_penalty, self.repeat_penalty > 0, "> 0",
+             "1.1 (the default); 1 turns it off"),
+        )  # fmt: skip
+        for option, value, ok, allowed, usual in checks:
+            if not ok or not math.isfinite(value):
+                raise UsageError(f"{option} {value}: must be {allowed}", hint=f"use {usual}")
 
 
 @dataclass
@@ -417,9 +430,15 @@ class Session:
         so that its logits are there to sample from.
         """
         if not tokens:
-            raise UsageError("empty prompt")
+            raise UsageError(
+                "empty prompt: the chat template rendered no tokens",
+                hint="use the built-in template: --template llama3",
+            )
         if len(tokens) > self.n_ctx:
-            raise UsageError(f"prompt of {len(tokens)} tokens exceeds the context of {self.n_ctx}")
+            raise UsageError(
+                f"prompt of {len(tokens)} tokens exceeds the context of {self.n_ctx}",
+                hint="shorten it, or start with a larger context (--ctx)",
+            )
         keep = 0
         limit = min(len(self.cached), len(tokens) - 1)
         while keep < limit and self.cached[keep] == tokens[keep]:
@@ -629,6 +648,7 @@ def _libgguf() -> Any:
             "gguf_get_val_data": ([vp, i64], vp),
             "gguf_get_arr_n": ([vp, i64], ctypes.c_size_t),
             "gguf_get_arr_data": ([vp, i64], vp),
+            "gguf_get_arr_str": ([vp, i64, ctypes.c_size_t], ctypes.c_char_p),
             "gguf_get_data_offset": ([vp], ctypes.c_size_t),
             "gguf_get_n_tensors": ([vp], i64),
             "gguf_get_tensor_name": ([vp, i64], ctypes.c_char_p),
@@ -642,11 +662,21 @@ def _libgguf() -> Any:
     return _GGUF
 
 
-def read_gguf_header(path: str | Path) -> tuple[dict[str, Any], list[tuple[str, int, int]]] | None:
+def read_gguf_header(
+    path: str | Path,
+    *,
+    types: dict[str, tuple[int, int | None]] | None = None,
+    strings: Sequence[str] = (),
+) -> tuple[dict[str, Any], list[tuple[str, int, int]]] | None:
     """Metadata and tensor table of a GGUF file, parsed by llama.cpp's own GGUF reader.
 
     Returns ``(kv, tensors)`` with tensors as ``(name, absolute offset, size)``, or None when
     llama.cpp rejects the file (see ``last_log_lines()`` for its reason).
+
+    Args:
+        types: filled with each key's GGUF value type, and for arrays their item type.
+        strings: keys of string arrays to read whole (``tokenizer.ggml.tokens``); others are
+            only counted.
     """
     lib()
     g = _libgguf()
@@ -658,7 +688,18 @@ def read_gguf_header(path: str | Path) -> tuple[dict[str, Any], list[tuple[str, 
         for i in range(g.gguf_get_n_kv(ctx)):
             key = g.gguf_get_key(ctx, i).decode("utf-8", errors="replace")
             typ = g.gguf_get_kv_type(ctx, i)
-            if typ == _GGUF_STRING:
+            if types is not None:
+                types[key] = (typ, g.gguf_get_arr_type(ctx, i) if typ == _GGUF_ARRAY else None)
+            if typ == _GGUF_ARRAY and key in strings and g.gguf_get_arr_type(ctx, i) == 8:
+                get = g.gguf_get_arr_str
+                kv[key] = GGUFArray(
+                    g.gguf_get_arr_n(ctx, i),
+                    [
+                        (get(ctx, i, j) or b"").decode("utf-8", errors="replace")
+                        for j in range(g.gguf_get_arr_n(ctx, i))
+                    ],
+                )
+            elif typ == _GGUF_STRING:
                 kv[key] = g.gguf_get_val_str(ctx, i).decode("utf-8", errors="replace")
             elif typ == _GGUF_ARRAY:
                 n = g.gguf_get_arr_n(ctx, i)

@@ -793,9 +793,27 @@ def _run_streaming(
     )
 
 
+# What gdb prints into a dying tool's output when ggml's abort handler (ggml_print_backtrace)
+# attaches it: banners, thread notes, stack frames and echoed source lines. Never the tool's own
+# words (its GGML_ASSERT line, an exception's what() are kept).
+_DEBUGGER_NOISE = re.compile(
+    r"#\d+\s+|\d+\s+in\s|\d+\s+\S.*: No such file or directory\.?$|0x[0-9a-fA-F]+ in |"
+    r"\[New (LWP|Thread)|\[Thread debugging|\[Inferior \d|Using host libthread_db|warning: |"
+    r"To enable execution of this file|add-auto-load-safe-path|line to your configuration file|"
+    r"To completely disable this security|set auto-load safe-path|For more information about this "
+    r"security|\"Auto-loading safe path\"|info \"\(gdb\)|ptrace: |No stack\.|Could not attach|"
+    r"Attaching to |Detaching from |\(gdb\)"
+)
+
+
+def without_debugger_noise(text: str) -> list[str]:
+    """The non-empty lines of a tool's output, less what a debugger printed into it."""
+    lines = (ln.strip() for ln in text.splitlines())
+    return [ln for ln in lines if ln and not _DEBUGGER_NOISE.match(ln)]
+
+
 def _tail(text: str, n: int = 3) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return " | ".join(lines[-n:])
+    return " | ".join(without_debugger_noise(text)[-n:])
 
 
 def _write_atomic(path: Path, text: str) -> None:
