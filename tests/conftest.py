@@ -96,7 +96,7 @@ def _isolate_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # hosts found unreachable are not asked again for a minute: not across tests (ports get reused)
-    from llama3zh_local import sources
+    from llama3zh_local.hub import sources
 
     monkeypatch.setattr(sources, "_unreachable", {})
     # compiled llama.cpp tools are shared by all tests (tests of the cache itself override it)

@@ -13,7 +13,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from llama3zh_local import paths
-from llama3zh_local.chat import ChatTemplate, llama3_template, open_chat
+from llama3zh_local.chat.conversation import ChatTemplate, llama3_template, open_chat
 from llama3zh_local.errors import ChatTemplateError
 from llama3zh_local.llamacpp.engine import SamplingParams
 

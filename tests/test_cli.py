@@ -83,8 +83,8 @@ def test_models_json() -> None:
 
 @pytest.mark.usefixtures("fresh_consoles")
 def test_models_table_fits_80_columns() -> None:
-    from llama3zh_local import store
     from llama3zh_local.catalog import MODELS, Variant
+    from llama3zh_local.hub import store
 
     # a local GGUF, so the "local" column is as wide as it gets
     folder = store.repo_folder(MODELS[-1].repo_id(Variant.GGUF))

@@ -10,7 +10,7 @@ import gguf
 import pytest
 
 from llama3zh_local.errors import BackendError, InvalidModelError
-from llama3zh_local.ggufinfo import read_gguf_info
+from llama3zh_local.gguf.info import read_gguf_info
 from llama3zh_local.llamacpp import engine
 
 from . import ggufraw, lorafix

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from llama3zh_local import convert as cv
-from llama3zh_local import hfvocab
 from llama3zh_local.cli import app
+from llama3zh_local.convert import llama as cv
+from llama3zh_local.convert import vocab as hfvocab
 from llama3zh_local.errors import (
     DiskSpaceError,
     InvalidModelError,
@@ -505,7 +505,8 @@ def test_cli_errors_are_one_line(tiny_llama3_hf: Path, tmp_path: Path) -> None:
 
 
 def test_cli_alias_converts_into_the_store(tiny_llama3_hf: Path) -> None:
-    from llama3zh_local import paths, store
+    from llama3zh_local import paths
+    from llama3zh_local.hub import store
 
     pulled = paths.models_dir() / "llama-3-chinese-8b-instruct-v3"
     copy_checkpoint(tiny_llama3_hf, pulled)

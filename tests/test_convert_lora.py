@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from llama3zh_local import convert as cv
-from llama3zh_local import lora as lr
 from llama3zh_local.cli import app
+from llama3zh_local.convert import llama as cv
+from llama3zh_local.convert import lora as lr
 from llama3zh_local.errors import InvalidModelError, ModelNotFoundError, UsageError
 
 from . import ggufraw, lorafix, models
@@ -317,7 +317,8 @@ def _install(src: Path, dest: Path) -> Path:
 
 
 def test_find_base(lora_attn: Path, tiny_llama3_hf: Path, tmp_path: Path) -> None:
-    from llama3zh_local import catalog, store
+    from llama3zh_local import catalog
+    from llama3zh_local.hub import store
 
     assert lr.find_base(lora_attn, str(tiny_llama3_hf)) == tiny_llama3_hf
     # base_model_name_or_path names a repo that is in the store
@@ -353,7 +354,8 @@ def test_cli_merge_lora_paths(lora_full: Path, tiny_llama3_hf: Path, tmp_path: P
 
 def test_cli_merge_lora_alias(lora_full: Path, tiny_llama3_hf: Path) -> None:
     """pull instruct-v2 --variant lora, then merge-lora instruct-v2 with the catalog's base."""
-    from llama3zh_local import catalog, paths, store
+    from llama3zh_local import catalog, paths
+    from llama3zh_local.hub import store
 
     spec = catalog.get_model("instruct-v2")
     _install(lora_full, store.repo_folder(spec.repo_id(catalog.Variant.LORA)))

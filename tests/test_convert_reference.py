@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from llama3zh_local import convert as cv
-from llama3zh_local import lora as lr
+from llama3zh_local.convert import llama as cv
+from llama3zh_local.convert import lora as lr
 
 from . import ggufraw, lorafix, refconv
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from llama3zh_local import convert as cv
+from llama3zh_local.convert import llama as cv
 
 from . import ggufraw
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from llama3zh_local import convert as cv
-from llama3zh_local import hfvocab
+from llama3zh_local.convert import llama as cv
+from llama3zh_local.convert import vocab as hfvocab
 
 from . import models
 

@@ -22,9 +22,12 @@ import gguf
 import jinja2
 import pytest
 
-from llama3zh_local import demo, hfexport, imatrix, state
+from llama3zh_local import demo
+from llama3zh_local.convert import export as hfexport
 from llama3zh_local.errors import ModelNotFoundError, UsageError
+from llama3zh_local.files import state
 from llama3zh_local.llamacpp import tools
+from llama3zh_local.quant import imatrix
 
 from . import models, ollama_parser
 from .test_cli import assert_one_line_error, run

@@ -8,7 +8,7 @@ import pytest
 
 from llama3zh_local import hardware
 from llama3zh_local.errors import UsageError
-from llama3zh_local.ggufinfo import GGUFInfo
+from llama3zh_local.gguf.info import GGUFInfo
 
 GIB = hardware.GIB
 

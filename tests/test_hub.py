@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from llama3zh_local import download, hub, paths, sources, store, userconfig
+from llama3zh_local import paths
 from llama3zh_local.catalog import Source, Variant
 from llama3zh_local.errors import (
     DiskSpaceError,
@@ -23,6 +23,9 @@ from llama3zh_local.errors import (
     UnsafePathError,
     UsageError,
 )
+from llama3zh_local.files import userconfig
+from llama3zh_local.hub import download, sources, store
+from llama3zh_local.hub import pull as hub
 
 from .hub_server import HubServer
 

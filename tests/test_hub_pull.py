@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from llama3zh_local import paths, sources
+from llama3zh_local import paths
 from llama3zh_local.cli import app
+from llama3zh_local.hub import sources
 
 from .hub_server import HubServer, client_env, online
 

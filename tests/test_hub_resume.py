@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from llama3zh_local import paths, sources
+from llama3zh_local import paths
+from llama3zh_local.hub import sources
 
 from .hub_server import HubServer, client_env
 

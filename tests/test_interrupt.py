@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from llama3zh_local import state
+from llama3zh_local.files import state
 
 from . import models
 from .hub_server import HubServer, client_env

@@ -22,10 +22,10 @@ import pytest
 from typer.testing import CliRunner
 
 from llama3zh_local import catalog, paths
-from llama3zh_local.chat import llama3_template
+from llama3zh_local.chat.conversation import llama3_template
 from llama3zh_local.cli import app
 from llama3zh_local.errors import InputError, InvalidModelError, UsageError
-from llama3zh_local.modelfile import (
+from llama3zh_local.ollama.modelfile import (
     COMPLETION_TEMPLATE,
     DEFAULT_STORE_REF,
     LLAMA3_OLLAMA_TEMPLATE,
@@ -479,7 +479,7 @@ def test_modelfiles_dir_is_regenerated_byte_identically(tmp_path: Path) -> None:
     assert names == ["instruct-v2.Modelfile", "instruct-v3.Modelfile", "instruct.Modelfile"]
     assert sorted(p.name for p in repo_dir.glob("*.Modelfile")) == names
     regen = (
-        "python -c 'from llama3zh_local.modelfile import write_ready_modelfiles; "
+        "python -c 'from llama3zh_local.ollama.modelfile import write_ready_modelfiles; "
         'write_ready_modelfiles("modelfiles")\''
     )
     for p in written:
@@ -491,7 +491,7 @@ def test_modelfiles_dir_is_regenerated_byte_identically(tmp_path: Path) -> None:
 
 def test_ready_modelfiles_are_for_chat_models_only() -> None:
     chat_aliases = tuple(m.alias for m in catalog.MODELS if m.chat)
-    from llama3zh_local.modelfile import READY_MODELFILES
+    from llama3zh_local.ollama.modelfile import READY_MODELFILES
 
     assert READY_MODELFILES == chat_aliases
     with pytest.raises(UsageError):

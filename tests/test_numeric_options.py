@@ -74,7 +74,7 @@ def test_ctx_at_the_training_context_is_fine(tiny_llama3_gguf: Path) -> None:
 
 
 def test_kv_cache_larger_than_memory(tmp_path: Path) -> None:
-    from llama3zh_local.ggufinfo import read_gguf_info
+    from llama3zh_local.gguf.info import read_gguf_info
     from llama3zh_local.hardware import check_ctx, system_memory
 
     from .ggufgen import write_model

@@ -225,7 +225,8 @@ def small_disk(tmp_path: Path):
 
 
 def test_disk_space_names_the_reserve(small_disk: Path) -> None:
-    from llama3zh_local import convert, quantize
+    from llama3zh_local.convert import llama as convert
+    from llama3zh_local.quant import quantize
 
     free = shutil.disk_usage(small_disk).free
     need = free - (16 << 20)  # fits, but eats into the space kept free
@@ -243,7 +244,7 @@ def test_disk_space_names_the_reserve(small_disk: Path) -> None:
 
 @pytest.mark.slow
 def test_context_overflow_hint(tiny_llama3_gguf: Path) -> None:
-    from llama3zh_local.chat import open_chat
+    from llama3zh_local.chat.conversation import open_chat
 
     for n_ctx, words in ((128, 200), (512, 400), (8192, 3000)):
         loaded = open_chat(tiny_llama3_gguf, n_ctx=n_ctx)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from llama3zh_local import catalog, evaluate, imatrix, quantize, recommend, state
+from llama3zh_local import catalog
 from llama3zh_local.cli import app
 from llama3zh_local.errors import (
     DiskSpaceError,
@@ -21,8 +21,10 @@ from llama3zh_local.errors import (
     InvalidModelError,
     UsageError,
 )
+from llama3zh_local.files import state
 from llama3zh_local.hardware import GIB, Device, Hardware
 from llama3zh_local.llamacpp import quant
+from llama3zh_local.quant import evaluate, imatrix, quantize, recommend
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -330,7 +332,7 @@ def test_quantize_writes_reads_back_and_names(synth: Path, tmp_path: Path) -> No
 
 
 def test_quantize_with_imatrix_records_it_like_llama_quantize(synth: Path, tmp_path: Path) -> None:
-    from llama3zh_local.gguftensors import read_tensor_infos
+    from llama3zh_local.gguf.tensors import read_tensor_infos
     from llama3zh_local.llamacpp import engine
 
     sums = {t.name: np.ones(t.shape[0], np.float32) * 4 for t in read_tensor_infos(synth)
@@ -608,7 +610,9 @@ def test_measured_rates_beat_estimates(tmp_path: Path) -> None:
 
 
 def test_pull_default_uses_recommend(monkeypatch: pytest.MonkeyPatch) -> None:
-    from llama3zh_local import hardware, hub, sources
+    from llama3zh_local import hardware
+    from llama3zh_local.hub import pull as hub
+    from llama3zh_local.hub import sources
 
     monkeypatch.setattr(hardware, "detect", lambda: fake_hw(vram=7 * GIB, ram=32 * GIB))
     names = [q.filename for q in catalog.GGUF_QUANTS]

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from llama3zh_local import evaluate, imatrix, quantize, recommend
 from llama3zh_local.cli import app
 from llama3zh_local.errors import InvalidModelError
 from llama3zh_local.llamacpp import tools
+from llama3zh_local.quant import evaluate, imatrix, quantize, recommend
 
 from . import models
 
@@ -53,7 +53,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def f16(work: Path, smollm2_hf: Path) -> Path:
     """SmolLM2's real weights as an F16 GGUF, through `convert`."""
-    from llama3zh_local.convert import convert
+    from llama3zh_local.convert.llama import convert
 
     return convert(source=smollm2_hf, output=work / "ggml-model-f16.gguf", outtype="f16").path
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import gguf
 import pytest
 
-from llama3zh_local import state
+from llama3zh_local.files import state
 
 from . import models
 from .hub_server import HubServer, client_env

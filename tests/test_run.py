@@ -16,8 +16,9 @@ import huggingface_hub.constants
 import pytest
 from typer.testing import CliRunner
 
-from llama3zh_local import atomic, paths, pipeline, state
+from llama3zh_local import paths, pipeline
 from llama3zh_local.cli import app
+from llama3zh_local.files import atomic, state
 
 from .fake_ollama import FakeOllama
 from .hub_server import HubServer, online

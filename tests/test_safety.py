@@ -29,9 +29,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from llama3zh_local import atomic, paths, pipeline, state, store
+from llama3zh_local import paths, pipeline
 from llama3zh_local.cli import app
 from llama3zh_local.errors import UsageError
+from llama3zh_local.files import atomic, state
+from llama3zh_local.hub import store
 
 from . import lorafix
 from .hub_server import HubServer, online

@@ -24,7 +24,7 @@ from ._options import (
 from ._signals import Terminated
 
 if TYPE_CHECKING:
-    from ..chat import Chat
+    from ..chat.conversation import Chat
     from ..errors import Llama3zhError
 
 HELP = """Commands:
@@ -83,9 +83,10 @@ def chat(
 
       echo "What is GGUF?" | llama3zh chat instruct-v3 --temp 0 --stats
     """
-    from .. import catalog, hardware, store
-    from ..chat import Conversation, check_text, decode_input, format_stats, open_chat
+    from .. import catalog, hardware
+    from ..chat.conversation import Conversation, check_text, decode_input, format_stats, open_chat
     from ..errors import InputError
+    from ..hub import store
     from ..llamacpp.engine import SamplingParams
 
     if prompt is not None:
@@ -216,7 +217,7 @@ def _warn_error(err: Llama3zhError) -> None:
 
 
 def _repl(chat: Chat, *, show_stats: bool) -> None:
-    from ..chat import Conversation, check_text, format_stats, quoted
+    from ..chat.conversation import Conversation, check_text, format_stats, quoted
     from ..errors import Llama3zhError
     from ..llamacpp.engine import GenerationStats
 

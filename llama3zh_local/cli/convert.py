@@ -12,7 +12,7 @@ from . import _output
 from ._errors import handle_errors
 
 if TYPE_CHECKING:
-    from ..convert import ConvertProgress
+    from ..convert.llama import ConvertProgress
 
 
 class OutType(str, Enum):
@@ -78,8 +78,9 @@ def convert(
 
       llama3zh convert ./my-finetune --outtype q8_0 --dry-run
     """
-    from .. import catalog, paths, store
-    from ..convert import convert as run
+    from .. import catalog, paths
+    from ..convert.llama import convert as run
+    from ..hub import store
 
     src = store.resolve_hf_dir(source)
     repo = None
@@ -169,9 +170,10 @@ def merge_lora(
 
       llama3zh merge-lora ./my-lora --base ./base --format adapter -o my-lora.gguf
     """
-    from .. import catalog, paths, store
-    from ..lora import find_base
-    from ..lora import merge_lora as run
+    from .. import catalog, paths
+    from ..convert.lora import find_base
+    from ..convert.lora import merge_lora as run
+    from ..hub import store
 
     alias = None if store.looks_like_path(lora) else lora
     lora_dir = store.resolve_hf_dir(lora, variant=catalog.Variant.LORA)

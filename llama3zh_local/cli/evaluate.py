@@ -14,7 +14,7 @@ from ._options import GpuLayersOpt, JsonOpt, ThreadsOpt
 from ._progress import Bar
 
 if TYPE_CHECKING:
-    from ..evaluate import EvalProgress, EvalResult
+    from ..quant.evaluate import EvalProgress, EvalResult
 
 
 @handle_errors
@@ -61,9 +61,9 @@ def eval_models(
 
       llama3zh eval ggml-model-q4_k-im.gguf --text wiki.zh.txt --ctx 512 --chunks 100
     """
-    from .. import store
-    from ..evaluate import evaluate
     from ..hardware import parse_gpu_layers
+    from ..hub import store
+    from ..quant.evaluate import evaluate
 
     paths = [store.resolve_gguf(m) for m in models]
     with Bar("chunks") as bar:

@@ -39,7 +39,7 @@ def gc(
 
       llama3zh gc --partial --dry-run
     """
-    from ..cleanup import collect
+    from ..files.cleanup import collect
 
     result = collect(partial=partial, dry_run=dry_run)
     if as_json:

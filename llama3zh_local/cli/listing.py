@@ -20,7 +20,7 @@ def list_models(as_json: JsonOpt = False) -> None:
 
       llama3zh list --json | jq -r '.[] | select(.quant == "q4_k") | .path'
     """
-    from .. import hub
+    from ..hub import pull as hub
 
     files = hub.list_local()
     rows: list[dict[str, Any]] = [

@@ -16,7 +16,7 @@ from ._options import ModelArg, QuantOpt
 if TYPE_CHECKING:
     from rich.progress import TaskID
 
-    from ..modelfile import CreateProgress
+    from ..ollama.modelfile import CreateProgress
 
 SystemOpt = Annotated[
     str | None,
@@ -85,7 +85,7 @@ def modelfile(
       llama3zh modelfile instruct-v3 --quant q4_k-im -o models/ --relative
     """
     from ..errors import UsageError
-    from ..modelfile import build_modelfile, modelfile_path, write_modelfile
+    from ..ollama.modelfile import build_modelfile, modelfile_path, write_modelfile
 
     if relative and output is None:
         raise UsageError(
@@ -142,8 +142,8 @@ def ollama_create(
 
       OLLAMA_HOST=gpu-box:11434 llama3zh ollama-create llama3-zh ./ggml-model-q8_0.gguf
     """
-    from ..modelfile import build_modelfile, check_ollama_name
-    from ..modelfile import ollama_create as create
+    from ..ollama.modelfile import build_modelfile, check_ollama_name
+    from ..ollama.modelfile import ollama_create as create
 
     check_ollama_name(name)
     mf = build_modelfile(

@@ -21,7 +21,7 @@ def models(as_json: JsonOpt = False) -> None:
 
       llama3zh models --json | jq '.[].hf'
     """
-    from .. import store
+    from ..hub import store
 
     rows: list[dict[str, Any]] = []
     for m in MODELS:

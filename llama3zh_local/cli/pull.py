@@ -15,7 +15,7 @@ from ._options import HubModelArg, QuantsOpt, SourceChoice, SourceOpt, VariantOp
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ..hub import PullEvent, PullPlan, PullResult
+    from ..hub.pull import PullEvent, PullPlan, PullResult
 
 STATES = {
     "ok": "here, verified earlier",
@@ -54,8 +54,8 @@ def pull(
 
       HF_ENDPOINT=https://hf-mirror.com llama3zh pull instruct -q all
     """
-    from .. import hub
     from ..catalog import Variant
+    from ..hub import pull as hub
 
     plan = hub.plan_pull(
         model,
@@ -107,7 +107,7 @@ def _print_plan(plan: PullPlan, console: Console) -> None:
 
 
 def _run(plan: PullPlan) -> PullResult:
-    from .. import hub
+    from ..hub import pull as hub
 
     cancel = threading.Event()
     console = _output.err()

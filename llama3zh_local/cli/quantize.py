@@ -14,8 +14,8 @@ from ._options import GpuLayersOpt, JsonOpt, ThreadsOpt
 from ._progress import Bar
 
 if TYPE_CHECKING:
-    from ..imatrix import ImatrixProgress, ImatrixResult
-    from ..quantize import QuantizeProgress
+    from ..quant.imatrix import ImatrixProgress, ImatrixResult
+    from ..quant.quantize import QuantizeProgress
 
 SourceModelArg = Annotated[
     str,
@@ -53,8 +53,9 @@ def source_model(model: str) -> Path:
     Raises:
         ModelNotFoundError: the alias has neither in the store (the hint says how to get one).
     """
-    from .. import catalog, store
+    from .. import catalog
     from ..errors import ModelNotFoundError
+    from ..hub import store
 
     if store.looks_like_path(model):
         return Path(model).expanduser()
@@ -107,8 +108,8 @@ def imatrix(
       llama3zh imatrix ./my-finetune --calibration my-domain.txt --ctx 512
     """
     from ..hardware import parse_gpu_layers
-    from ..imatrix import compute_imatrix
-    from ..quantize import source_gguf
+    from ..quant.imatrix import compute_imatrix
+    from ..quant.quantize import source_gguf
 
     notes: list[str] = []
     src = source_gguf(source_model(model), notes=notes, dry_run=dry_run)
@@ -235,7 +236,7 @@ def quantize(
       llama3zh quantize ggml-model-f16.gguf -q Q2_K,Q3_K_M --dry-run
     """
     from ..hardware import parse_gpu_layers
-    from ..quantize import quantize as run
+    from ..quant.quantize import quantize as run
 
     im: Path | bool | None = imatrix_file if imatrix_file is not None else (use_imatrix or None)
     with Bar("tensors", enabled=not dry_run) as bar:

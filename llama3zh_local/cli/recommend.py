@@ -14,7 +14,7 @@ from ._errors import handle_errors
 from ._options import JsonOpt
 
 if TYPE_CHECKING:
-    from ..recommend import Candidate, Fit, Recommendation
+    from ..quant.recommend import Candidate, Fit, Recommendation
 
 
 class PreferChoice(str, Enum):
@@ -74,8 +74,9 @@ def recommend(
 
       llama3zh recommend ./ggml-model-f16.gguf --json
     """
-    from .. import catalog, hardware, store
-    from ..recommend import (
+    from .. import catalog, hardware
+    from ..hub import store
+    from ..quant.recommend import (
         DEFAULT_CTX,
         RAM_RESERVE,
         VRAM_RESERVE,
@@ -84,7 +85,7 @@ def recommend(
         file_candidates,
         kv_cache_bytes,
     )
-    from ..recommend import recommend as run
+    from ..quant.recommend import recommend as run
 
     name = model or catalog.DEFAULT_ALIAS
     notes: list[str] = []

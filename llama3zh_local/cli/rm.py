@@ -28,9 +28,9 @@ def rm(
 
       llama3zh rm hf:org/some-model-gguf -y
     """
-    from .. import hub
     from ..catalog import Variant
     from ..errors import UsageError
+    from ..hub import pull as hub
 
     plan = hub.plan_remove(
         model,

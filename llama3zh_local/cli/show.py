@@ -21,8 +21,8 @@ def show(model: HubModelArg, variant: VariantOpt = None, as_json: JsonOpt = Fals
 
       llama3zh show hf:hfl/llama-3-chinese-8b-instruct-v3-gguf --json
     """
-    from .. import hub
     from ..catalog import Variant
+    from ..hub import pull as hub
 
     d = hub.show(model, variant=Variant(variant.value) if variant else None)
     data: dict[str, Any] = {"model": model}

@@ -30,8 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .. import atomic
 from ..errors import UsageError
+from ..files import atomic
 
 OVERRIDE_ENV = "LLAMA3ZH_CPU_REPACK"
 CACHE_NAME = "cpu-repack.json"

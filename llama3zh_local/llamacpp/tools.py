@@ -54,8 +54,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import atomic, paths
+from .. import paths
 from ..errors import BackendError, UsageError
+from ..files import atomic
 
 Progress = Callable[[str], None]
 
@@ -119,7 +120,7 @@ TOOLS: dict[str, ToolSpec] = {
         # samplers and presets: nearly all of common.
         ToolSpec("llama-imatrix", "imatrix", ("imatrix.cpp",), COMMON_ALL),
         ToolSpec("llama-perplexity", "perplexity", ("perplexity.cpp", "main.cpp"), COMMON_ALL),
-        # Only for checking quantize.py against it (byte-identical output) and for the speed
+        # Only for checking quant/quantize.py against it (byte-identical output) and for the speed
         # bench: quantization itself goes through llama_model_quantize in-process.
         # It never multiplies with the weights it writes: nothing to repack.
         ToolSpec("llama-quantize", "quantize", ("quantize.cpp", "main.cpp"), COMMON_ALL,

@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InvalidModelError
+from ..errors import InvalidModelError
 
 # GGUF value types (gguf.GGUFValueType): fixed sizes of the scalar ones.
 _SCALAR_SIZE = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}

@@ -26,9 +26,10 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from . import atomic, catalog, paths
-from .ggufinfo import GGUFInfo, read_gguf_info
-from .hardware import GIB, VRAM_RESERVE, Hardware
+from .. import catalog, paths
+from ..files import atomic
+from ..gguf.info import GGUFInfo, read_gguf_info
+from ..hardware import GIB, VRAM_RESERVE, Hardware
 
 RAM_RESERVE = 512 * 1024**2  # compute buffers and the runtime itself, on the CPU
 DEFAULT_CTX = 8192  # the chat default
@@ -483,7 +484,7 @@ def _same_model(a: GGUFInfo, b: GGUFInfo) -> bool:
 def file_candidates(path: Path) -> tuple[GGUFInfo, list[Candidate], list[str]]:
     """A GGUF and the other quants of the same model beside it; catalog types it lacks are
     estimated from its parameter count (upstream bits per weight). Also notes on the choice."""
-    from .gguftensors import read_tensor_infos
+    from ..gguf.tensors import read_tensor_infos
 
     info = read_gguf_info(path)
     found: dict[str, Candidate] = {}
@@ -515,7 +516,7 @@ def file_candidates(path: Path) -> tuple[GGUFInfo, list[Candidate], list[str]]:
 
 def alias_candidates(alias: str) -> tuple[catalog.ModelSpec, list[Candidate]]:
     """A catalog model: its files in the store, and the upstream sizes of the quants it lacks."""
-    from . import store
+    from ..hub import store
 
     spec = catalog.get_model(alias)
     local: dict[str, Path] = {}
@@ -536,7 +537,7 @@ def default_quant(
     The model is taken to be an 8B Llama-3 of the catalog at the chat's default context; the
     pick follows ``recommend``'s rule.
     """
-    from . import hardware
+    from .. import hardware
 
     spec = catalog.get_model(catalog.DEFAULT_ALIAS)
     kv = kv_cache_bytes(

@@ -4,7 +4,7 @@ A pull names a model (catalog alias or hub id), picks the hub (``sources.decide_
 the repo through the hub's client, chooses the files (a GGUF quant that fits this machine, or
 the safetensors weights), checks the disk, then fetches them with ``download.fetch`` (resumable
 across runs, sha256-verified) into the hub's own cache and links each from the store
-(``store.py``), the stable path ``llama3zh chat`` uses.
+(``hub/store.py``), the stable path ``llama3zh chat`` uses.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import atomic, catalog, download, paths, sources, store
-from .catalog import Source, Variant
-from .errors import (
+from .. import catalog, paths
+from ..catalog import Source, Variant
+from ..errors import (
     DiskSpaceError,
     Llama3zhError,
     ModelNotFoundError,
@@ -31,6 +31,8 @@ from .errors import (
     UnsafePathError,
     UsageError,
 )
+from ..files import atomic
+from . import download, sources, store
 from .sources import (
     PREFIXES,
     Listing,
@@ -194,7 +196,7 @@ def pick_default_quant(available: Mapping[str, int], budget: int) -> str:
 
 def memory_budget() -> tuple[int, str]:
     """Bytes a model may use on this machine, and where (the larger of free VRAM and RAM)."""
-    from . import hardware
+    from .. import hardware
 
     _, ram = hardware.system_memory()
     best, where = ram, f"{ram / GIB:.1f} GiB of available RAM"
@@ -239,8 +241,8 @@ def select_files(
         if not wanted:
             sizes = {q: sum(f.size for f in fs) for q, fs in by_quant.items()}
             plain = {q: s for q, s in sizes.items() if not q.endswith("-im")} or sizes
-            if budget is None:  # this machine: GPU first, KV cache counted (recommend.py)
-                from .recommend import default_quant
+            if budget is None:  # this machine: GPU first, KV cache counted (quant/recommend.py)
+                from ..quant.recommend import default_quant
 
                 choice, note = default_quant(plain)
                 notes.append(note)
@@ -729,8 +731,8 @@ def show(model: str, *, variant: Variant | None = None) -> ModelDetails:
             f"{model} is not in the catalog and nothing of it is on this machine",
             hint=f"pull it first: llama3zh pull {model}",
         )
-    from .errors import InvalidModelError
-    from .ggufinfo import read_gguf_info
+    from ..errors import InvalidModelError
+    from ..gguf.info import read_gguf_info
 
     summaries = []
     for f in local:

@@ -21,13 +21,14 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import atomic, guard, paths
-from .errors import InputError, InvalidModelError, UsageError
+from .. import paths
+from ..errors import InputError, InvalidModelError, UsageError
+from ..files import atomic, guard
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from .ggufinfo import GGUFInfo
+    from ..gguf.info import GGUFInfo
 
 CALIBRATION_NAME = "llama3zh-calibration-v1.txt"
 DEFAULT_CTX = 512
@@ -257,7 +258,7 @@ def check_matches(imatrix: Imatrix, model: Path) -> None:
     Raises:
         InvalidModelError: names or sizes differ (the first few are listed).
     """
-    from .gguftensors import read_tensor_infos
+    from ..gguf.tensors import read_tensor_infos
 
     shapes = {t.name: t.shape for t in read_tensor_infos(model)}
     missing, wrong = [], []
@@ -343,9 +344,9 @@ def plan_imatrix(
         InputError: the text is empty, not UTF-8, or too short for the chunks.
         ModelNotFoundError / InvalidModelError: the model file.
     """
-    from .ggufinfo import read_gguf_info
-    from .hardware import check_ctx, check_threads
-    from .llamacpp import quant, tools
+    from ..gguf.info import read_gguf_info
+    from ..hardware import check_ctx, check_threads
+    from ..llamacpp import quant, tools
 
     check_threads(threads)
     if ctx < 16:
@@ -465,7 +466,7 @@ def compute_imatrix(
     Raises:
         BackendError: the tool could not be built or failed (its last lines).
     """
-    from .llamacpp import tools
+    from ..llamacpp import tools
 
     t0 = time.perf_counter()
     plan = plan_imatrix(
@@ -537,7 +538,7 @@ def compute_imatrix(
 
 def gpu_layers(info: GGUFInfo, *, ctx: int, requested: int | None) -> int:
     """-ngl for the tools: the user's number, else what hardware.plan_offload fits (0 on CPU)."""
-    from . import hardware
+    from .. import hardware
 
     if requested is not None and requested >= 0:
         return requested
@@ -596,6 +597,6 @@ def _final_ppl(out: str) -> float | None:
 
 
 def _tail(text: str, n: int = 3) -> str:
-    from .llamacpp.tools import without_debugger_noise
+    from ..llamacpp.tools import without_debugger_noise
 
     return " | ".join(without_debugger_noise(text)[-n:])

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidModelError, ModelNotFoundError
+from ..errors import InvalidModelError, ModelNotFoundError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -222,7 +222,7 @@ def load_config(model_dir: Path) -> dict[str, Any]:
             hint="give the folder of an HF checkpoint (config.json, *.safetensors, tokenizer.json)"
             " or a pulled model alias",
         )
-    from .guard import require_regular
+    from ..files.guard import require_regular
 
     require_regular(model_dir)  # a FIFO for a file would block the first read forever
     cfg = load_json(model_dir / "config.json", what="the model's config.json")

@@ -1,6 +1,6 @@
 """The user's settings file, ``paths.config_dir()/config.json``: a few remembered choices.
 
-Keys written here: ``auto_source`` (the last ``--source auto`` decision, see ``hub.py``). Keys a
+Keys written here: ``auto_source`` (the last ``--source auto`` decision, see ``hub/pull.py``). Keys a
 user may set by hand: ``source`` (``hf`` or ``modelscope``: always use that hub).
 """
 
@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import paths
+from .. import paths
 
 
 def config_file() -> Path:

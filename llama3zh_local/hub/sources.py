@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from . import userconfig
-from .catalog import Source
-from .errors import HubAccessError, Llama3zhError, ModelNotFoundError, NetworkError, UsageError
+from ..catalog import Source
+from ..errors import HubAccessError, Llama3zhError, ModelNotFoundError, NetworkError, UsageError
+from ..files import userconfig
 
 SOURCE_NAMES = {Source.HF: "Hugging Face", Source.MODELSCOPE: "ModelScope"}
 PREFIXES = {

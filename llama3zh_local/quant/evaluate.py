@@ -21,8 +21,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import atomic, paths
-from .errors import BackendError, DiskSpaceError, InputError, UsageError
+from .. import paths
+from ..errors import BackendError, DiskSpaceError, InputError, UsageError
+from ..files import atomic
 
 EVAL_NAME = "llama3zh-eval-v1.txt"
 DEFAULT_CTX = 512
@@ -102,7 +103,7 @@ def parse_perplexity(stdout: str, stderr: str = "") -> PerplexityOutput:
             "tokens for this context",
             hint="use a longer --text or a smaller --ctx",
         )
-    from .llamacpp.tools import without_debugger_noise
+    from ..llamacpp.tools import without_debugger_noise
 
     lines = without_debugger_noise(text)
     raise BackendError(
@@ -178,7 +179,7 @@ class EvalResult:
 
 def model_label(path: Path) -> tuple[str, str]:
     """(label, file type) of a GGUF: ``q4_k-im`` from its metadata (recommend.file_label)."""
-    from .ggufinfo import read_gguf_info
+    from ..gguf.info import read_gguf_info
     from .recommend import file_label
 
     info = read_gguf_info(path)
@@ -215,9 +216,9 @@ def evaluate(
         DiskSpaceError: no room for the base model's token distributions (KLD).
         BackendError: llama-perplexity failed.
     """
-    from .ggufinfo import read_gguf_info
+    from ..gguf.info import read_gguf_info
+    from ..llamacpp import quant, tools
     from .imatrix import check_token_count, gpu_layers
-    from .llamacpp import quant, tools
     from .quantize import bits_per_weight
 
     if not models:
@@ -228,7 +229,7 @@ def evaluate(
         raise UsageError(
             f"--chunks {chunks}: must be at least 1", hint="leave it out to use all of the text"
         )
-    from .hardware import check_ctx, check_threads
+    from ..hardware import check_ctx, check_threads
 
     check_threads(threads)
     infos = [read_gguf_info(m) for m in models]

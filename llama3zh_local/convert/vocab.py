@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidModelError, ModelNotFoundError
+from ..errors import InvalidModelError, ModelNotFoundError
 
 if TYPE_CHECKING:
     import gguf

@@ -18,10 +18,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import atomic
-from .catalog import DEFAULT_SYSTEM_PROMPT
-from .errors import ChatTemplateError, InputError, UsageError
-from .llamacpp.engine import GenerationStats, Model, SamplingParams, Session
+from ..catalog import DEFAULT_SYSTEM_PROMPT
+from ..errors import ChatTemplateError, InputError, UsageError
+from ..files import atomic
+from ..llamacpp.engine import GenerationStats, Model, SamplingParams, Session
 
 # Special tokens that end an assistant turn in the Llama-3 format; llama.cpp marks them as
 # end-of-generation in well-made GGUFs, we also stop on them explicitly for older files.
@@ -531,7 +531,7 @@ class Chat:
             return
         if stats.generated_tokens < MIN_TIMED_TOKENS or stats.generation_tps <= 0:
             return
-        from .recommend import record_speed
+        from ..quant.recommend import record_speed
 
         with contextlib.suppress(OSError):
             record_speed(
@@ -605,9 +605,9 @@ def open_chat(
         UsageError: options out of range (e.g. more GPU layers than the model has).
         BackendError: llama.cpp could not load the model or create the context.
     """
-    from . import hardware
-    from .ggufinfo import read_gguf_info
-    from .llamacpp.engine import ContextSettings, default_threads
+    from .. import hardware
+    from ..gguf.info import read_gguf_info
+    from ..llamacpp.engine import ContextSettings, default_threads
 
     sampling = sampling or SamplingParams()
     sampling.validate()

@@ -30,15 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import __version__, atomic, guard, state
-from .errors import DiskSpaceError, InvalidModelError, UsageError
-from .hfcheckpoint import Checkpoint, free_bytes, iter_row_chunks, open_checkpoint
+from .. import __version__
+from ..errors import DiskSpaceError, InvalidModelError, UsageError
+from ..files import atomic, guard, state
+from .checkpoint import Checkpoint, free_bytes, iter_row_chunks, open_checkpoint
 
 if TYPE_CHECKING:
     import gguf
     import numpy as np
 
-    from .hfvocab import GGUFVocab
+    from .vocab import GGUFVocab
 
 OUTTYPES = ("auto", "f16", "bf16", "f32", "q8_0")
 LLAMA_ARCHITECTURES = ("LlamaForCausalLM", "LLaMAForCausalLM")
@@ -788,7 +789,7 @@ def source_provenance(model_dir: Path, *, repo: str | None = None) -> dict[str, 
             out.setdefault("source.repo", part[len("models--") :].replace("--", "/"))
             out["source.revision"] = parts[i + 2]
     try:
-        from . import store
+        from ..hub import store
 
         entry = store.read_manifest(model_dir).get("config.json")
     except Exception:  # noqa: BLE001 - provenance is best effort
@@ -816,8 +817,8 @@ def verify_gguf(
     Raises:
         InvalidModelError: anything differs (the caller deletes the file).
     """
-    from .ggufinfo import read_gguf_info
-    from .llamacpp import engine
+    from ..gguf.info import read_gguf_info
+    from ..llamacpp import engine
 
     # read_gguf_info checks every key llama.cpp requires (with its type), the vocabulary and each
     # tensor's shape against the hyperparameters, as llama.cpp's loader would
@@ -911,8 +912,8 @@ def convert(
     if outtype not in OUTTYPES:
         raise UsageError(f"--outtype {outtype}: expected one of {', '.join(OUTTYPES)}")
     src = Path(source).expanduser()
-    from .hfcheckpoint import load_config
-    from .hfvocab import load_vocab
+    from .checkpoint import load_config
+    from .vocab import load_vocab
 
     cfg = load_config(src)
     params = llama_params(cfg, where=src / "config.json")

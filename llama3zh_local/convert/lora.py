@@ -24,10 +24,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import convert as cv
-from . import guard, state
-from .errors import DiskSpaceError, InvalidModelError, ModelNotFoundError, UsageError
-from .hfcheckpoint import (
+from ..errors import DiskSpaceError, InvalidModelError, ModelNotFoundError, UsageError
+from ..files import guard, state
+from . import llama as cv
+from .checkpoint import (
     REDOWNLOAD,
     Checkpoint,
     SafetensorsFile,
@@ -305,7 +305,8 @@ def find_base(lora_dir: Path, base: str | None, *, alias: str | None = None) -> 
         ModelNotFoundError: the base is not on this machine.
         UsageError: no way to tell which base the LoRA needs.
     """
-    from . import catalog, store
+    from .. import catalog
+    from ..hub import store
 
     def in_store(repo: str) -> Path | None:
         folder = store.repo_folder(repo)
@@ -440,7 +441,7 @@ def merge_lora(
     if format == "hf" and outtype == "q8_0":
         raise UsageError("--outtype q8_0 is for GGUF output", hint="use f16, bf16 or f32 with hf")
     lora_dir, base_dir = Path(lora).expanduser(), Path(base).expanduser()
-    from .hfcheckpoint import load_config
+    from .checkpoint import load_config
 
     cfg = load_config(base_dir)
     params = cv.llama_params(cfg, where=base_dir / "config.json")
@@ -500,7 +501,7 @@ def _write_merged_gguf(
     base_repo: str | None,
     progress: cv.Progress | None,
 ) -> MergeResult:
-    from .hfvocab import load_vocab
+    from .vocab import load_vocab
 
     params = _params_with_vocab(params, lora)
     ftype = cv.file_type_for(outtype, ckpt.first_matrix_dtype())
@@ -862,7 +863,7 @@ def _key_order(lora: LoraAdapter, hf_name: str) -> int:
 
 
 def _verify_adapter(path: Path, plans: list[cv.TensorPlan]) -> None:
-    from .llamacpp import engine
+    from ..llamacpp import engine
 
     header = engine.read_gguf_header(path)
     ok = header is not None

@@ -16,8 +16,8 @@ import stat
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from ..errors import InvalidModelError, UsageError
 from . import atomic, state
-from .errors import InvalidModelError, UsageError
 
 # The state file and its lock: bookkeeping that goes with the files it records.
 BOOKKEEPING = frozenset({state.STATE_NAME, state.STATE_NAME + ".lock"})

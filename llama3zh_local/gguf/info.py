@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidModelError, ModelNotFoundError
+from ..errors import InvalidModelError, ModelNotFoundError
 
 GGUF_MAGIC = b"GGUF"
 DAMAGED_HINT = (
@@ -95,7 +95,7 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
         InvalidModelError: not a GGUF, truncated, or missing the keys llama.cpp needs.
     """
     path = Path(path)
-    from .guard import require_regular_file
+    from ..files.guard import require_regular_file
 
     require_regular_file(path, what=".gguf file")  # a FIFO or device: refused, never read
     if not path.is_file():
@@ -113,7 +113,7 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
         )
     import gguf
 
-    from .llamacpp import engine
+    from ..llamacpp import engine
 
     types: dict[str, tuple[int, int | None]] = {}
     header = engine.read_gguf_header(path, types=types, strings=(gguf.Keys.Tokenizer.LIST,))
@@ -193,7 +193,7 @@ def vocab_problem(kv: dict[str, Any]) -> str | None:
     Its kind must be one this tool runs, its arrays must agree, and a SentencePiece one must
     hold the 256 byte tokens that tokenizing text it has no token for falls back to.
     """
-    from .llamacpp.engine import GGUFArray
+    from ..llamacpp.engine import GGUFArray
 
     tok_model = kv.get("tokenizer.ggml.model")
     if tok_model not in TOKENIZER_MODELS:
@@ -236,8 +236,8 @@ def check_loadable(
     """
     import math
 
-    from .gguftensors import read_tensor_infos
-    from .llamacpp.engine import GGUFArray
+    from ..llamacpp.engine import GGUFArray
+    from .tensors import read_tensor_infos
 
     def bad(what: str) -> InvalidModelError:
         return InvalidModelError(f"{path}: {what}", hint=DAMAGED_HINT)
@@ -374,7 +374,7 @@ def check_loadable(
 def _vocab_sha256(tokens: Any) -> str:
     import hashlib
 
-    from .llamacpp.engine import GGUFArray
+    from ..llamacpp.engine import GGUFArray
 
     if not isinstance(tokens, GGUFArray) or tokens.items is None:
         return ""

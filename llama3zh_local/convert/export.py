@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from . import guard
-from .errors import InvalidModelError, Llama3zhError, ModelNotFoundError, UsageError
-from .hfvocab import LLAMA3_REGEX
+from ..errors import InvalidModelError, Llama3zhError, ModelNotFoundError, UsageError
+from ..files import guard
+from .vocab import LLAMA3_REGEX
 
 HF_DTYPES = ("float32", "float16", "bfloat16")
 DEMO_EXTRA_HINT = 'pip install -e ".[demo]" (or pip install "llama3zh-local[demo]")'

@@ -7,7 +7,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import atomic, paths, sources, state, store
+from .. import paths
+from ..hub import sources, store
+from . import atomic, state
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ only the size; modelscope resumes and checks sha256 but re-hashes every cached f
 call. Here a file is fetched into a ``.incomplete`` file that survives process restarts (kill -9
 included) and continued with a ranged GET from the bytes already on disk, hashed while it
 streams, and renamed to its final name only once its sha256 (or git blob id) matches what the
-hub published. The hub clients still list the files and own the cache layouts (see ``hub.py``).
+hub published. The hub clients still list the files and own the cache layouts (see ``hub/pull.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import DiskSpaceError, HubAccessError, IntegrityError, ModelNotFoundError, NetworkError
+from ..errors import (
+    DiskSpaceError,
+    HubAccessError,
+    IntegrityError,
+    ModelNotFoundError,
+    NetworkError,
+)
 
 if TYPE_CHECKING:
     import requests

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import paths
+from .. import paths
 
 PARTIAL_SUFFIX = ".incomplete"
 _lock = threading.Lock()

@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import atomic, catalog, guard, state
-from .errors import BackendError, DiskSpaceError, InvalidModelError, UsageError
+from .. import catalog
+from ..errors import BackendError, DiskSpaceError, InvalidModelError, UsageError
+from ..files import atomic, guard, state
 
 # File types that are not quantizations: a source for quantizing, never requantized.
 FLOAT_TYPES = ("F32", "F16", "BF16")
@@ -197,7 +198,7 @@ def source_gguf(model: Path, *, notes: list[str], dry_run: bool) -> Path:
             f"{model} is a folder without config.json: neither a GGUF file nor an HF checkpoint",
             hint="give a .gguf file, or an HF checkpoint folder (config.json, *.safetensors)",
         )
-    from .convert import convert, fingerprint
+    from ..convert.llama import convert, fingerprint
 
     for name in ("ggml-model-f16.gguf", "ggml-model-bf16.gguf", "ggml-model-f32.gguf"):
         earlier = model / name
@@ -257,10 +258,10 @@ def quantize(
         DiskSpaceError: the outputs do not fit the free space (checked before writing).
         BackendError: llama.cpp failed.
     """
-    from .ggufinfo import read_gguf_info
-    from .hardware import check_threads
+    from ..gguf.info import read_gguf_info
+    from ..hardware import check_threads
+    from ..llamacpp import quant
     from .imatrix import check_matches, compute_imatrix, read_imatrix
-    from .llamacpp import quant
 
     check_threads(threads)
     t0 = time.perf_counter()
@@ -500,7 +501,7 @@ def read_back(path: Path, *, expect: QuantType, source_tensors: int) -> ReadBack
     Raises:
         InvalidModelError: anything is off (the caller deletes the file).
     """
-    from .ggufinfo import read_gguf_info
+    from ..gguf.info import read_gguf_info
 
     info = read_gguf_info(path)
     want = expect.name if expect.name == "F32" else f"MOSTLY_{expect.name}"
@@ -519,8 +520,8 @@ def read_back(path: Path, *, expect: QuantType, source_tensors: int) -> ReadBack
 
 def bits_per_weight(path: Path) -> float:
     """Bits of tensor data per weight (as llama.cpp reports BPW)."""
-    from .gguftensors import read_tensor_infos
-    from .llamacpp import engine
+    from ..gguf.tensors import read_tensor_infos
+    from ..llamacpp import engine
 
     header = engine.read_gguf_header(path)
     if header is None:
@@ -540,7 +541,7 @@ def _ftype_name(t: QuantType) -> str:
 
 
 def _tensor_bytes(path: Path) -> int:
-    from .llamacpp import engine
+    from ..llamacpp import engine
 
     header = engine.read_gguf_header(path)
     return sum(size for *_, size in header[1]) if header else 0

@@ -16,8 +16,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import atomic, catalog, paths
-from .errors import InvalidModelError, ModelNotFoundError
+from .. import catalog, paths
+from ..errors import InvalidModelError, ModelNotFoundError
+from ..files import atomic
 
 
 def looks_like_path(model: str) -> bool:

@@ -1,0 +1,1 @@
+"""HF checkpoint + vocab -> GGUF; LoRA merge; GGUF -> HF export."""

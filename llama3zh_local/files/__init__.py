@@ -1,0 +1,1 @@
+"""Files on disk: atomic writes and temporary names, state records, user config, cleanup."""

@@ -1,0 +1,1 @@
+"""Reading GGUF files: headers, metadata summaries, tensor tables."""

@@ -1,0 +1,1 @@
+"""Hugging Face and ModelScope: sources, downloads, pull; the local store (list/show/rm)."""

@@ -1,0 +1,1 @@
+"""Ollama: Modelfiles (its quoting rules and the builder) and its server's API."""

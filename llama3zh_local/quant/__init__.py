@@ -1,0 +1,1 @@
+"""Quantization: types, importance matrices, quantize, evaluate, recommend."""
