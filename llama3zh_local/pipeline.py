@@ -3,8 +3,8 @@
 ``plan_run`` picks the cheapest way to the requested file (already here; the hub's GGUF of that
 quant; the hub's f16 GGUF or the full weights, then imatrix and quantize) and estimates sizes and
 times; ``execute`` carries it out. Every step writes to a temporary name and records the finished
-file in the model folder's state file (``files/state.py``), so a rerun after Ctrl-C, kill -9 or a power
-cut reuses what is complete and redoes only the step that was cut short.
+file in the model folder's state file (``files/state.py``), so a rerun after Ctrl-C, kill -9 or a
+power cut reuses what is complete and redoes only the step that was cut short.
 """
 
 from __future__ import annotations

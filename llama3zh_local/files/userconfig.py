@@ -1,7 +1,7 @@
 """The user's settings file, ``paths.config_dir()/config.json``: a few remembered choices.
 
-Keys written here: ``auto_source`` (the last ``--source auto`` decision, see ``hub/pull.py``). Keys a
-user may set by hand: ``source`` (``hf`` or ``modelscope``: always use that hub).
+Keys written here: ``auto_source`` (the last ``--source auto`` decision, see ``hub/pull.py``).
+Keys a user may set by hand: ``source`` (``hf`` or ``modelscope``: always use that hub).
 """
 
 from __future__ import annotations
