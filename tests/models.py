@@ -14,8 +14,9 @@ Three artifacts, each written into a given directory by a ``build_*`` function:
 ``cached`` builds one of these once into a persistent cache dir keyed by this file's source (and
 ``llama3zh_local/convert/export.py``'s, which does the GGUF -> HF part), and
 ``llama_reference_logits`` is a NumPy forward pass with HF's Llama semantics to check them
-against. The GGUF <-> HF helpers (tensor names, the Q/K permutation, safetensors writing, the tokenizer rebuild) live in
-``hfexport`` and are re-exported here. No pytest here: bench scripts may import this module too.
+against. The GGUF <-> HF helpers (tensor names, the Q/K permutation, safetensors writing, the
+tokenizer rebuild) live in ``hfexport`` and are re-exported here. No pytest here: bench scripts
+may import this module too.
 """
 
 from __future__ import annotations
