@@ -272,7 +272,7 @@ def test_output_folder_and_default_name(tiny_llama3_hf: Path, tmp_path: Path) ->
 _RSS_SCRIPT = textwrap.dedent(
     """
     import re, sys, time
-    from llama3zh_local import convert as cv
+    from llama3zh_local.convert import llama as cv
     from llama3zh_local.llamacpp import engine
 
     def hwm():  # this process's peak RSS (ru_maxrss would include the parent's, before exec)

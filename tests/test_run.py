@@ -274,7 +274,7 @@ def killed_writer(code: str) -> int:
     ``code`` sees ``atomic`` and ``Path``; it writes temporary files the way the stages do.
     """
     script = (
-        "import os, signal\nfrom pathlib import Path\nfrom llama3zh_local import atomic\n"
+        "import os, signal\nfrom pathlib import Path\nfrom llama3zh_local.files import atomic\n"
         f"{code}\nos.kill(os.getpid(), signal.SIGKILL)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script])
