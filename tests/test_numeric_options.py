@@ -19,7 +19,7 @@ import pytest
 
 from llama3zh_local.hardware import MAX_THREADS, cpu_count
 
-from .oneline import assert_error, assert_no_crash_output
+from .oneline import assert_error, assert_no_crash_output, snapshot
 from .test_oneline_errors import cli
 
 pytestmark = pytest.mark.slow
@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("threads", ["1000000", str(2**31), str(2**40), str(MAX_THREADS + 1)])
 def test_absurd_thread_counts(threads: str, tiny_llama3_gguf: Path, tmp_path: Path) -> None:
+    before = snapshot(tiny_llama3_gguf.parent)
     assert_error(cli("chat", str(tiny_llama3_gguf), "-p", "hi", "-t", threads), "--threads")
     proc = cli("imatrix", str(tiny_llama3_gguf), "-t", threads, "--dry-run")
     assert_error(proc, "--threads")
@@ -37,6 +38,7 @@ def test_absurd_thread_counts(threads: str, tiny_llama3_gguf: Path, tmp_path: Pa
     assert_error(proc, "--threads")
     proc = cli("eval", str(tiny_llama3_gguf), "-t", threads)
     assert_error(proc, "--threads")
+    assert snapshot(tiny_llama3_gguf.parent) == before
 
 
 def test_more_threads_than_cpus(tiny_llama3_gguf: Path) -> None:
@@ -58,6 +60,7 @@ def test_more_threads_than_cpus(tiny_llama3_gguf: Path) -> None:
     ],
 )
 def test_ctx_beyond_training_or_uint32(ctx: str, tiny_llama3_gguf: Path) -> None:
+    before = snapshot(tiny_llama3_gguf.parent)
     proc = cli("chat", str(tiny_llama3_gguf), "-p", "hi", "--ctx", ctx)
     assert_error(proc, f"--ctx {ctx} exceeds the 8192 tokens")
     assert "--ctx 8192 or less" in proc.stderr
@@ -65,6 +68,7 @@ def test_ctx_beyond_training_or_uint32(ctx: str, tiny_llama3_gguf: Path) -> None
     assert_error(proc, "exceeds the 8192 tokens")
     proc = cli("eval", str(tiny_llama3_gguf), "--ctx", ctx)
     assert_error(proc, "exceeds the 8192 tokens")
+    assert snapshot(tiny_llama3_gguf.parent) == before
 
 
 def test_ctx_at_the_training_context_is_fine(tiny_llama3_gguf: Path) -> None:
@@ -138,8 +142,32 @@ def test_numeric_options_never_abort(tmp_path: Path) -> None:
     assert zero > 20  # the valid values really ran (and answered)
 
 
+def _named_folders(cases: list[list[str]]) -> set[Path]:
+    """The folders the cases name: those of existing files, and existing folders."""
+    out = set()
+    for case in cases:
+        for arg in case:
+            if len(arg) < 1024 and "\0" not in arg and Path(arg).is_absolute():
+                p = Path(arg)
+                if p.exists():
+                    out.add(p if p.is_dir() else p.parent)
+    return out
+
+
+def _files(folders: set[Path]) -> dict[Path, dict[str, tuple[int, int]]]:
+    # conftest's home (the tool's own journal, speed.json) and run_batch's own files aside
+    ours = ("_env", "cases", "results")
+    return {f: {k: v for k, v in snapshot(f).items() if not k.startswith(ours)} for f in folders}
+
+
 def run_batch(all_cases: list[list[str]], tmp_path: Path) -> list[dict]:
-    """Run the cases in two processes (two cores): one result per case, in the cases' order."""
+    """Run the cases in two processes (two cores): one result per case, in the cases' order.
+
+    Every folder a case names holds the same files (sizes, mtimes) afterwards: no case, failing
+    or not, changed anything but the tool's own files.
+    """
+    folders = _named_folders(all_cases)
+    before = _files(folders)
     halves = [all_cases[0::2], all_cases[1::2]]
     procs = []
     for i, part in enumerate(halves):
@@ -171,4 +199,7 @@ def run_batch(all_cases: list[list[str]], tmp_path: Path) -> list[dict]:
     # back in the order of the cases: the halves took every other one
     results = [r for pair in zip(parts[0], parts[1], strict=False) for r in pair]
     results += parts[0][len(parts[1]) :]
+    after = _files(folders)
+    for folder in folders:
+        assert after[folder] == before[folder], f"files changed in {folder}"
     return results
