@@ -59,9 +59,15 @@ def assert_error(proc: subprocess.CompletedProcess[str], needle: str = "") -> st
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """Every file under ``folder``: relative path -> (size, mtime_ns)."""
+    """Every file under ``folder``: relative path -> (size, mtime_ns).
+
+    conftest's ``_env`` folder (the tool's own home: its journal of temporary names, speed.json)
+    is left out: the tool's own files may change, nothing else may.
+    """
     out = {}
-    for root, _dirs, files in os.walk(folder):
+    for root, dirs, files in os.walk(folder):
+        if Path(root) == folder and "_env" in dirs:
+            dirs.remove("_env")
         for name in files:
             p = Path(root) / name
             st = p.stat()
