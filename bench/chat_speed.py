@@ -368,7 +368,9 @@ def report(
         f"- Weight repacking, both sides: {repacking}",
         f"- llama-cpp-python {tools.llama_cpp_version()} (llama.cpp "
         f"{build.get('llama_cpp_commit') or '?'}); llama-bench built by "
-        f"`llama3zh_local.llamacpp.tools` in {build.get('seconds', '?')} s",
+        f"`llama3zh_local.llamacpp.tools` in {build.get('seconds', '?')} s"
+        + (" (a relink: its object files were compiled before)"
+           if build.get("compile_seconds", 1) < 1 else ""),  # fmt: skip
         f"- Python {platform.python_version()}",
         "",
         "Raw runs (tokens/s, in the order they ran). *other*: CPUs that other processes kept busy"
