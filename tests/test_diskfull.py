@@ -9,6 +9,7 @@ leave no temporary file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -29,18 +30,25 @@ def can_mount() -> bool:
     return sys.platform.startswith("linux") and os.geteuid() == 0 and shutil.which("mount")
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 700 MB tmpfs at ``tmp_path/disk`` (root only: CI runs as root)."""
+@contextlib.contextmanager
+def tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``700m``) at ``tmp_path/disk``; skips the test unless root on Linux."""
     if not can_mount():
         pytest.skip("mounting a tmpfs needs root on Linux")
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700m", "tmpfs", str(mnt)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=True)
     try:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 700 MB tmpfs at ``tmp_path/disk`` (root only: CI runs as root)."""
+    with tmpfs(tmp_path, "700m") as mnt:
+        yield mnt
 
 
 def sha(path: Path) -> str:

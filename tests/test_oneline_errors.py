@@ -16,6 +16,7 @@ import pytest
 
 from .oneline import assert_error, assert_no_crash_output, snapshot
 from .test_quantize import write_imatrix, write_llama_gguf
+from .test_repl import PROMPT, spawn
 
 CLI = [sys.executable, "-m", "llama3zh_local"]
 
@@ -255,23 +256,9 @@ def test_load_missing_file(tmp_path: Path) -> None:
 
 # -- 11: the REPL survives its own commands -------------------------------------------------------
 
-PROMPT = ">>> "
-
-
 def _spawn(model: Path, *args: str) -> pexpect.spawn:
-    child = pexpect.spawn(
-        sys.executable,
-        ["-m", "llama3zh_local", "chat", str(model), *args],
-        env={**os.environ, "NO_COLOR": "1", "TERM": "dumb"},
-        encoding="utf-8",
-        codec_errors="replace",
-        timeout=60,
-        dimensions=(40, 400),
-    )
-    if os.environ.get("W12B_LOG"):
-        child.logfile_read = open("/tmp/w12b_pexpect.log", "w")  # noqa: SIM115
-    child.expect_exact(PROMPT)
-    return child
+    # bytes that are not UTF-8 come back: replaced, not raised; long lines stay whole
+    return spawn(model, *args, codec_errors="replace", timeout=60, dimensions=(40, 400))
 
 
 @pytest.mark.slow

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from llama3zh_local.errors import DiskSpaceError, InputError
 
 from . import lorafix
 from .oneline import assert_error, snapshot
+from .test_diskfull import tmpfs
 from .test_oneline_errors import cli
 from .test_quantize import write_llama_gguf
 
@@ -210,18 +210,9 @@ def test_unsupported_lora_kinds_have_a_hint(
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path):
-    import sys
-
-    if not (sys.platform.startswith("linux") and os.geteuid() == 0 and shutil.which("mount")):
-        pytest.skip("mounting a tmpfs needs root on Linux")
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mnt)], check=True)
-    try:
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path, "256m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_disk_space_names_the_reserve(small_disk: Path) -> None:

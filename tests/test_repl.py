@@ -14,14 +14,18 @@ pytestmark = pytest.mark.slow
 PROMPT = ">>> "
 
 
-def spawn(model: Path, *args: str) -> pexpect.spawn:
+def spawn(model: Path, *args: str, **options: object) -> pexpect.spawn:
+    """``llama3zh chat MODEL ARGS`` on a pseudo-terminal, at its first prompt; ``options`` go to
+    ``pexpect.spawn`` (over these defaults)."""
+    kwargs: dict[str, object] = {
+        "env": {**os.environ, "NO_COLOR": "1", "TERM": "dumb"},
+        "encoding": "utf-8",
+        "timeout": 120,
+        "dimensions": (40, 200),
+        **options,
+    }
     child = pexpect.spawn(
-        sys.executable,
-        ["-m", "llama3zh_local", "chat", str(model), *args],
-        env={**os.environ, "NO_COLOR": "1", "TERM": "dumb"},
-        encoding="utf-8",
-        timeout=120,
-        dimensions=(40, 200),
+        sys.executable, ["-m", "llama3zh_local", "chat", str(model), *args], **kwargs
     )
     child.expect_exact(PROMPT)
     return child
