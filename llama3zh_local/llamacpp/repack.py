@@ -235,29 +235,23 @@ def probe_amx(
 
     The scratch folder is removed here, also after a crash.
     """
+    from . import tools
+
     # the system's temporary folder: a few MB, removed here whatever the child did
     with tempfile.TemporaryDirectory(prefix="llama3zh-repack-probe-") as tmp:
         cmd = list(command) + [tmp] if command is not None else probe_command(Path(tmp))
         env = {k: v for k, v in os.environ.items() if k != OVERRIDE_ENV}
         try:
-            done = subprocess.run(
-                cmd,
-                capture_output=True,
-                text=True,
-                encoding="utf-8",
-                errors="replace",
-                timeout=timeout,
-                env=env,
-                check=False,
-            )
+            # tools' runner: UTF-8 output kept, and the child dies with us
+            done = tools._run(cmd, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
             return ProbeResult(False, None, f"timed out after {timeout:.0f} s")
     if done.returncode < 0:
         return ProbeResult(False, done.returncode, signal_name(-done.returncode))
     if done.returncode == 0 and PROBE_OK in done.stdout:
         return ProbeResult(True, 0, "")
-    lines = [ln.strip() for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
-    return ProbeResult(False, done.returncode, " | ".join(lines[-2:]) or f"exit {done.returncode}")
+    last = tools._tail(done.stderr or done.stdout, 2)
+    return ProbeResult(False, done.returncode, last or f"exit {done.returncode}")
 
 
 def signal_name(signum: int) -> str:
