@@ -13,6 +13,7 @@ this sweep (tempfile names are random and carry no owner).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import secrets
@@ -98,15 +99,30 @@ def temp_path(final: Path) -> Path:
     return tmp
 
 
+@contextlib.contextmanager
+def replacing(final: Path, *, sweep_first: bool = True) -> Iterator[Path]:
+    """The one write-then-rename: yields a temporary name beside ``final`` (journaled), renames
+    it onto ``final`` when the block completes, and removes it when the block raises.
+
+    The block may rename the temporary file itself (e.g. after recording it); then nothing is
+    left to rename. ``sweep_first``: delete orphans of ``final`` from killed runs first.
+    """
+    if sweep_first:
+        sweep(final)
+    tmp = temp_path(final)
+    try:
+        yield tmp
+        if os.path.lexists(tmp):
+            os.replace(tmp, final)
+    finally:
+        if os.path.lexists(tmp):
+            remove(tmp)
+
+
 def write_text(path: Path, text: str) -> Path:
     """Write UTF-8 ``text`` to a temporary name beside ``path`` and rename it into place."""
-    sweep(path)
-    tmp = temp_path(path)
-    try:
+    with replacing(path) as tmp:
         tmp.write_bytes(text.encode("utf-8"))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
