@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from llama3zh_local.errors import Llama3zhError  # noqa: E402
-from llama3zh_local.llamacpp import repack, tools  # noqa: E402
+from llama3zh_local.llamacpp import installed, repack, tools  # noqa: E402
 from llama3zh_local.llamacpp.engine import (  # noqa: E402
     ContextSettings,
     Model,
@@ -366,7 +366,7 @@ def report(
         + (f" ({bench_record['gpu_info']})" if bench_record.get("gpu_info") else "")
         + f", -ngl {ngl}",
         f"- Weight repacking, both sides: {repacking}",
-        f"- llama-cpp-python {tools.llama_cpp_version()} (llama.cpp "
+        f"- llama-cpp-python {installed.llama_cpp_version()} (llama.cpp "
         f"{build.get('llama_cpp_commit') or '?'}); llama-bench built by "
         f"`llama3zh_local.llamacpp.tools` in {build.get('seconds', '?')} s"
         + (" (a relink: its object files were compiled before)"

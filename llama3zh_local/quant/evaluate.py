@@ -103,7 +103,7 @@ def parse_perplexity(stdout: str, stderr: str = "") -> PerplexityOutput:
             "tokens for this context",
             hint="use a longer --text or a smaller --ctx",
         )
-    from ..llamacpp.tools import without_debugger_noise
+    from ..llamacpp.process import without_debugger_noise
 
     lines = without_debugger_noise(text)
     raise BackendError(

@@ -346,7 +346,7 @@ def plan_imatrix(
     """
     from ..gguf.info import read_gguf_info
     from ..hardware import check_ctx, check_threads
-    from ..llamacpp import quant, tools
+    from ..llamacpp import installed, quant, tools
 
     check_threads(threads)
     if ctx < 16:
@@ -379,7 +379,7 @@ def plan_imatrix(
     check_token_count(n_tokens, ctx=ctx, chunks=chunks, what="calibration text")
     n_chunks = min(chunks, n_tokens // ctx) if chunks else n_tokens // ctx
     ngl = gpu_layers(info, ctx=ctx, requested=n_gpu_layers)
-    version = tools.llama_cpp_version()
+    version = installed.llama_cpp_version()
     key = cache_key(
         model=model,
         calibration_sha256=hashlib.sha256(raw).hexdigest(),
@@ -597,6 +597,6 @@ def _final_ppl(out: str) -> float | None:
 
 
 def _tail(text: str, n: int = 3) -> str:
-    from ..llamacpp.tools import without_debugger_noise
+    from ..llamacpp.process import without_debugger_noise
 
     return " | ".join(without_debugger_noise(text)[-n:])
