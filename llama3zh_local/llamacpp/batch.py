@@ -1,0 +1,556 @@
+"""Many sequences in one llama.cpp context: slots, prefix reuse and continuous batching.
+
+One engine thread owns the context. Requests reach it through a thread-safe inbox; each request
+gets its records through a callback it gives (a queue's ``put``, or ``call_soon_threadsafe`` for
+asyncio). Every step builds one ``llama_batch`` holding one token for each generating sequence
+plus a chunk of the prompt of each sequence still evaluating its prompt, so a request that joins
+never waits for another to finish and never cancels it (cf. llama-cpp-python #897, #1062).
+
+Each slot remembers the tokens whose keys/values it holds; a request goes to the free slot with
+the longest matching prefix and only the rest of its prompt is evaluated
+(``llama_memory_seq_rm`` trims the slot's KV to that prefix).
+"""
+
+from __future__ import annotations
+
+import codecs
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import BackendError, UsageError
+from .engine import DEFAULT_SEED, Model, default_threads, last_log_lines, lib
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings of one request (OpenAI's and Ollama's options map onto these)."""
+
+    temperature: float = 0.8
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None
+    grammar: str | None = None  # GBNF, root rule "root"
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to generate: prompt token ids, sampling, limits and stops."""
+
+    prompt: Sequence[int]
+    sampling: Sampling = field(default_factory=Sampling)
+    max_tokens: int = -1  # -1: until a stop or the end of the sequence's context
+    stop: tuple[str, ...] = ()  # stop strings (not part of the answer)
+    stop_tokens: frozenset[int] = frozenset()  # besides the vocabulary's end-of-generation ids
+
+
+@dataclass(frozen=True)
+class Record:
+    """One step of one request: new text and the running counts (the last has finish_reason).
+
+    Durations are in nanoseconds: ``queue_ns`` waiting for a slot, ``prompt_ns`` evaluating the
+    prompt (to the first sampled token), ``eval_ns`` generating after that.
+    """
+
+    text: str
+    tokens: tuple[int, ...]
+    prompt_tokens: int
+    prompt_evaluated: int
+    completion_tokens: int
+    queue_ns: int
+    prompt_ns: int
+    eval_ns: int
+    finish_reason: str | None = None  # "stop", "length", "cancelled", "error"
+    error: str | None = None
+    slot: int = -1
+
+
+class Busy(Exception):
+    """The engine's queue is full: answer 503 and let the client retry."""
+
+
+class Job:
+    """A submitted request: ``cancel()`` stops it at the next step and frees its slot."""
+
+    def __init__(self, request: Request, emit: Callable[[Record], None]) -> None:
+        self.request = request
+        self.emit = emit
+        self.submitted = time.perf_counter_ns()
+        self._cancel = threading.Event()
+        self.done = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+
+class _StopFilter:
+    """Holds back text that may be the start of a stop string; finds a complete one."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.held = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """(text that is safe to emit, whether a stop string was reached)."""
+        if not self.stops:
+            return text, False
+        buf = self.held + text
+        cut = min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.held = ""
+            return buf[:cut], True
+        keep = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(buf)), 0, -1):
+                if buf.endswith(s[:n]):
+                    keep = max(keep, n)
+                    break
+        self.held = buf[len(buf) - keep :] if keep else ""
+        return buf[: len(buf) - keep], False
+
+    def flush(self) -> str:
+        out, self.held = self.held, ""
+        return out
+
+
+class _Slot:
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.tokens: list[int] = []  # tokens whose KV this sequence holds, in order
+        self.job: Job | None = None
+        self.last_used = 0.0
+        self._reset_request()
+
+    def _reset_request(self) -> None:
+        self.prompt: list[int] = []
+        self.n_past_prompt = 0  # prompt tokens in the KV so far
+        self.evaluated = 0
+        self.sampler: Any = None
+        self.decoder: Any = None
+        self.stopper = _StopFilter(())
+        self.pending: int | None = None  # sampled, not yet decoded
+        self.generated = 0
+        self.batch_index = -1
+        self.t_start = 0
+        self.t_first = 0
+
+
+class BatchEngine:
+    """``parallel`` sequences of ``n_ctx`` tokens each, decoded together by one thread.
+
+    Args:
+        n_ctx: tokens per sequence (prompt + answer); the context holds ``n_ctx * parallel``
+            in one unified KV cache.
+        max_queue: requests that may wait for a slot; beyond that ``submit`` raises Busy.
+        n_batch: tokens per decode step (prompt chunks are cut to fit; cancellation is checked
+            between steps).
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        parallel: int = 4,
+        n_ctx: int = 4096,
+        n_batch: int = 512,
+        n_threads: int | None = None,
+        max_queue: int = 16,
+        flash_attn: str = "auto",
+    ) -> None:
+        if parallel < 1 or n_ctx < 16 or n_batch < 1:
+            raise UsageError(
+                f"parallel {parallel}, context {n_ctx}, batch {n_batch}: out of range",
+                hint="use --parallel 1 or more and --ctx 16 or more",
+            )
+        ll = lib()
+        self._ll = ll
+        self.model = model
+        self.parallel = parallel
+        self.n_ctx = n_ctx
+        self.max_queue = max_queue
+        cp = ll.llama_context_default_params()
+        cp.n_ctx = n_ctx * parallel
+        cp.n_batch = max(n_batch, parallel)
+        cp.n_ubatch = min(512, cp.n_batch)
+        cp.n_seq_max = parallel
+        cp.kv_unified = True
+        threads = n_threads or default_threads()
+        cp.n_threads = threads
+        cp.n_threads_batch = threads
+        cp.flash_attn_type = {"auto": -1, "off": 0, "on": 1}[flash_attn]
+        cp.no_perf = True
+        self.ctx = ll.llama_init_from_model(model.ptr, cp)
+        if not self.ctx:
+            raise BackendError(
+                f"llama.cpp could not create a context of {parallel} x {n_ctx} tokens: "
+                f"{last_log_lines() or 'no reason given'}",
+                hint="try a smaller --ctx, a smaller --parallel or fewer GPU layers (-ngl)",
+            )
+        self.n_batch = int(ll.llama_n_batch(self.ctx))
+        self._mem = ll.llama_get_memory(self.ctx)
+        self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
+        self.slots = [_Slot(i) for i in range(parallel)]
+        self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._waiting: deque[Job] = deque()
+        self._lock = threading.Lock()
+        self._n_open = 0  # submitted and not finished
+        self._closing = False
+        self.steps = 0
+        self.last_active = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="llama3zh-batch", daemon=True)
+        self._thread.start()
+
+    # -- the public side (any thread) ----------------------------------------------------------
+
+    def submit(self, request: Request, emit: Callable[[Record], None]) -> Job:
+        """Queue ``request``; ``emit`` gets its records on the engine thread (keep it quick).
+
+        Raises:
+            Busy: all slots are busy and ``max_queue`` requests already wait.
+            UsageError: an empty prompt, or one that leaves no room in a sequence's context.
+        """
+        if not request.prompt:
+            raise UsageError("empty prompt", hint="send at least one token of text")
+        if len(request.prompt) >= self.n_ctx:
+            raise UsageError(
+                f"the prompt has {len(request.prompt)} tokens; the context holds {self.n_ctx}",
+                hint="shorten it, or start the server with a larger --ctx",
+            )
+        job = Job(request, emit)
+        with self._lock:
+            if self._closing:
+                raise Busy("the server is shutting down")
+            if self._n_open >= self.parallel + self.max_queue:
+                raise Busy(f"{self._n_open} requests are running or waiting")
+            self._n_open += 1
+        self._inbox.put(job)
+        return job
+
+    def generate(self, request: Request) -> Iterator[Record]:
+        """Submit and yield the records in this thread; closing the iterator cancels the job."""
+        q: queue.SimpleQueue[Record] = queue.SimpleQueue()
+        job = self.submit(request, q.put)
+        try:
+            while True:
+                rec = q.get()
+                yield rec
+                if rec.finish_reason is not None:
+                    return
+        finally:
+            job.cancel()
+
+    @property
+    def busy(self) -> int:
+        """Requests running or waiting."""
+        with self._lock:
+            return self._n_open
+
+    def close(self) -> None:
+        """Cancel everything, stop the thread and free the context."""
+        with self._lock:
+            self._closing = True
+        self._inbox.put(None)
+        self._thread.join()
+        if self.ctx:
+            self._ll.llama_batch_free(self._batch)
+            self._ll.llama_free(self.ctx)
+            self.ctx = None
+
+    def __enter__(self) -> BatchEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the engine thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                active = any(s.job is not None for s in self.slots)
+                try:
+                    item = self._inbox.get(block=not active and not self._waiting, timeout=None)
+                    while True:
+                        if item is None:
+                            self._shutdown()
+                            return
+                        self._waiting.append(item)
+                        item = self._inbox.get_nowait()
+                except queue.Empty:
+                    pass
+                self._reap_cancelled()
+                self._assign()
+                if any(s.job is not None for s in self.slots):
+                    self._step()
+        except BaseException as err:  # noqa: BLE001 - never leave a client waiting forever
+            self._fail_all(f"the engine stopped: {type(err).__name__}: {err}")
+            raise
+
+    def _shutdown(self) -> None:
+        for slot in self.slots:
+            if slot.job is not None:
+                self._finish(slot, "cancelled")
+        while self._waiting:
+            self._finish_waiting(self._waiting.popleft(), "cancelled")
+        while True:
+            try:
+                job = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                self._finish_waiting(job, "cancelled")
+
+    def _fail_all(self, why: str) -> None:
+        for slot in self.slots:
+            if slot.job is not None:
+                self._finish(slot, "error", error=why)
+            slot.tokens = []
+        while self._waiting:
+            self._finish_waiting(self._waiting.popleft(), "error", error=why)
+        self._ll.llama_memory_clear(self._mem, True)
+
+    def _finish_waiting(self, job: Job, reason: str, error: str | None = None) -> None:
+        n = len(job.request.prompt)
+        wait = time.perf_counter_ns() - job.submitted
+        self._deliver(job, Record("", (), n, 0, 0, wait, 0, 0, reason, error))
+        self._close_job(job)
+
+    def _close_job(self, job: Job) -> None:
+        job.done.set()
+        with self._lock:
+            self._n_open -= 1
+        self.last_active = time.monotonic()
+
+    @staticmethod
+    def _deliver(job: Job, rec: Record) -> None:
+        try:
+            job.emit(rec)
+        except Exception:  # noqa: BLE001 - a consumer that went away: stop its job
+            job.cancel()
+
+    def _reap_cancelled(self) -> None:
+        for slot in self.slots:
+            if slot.job is not None and slot.job.cancelled:
+                self._finish(slot, "cancelled")
+        if any(j.cancelled for j in self._waiting):
+            for job in [j for j in self._waiting if j.cancelled]:
+                self._waiting.remove(job)
+                self._finish_waiting(job, "cancelled")
+
+    def _assign(self) -> None:
+        while self._waiting:
+            free = [s for s in self.slots if s.job is None]
+            if not free:
+                return
+            job = self._waiting.popleft()
+            prompt = list(job.request.prompt)
+
+            def shared(slot: _Slot, prompt: list[int] = prompt) -> int:
+                n, limit = 0, min(len(slot.tokens), len(prompt) - 1)
+                while n < limit and slot.tokens[n] == prompt[n]:
+                    n += 1
+                return n
+
+            # longest matching prefix first; among equals, the slot unused the longest
+            slot = max(free, key=lambda s: (shared(s), -s.last_used))
+            self._start(slot, job, prompt, shared(slot))
+
+    def _start(self, slot: _Slot, job: Job, prompt: list[int], keep: int) -> None:
+        ll = self._ll
+        if not ll.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
+            ll.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+            keep = 0
+        del slot.tokens[keep:]
+        slot._reset_request()
+        slot.job = job
+        slot.prompt = prompt
+        slot.n_past_prompt = keep
+        slot.evaluated = len(prompt) - keep
+        slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        slot.stopper = _StopFilter(job.request.stop)
+        slot.t_start = time.perf_counter_ns()
+        slot.last_used = time.monotonic()
+        try:
+            slot.sampler = self._sampler(job.request.sampling)
+        except BackendError as err:
+            self._finish(slot, "error", error=str(err))
+
+    def _sampler(self, p: Sampling) -> Any:
+        ll = self._ll
+        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        add = ll.llama_sampler_chain_add
+        if p.grammar:
+            grammar = ll.llama_sampler_init_grammar(
+                self.model.vocab, p.grammar.encode("utf-8"), b"root"
+            )
+            if not grammar:
+                ll.llama_sampler_free(chain)
+                raise BackendError(
+                    f"llama.cpp rejected the response grammar: {last_log_lines()}",
+                    hint="simplify the JSON schema",
+                )
+            add(chain, grammar)
+        penalized = p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty
+        if penalized:
+            # The penalty sampler looks up every candidate in a hash map; penalties only touch
+            # the last repeat_last_n tokens, so cutting to top (k + repeat_last_n) first is
+            # exact, and without top-k the 1000 likeliest are kept (an approximation).
+            wide = p.top_k + p.repeat_last_n if p.top_k > 0 and p.temperature > 0 else 1000
+            add(chain, ll.llama_sampler_init_top_k(wide))
+            add(
+                chain,
+                ll.llama_sampler_init_penalties(
+                    self.model.n_vocab,
+                    p.repeat_last_n,
+                    p.repeat_penalty,
+                    p.frequency_penalty,
+                    p.presence_penalty,
+                ),
+            )
+        if p.temperature <= 0:
+            add(chain, ll.llama_sampler_init_greedy())
+            return chain
+        if p.top_k > 0:
+            add(chain, ll.llama_sampler_init_top_k(p.top_k))
+        if p.top_p < 1.0:
+            add(chain, ll.llama_sampler_init_top_p(p.top_p, 1))
+        if p.min_p > 0:
+            add(chain, ll.llama_sampler_init_min_p(p.min_p, 1))
+        add(chain, ll.llama_sampler_init_temp(p.temperature))
+        seed = DEFAULT_SEED if p.seed is None else p.seed & 0xFFFFFFFF
+        add(chain, ll.llama_sampler_init_dist(seed))
+        return chain
+
+    def _finish(self, slot: _Slot, reason: str, error: str | None = None) -> None:
+        job = slot.job
+        assert job is not None
+        text = ""
+        if reason in ("stop", "length") and slot.stopper.held:
+            text = slot.stopper.flush()
+        now = time.perf_counter_ns()
+        self._deliver(job, self._record(slot, text, (), now, reason, error))
+        if slot.sampler:
+            self._ll.llama_sampler_free(slot.sampler)
+        slot._reset_request()
+        slot.job = None
+        slot.last_used = time.monotonic()
+        self._close_job(job)
+
+    def _record(
+        self,
+        slot: _Slot,
+        text: str,
+        tokens: tuple[int, ...],
+        now: int,
+        reason: str | None = None,
+        error: str | None = None,
+    ) -> Record:
+        job = slot.job
+        assert job is not None
+        first = slot.t_first or now
+        return Record(
+            text=text,
+            tokens=tokens,
+            prompt_tokens=len(slot.prompt),
+            prompt_evaluated=slot.evaluated,
+            completion_tokens=slot.generated,
+            queue_ns=slot.t_start - job.submitted,
+            prompt_ns=first - slot.t_start,
+            eval_ns=now - first if slot.t_first else 0,
+            finish_reason=reason,
+            error=error,
+            slot=slot.seq,
+        )
+
+    def _step(self) -> None:
+        ll = self._ll
+        b = self._batch
+        n = 0
+
+        def add(tok: int, pos: int, seq: int, logits: bool) -> None:
+            nonlocal n
+            b.token[n] = tok
+            b.pos[n] = pos
+            b.n_seq_id[n] = 1
+            b.seq_id[n][0] = seq
+            b.logits[n] = logits
+            n += 1
+
+        # generating sequences first: one token each
+        for slot in self.slots:
+            slot.batch_index = -1
+            if slot.job is not None and slot.pending is not None:
+                slot.batch_index = n
+                add(slot.pending, len(slot.tokens), slot.seq, True)
+                slot.tokens.append(slot.pending)
+                slot.pending = None
+        # then prompt chunks, as many as fit
+        for slot in self.slots:
+            if slot.job is None or slot.n_past_prompt >= len(slot.prompt):
+                continue
+            room = self.n_batch - n
+            if room <= 0:
+                break
+            chunk = slot.prompt[slot.n_past_prompt : slot.n_past_prompt + room]
+            for i, tok in enumerate(chunk):
+                last = slot.n_past_prompt + i == len(slot.prompt) - 1
+                if last:
+                    slot.batch_index = n
+                add(tok, len(slot.tokens), slot.seq, last)
+                slot.tokens.append(tok)
+            slot.n_past_prompt += len(chunk)
+        if n == 0:
+            return
+        b.n_tokens = n
+        rc = ll.llama_decode(self.ctx, b)
+        self.steps += 1
+        if rc != 0:
+            self._fail_all(
+                f"llama.cpp failed to decode (llama_decode returned {rc}): "
+                f"{last_log_lines() or 'no reason given'}"
+            )
+            return
+        now = time.perf_counter_ns()
+        for slot in self.slots:
+            if slot.job is None or slot.batch_index < 0:
+                continue
+            tok = ll.llama_sampler_sample(slot.sampler, self.ctx, slot.batch_index)
+            if not slot.t_first:
+                slot.t_first = now
+            self._accept(slot, tok, now)
+
+    def _accept(self, slot: _Slot, tok: int, now: int) -> None:
+        job = slot.job
+        assert job is not None
+        if self.model.is_eog(tok) or tok in job.request.stop_tokens:
+            self._finish(slot, "stop")
+            return
+        slot.generated += 1
+        text, stopped = slot.stopper.feed(slot.decoder.decode(self.model.token_bytes(tok)))
+        self._deliver(job, self._record(slot, text, (tok,), now))
+        if stopped:
+            self._finish(slot, "stop")
+            return
+        limit = job.request.max_tokens
+        if (limit > 0 and slot.generated >= limit) or len(slot.tokens) + 1 >= self.n_ctx:
+            self._finish(slot, "length")
+            return
+        slot.pending = tok
+
+
+def request_tokens(model: Model, text: str) -> list[int]:
+    """Raw prompt text as token ids (BOS as the model wants it; special tokens parsed)."""
+    return model.tokenize(text, add_special=model.add_bos, parse_special=True)
