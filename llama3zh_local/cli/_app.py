@@ -29,6 +29,7 @@ from . import (
     recommend,
     rm,
     run,
+    serve,
     show,
 )
 
@@ -100,6 +101,7 @@ _command("eval", evaluate.eval_models)
 _command("recommend", recommend.recommend)
 _command("gc", gc.gc)
 _command("demo", demo.demo)
+_command("serve", serve.serve)
 
 
 def main() -> None:

@@ -1,0 +1,117 @@
+"""A running generation as the HTTP layer sees it: submitted at once (so a full queue is a 503
+before any byte is sent), read on the event loop, cancelled when the client goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from ..errors import UsageError
+from ..llamacpp.batch import Busy, Record, Request
+from .params import ApiError
+
+
+class Generation:
+    """One request on the resident model's engine."""
+
+    def __init__(self, res: Any, request: Request) -> None:
+        loop = asyncio.get_running_loop()
+        self._q: asyncio.Queue[Record] = asyncio.Queue()
+        try:
+            self.job = res.engine.submit(
+                request, lambda rec: loop.call_soon_threadsafe(self._q.put_nowait, rec)
+            )
+        except Busy as err:
+            raise ApiError(
+                503,
+                f"the server is busy ({err}); try again shortly",
+                kind="server_error",
+                code="server_busy",
+                headers={"Retry-After": "1"},
+            ) from None
+        except UsageError as err:
+            raise ApiError(400, str(err), code="context_length_exceeded") from None
+
+    def cancel(self) -> None:
+        self.job.cancel()
+
+    async def __aiter__(self) -> AsyncIterator[Record]:
+        try:
+            while True:
+                rec = await self._q.get()
+                yield rec
+                if rec.finish_reason is not None:
+                    return
+        finally:
+            self.job.cancel()
+
+
+async def _watch_disconnect(receive: Callable[[], Awaitable[Any]], gen: Generation) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            gen.cancel()
+            return
+
+
+async def collect(request: Any, gen: Generation) -> tuple[str, Record]:
+    """The whole answer; a client that disconnects meanwhile cancels it."""
+    watcher = asyncio.create_task(_watch_disconnect(request.receive, gen))
+    parts: list[str] = []
+    last: Record | None = None
+    try:
+        async for rec in gen:
+            parts.append(rec.text)
+            last = rec
+    finally:
+        watcher.cancel()
+        gen.cancel()
+    assert last is not None
+    if last.finish_reason == "error":
+        raise ApiError(500, last.error or "generation failed", kind="server_error")
+    return "".join(parts), last
+
+
+class StreamResponse:
+    """An ASGI response that sends ``chunks`` as they come and cancels ``gen`` on disconnect.
+
+    Starlette's StreamingResponse only notices a disconnect when a send fails (ASGI 2.4), which
+    never happens while a long prompt is evaluated; this listens for it all along.
+    """
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[bytes],
+        *,
+        gen: Generation,
+        media_type: str,
+        headers: dict[str, str] | None = None,
+        cleanup: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.chunks = chunks
+        self.gen = gen
+        self.media_type = media_type
+        self.headers = headers or {}
+        self.cleanup = cleanup
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", self.media_type.encode())]
+        headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+        headers += [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
+        watcher = asyncio.create_task(_watch_disconnect(receive, self.gen))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            async for chunk in self.chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:  # the client went away mid-send
+            pass
+        finally:
+            watcher.cancel()
+            self.gen.cancel()
+            with contextlib.suppress(Exception):
+                await self.chunks.aclose()  # type: ignore[attr-defined]
+            if self.cleanup is not None:
+                await self.cleanup()
