@@ -206,7 +206,7 @@ class BatchEngine:
         self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._waiting: deque[Job] = deque()
         self._lock = threading.Lock()
-        self._n_open = 0  # submitted and not finished
+        self._open: set[Job] = set()  # submitted and not finished
         self._closing = False
         self.steps = 0
         self.last_active = time.monotonic()
@@ -233,9 +233,9 @@ class BatchEngine:
         with self._lock:
             if self._closing:
                 raise Busy("the server is shutting down")
-            if self._n_open >= self.parallel + self.max_queue:
-                raise Busy(f"{self._n_open} requests are running or waiting")
-            self._n_open += 1
+            if len(self._open) >= self.parallel + self.max_queue:
+                raise Busy(f"{len(self._open)} requests are running or waiting")
+            self._open.add(job)
         self._inbox.put(job)
         return job
 
@@ -256,7 +256,15 @@ class BatchEngine:
     def busy(self) -> int:
         """Requests running or waiting."""
         with self._lock:
-            return self._n_open
+            return len(self._open)
+
+    def cancel_all(self, *, refuse_new: bool = True) -> None:
+        """Cancel every running and waiting request (shutdown); new ones get Busy."""
+        with self._lock:
+            self._closing = self._closing or refuse_new
+            jobs = list(self._open)
+        for job in jobs:
+            job.cancel()
 
     def close(self) -> None:
         """Cancel everything, stop the thread and free the context."""
@@ -331,7 +339,7 @@ class BatchEngine:
     def _close_job(self, job: Job) -> None:
         job.done.set()
         with self._lock:
-            self._n_open -= 1
+            self._open.discard(job)
         self.last_active = time.monotonic()
 
     @staticmethod
@@ -364,8 +372,14 @@ class BatchEngine:
                     n += 1
                 return n
 
-            # longest matching prefix first; among equals, the slot unused the longest
-            slot = max(free, key=lambda s: (shared(s), -s.last_used))
+            # Most reused tokens less tokens thrown away: a side request (a title, a tag) that
+            # shares only the system prompt with a long conversation takes an empty slot rather
+            # than trimming that conversation; among equals, the slot unused the longest.
+            def score(slot: _Slot) -> tuple[int, float]:
+                n = shared(slot)
+                return n - (len(slot.tokens) - n), -slot.last_used
+
+            slot = max(free, key=score)
             self._start(slot, job, prompt, shared(slot))
 
     def _start(self, slot: _Slot, job: Job, prompt: list[int], keep: int) -> None:

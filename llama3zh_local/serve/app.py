@@ -19,8 +19,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import Llama3zhError, ModelNotFoundError, UsageError
+from ..llamacpp.batch import Busy
 from . import ollama_api, openai_api
-from .params import ApiError
+from .params import ApiError, busy
 from .registry import Registry
 from .scheduler import EngineSettings, Scheduler
 
@@ -118,6 +119,8 @@ def error_response(err: ApiError, *, ollama: bool) -> Response:
 def _as_api_error(exc: Exception) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, Busy):
+        return busy(exc)
     if isinstance(exc, ModelNotFoundError):
         return ApiError(404, str(exc), param="model", code="model_not_found")
     if isinstance(exc, UsageError):

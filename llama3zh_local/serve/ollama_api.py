@@ -277,11 +277,10 @@ async def _run(
 
     async def lines() -> AsyncIterator[bytes]:
         async for rec in gen:
-            if rec.finish_reason == "error":
-                yield json.dumps({"error": rec.error or "generation failed"}).encode() + b"\n"
-                break
-            if rec.finish_reason == "cancelled":
-                break
+            if rec.finish_reason in ("error", "cancelled"):
+                why = rec.error or "the answer was cancelled (the server is stopping)"
+                yield json.dumps({"error": why}).encode() + b"\n"
+                return
             if rec.text:
                 line = {**piece(rec.text), "done": False}
                 yield json.dumps(line, ensure_ascii=False).encode() + b"\n"

@@ -193,12 +193,10 @@ async def _run(
         if chat:
             yield sse(chunk({"role": "assistant", "content": ""}, None))
         async for rec in gen:
-            if rec.finish_reason == "error":
-                err = {"message": rec.error or "generation failed", "type": "server_error"}
-                yield sse({"error": err})
-                break
-            if rec.finish_reason == "cancelled":
-                break
+            if rec.finish_reason in ("error", "cancelled"):
+                why = rec.error or "the answer was cancelled (the server is stopping)"
+                yield sse({"error": {"message": why, "type": "server_error"}})
+                return
             if rec.text:
                 yield sse(chunk({"content": rec.text} if chat else rec.text, None))
             if rec.finish_reason is not None:

@@ -42,6 +42,17 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def busy(why: object) -> ApiError:
+    """503 with Retry-After: the slots and the queue are full, or the server is stopping."""
+    return ApiError(
+        503,
+        f"the server is busy ({why}); try again shortly",
+        kind="server_error",
+        code="server_busy",
+        headers={"Retry-After": "1"},
+    )
+
+
 def bad(message: str, param: str | None = None, code: str | None = None) -> ApiError:
     return ApiError(400, message, param=param, code=code)
 

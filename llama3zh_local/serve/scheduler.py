@@ -17,7 +17,7 @@ from typing import Any
 
 from ..catalog import DEFAULT_SYSTEM_PROMPT
 from ..errors import UsageError
-from ..llamacpp.batch import BatchEngine
+from ..llamacpp.batch import BatchEngine, Busy
 from .registry import ModelEntry, Registry
 
 LLAMA3_STOPS = ("<|eot_id|>", "<|end_of_text|>")
@@ -141,9 +141,22 @@ class Scheduler:
         self._lock = asyncio.Lock()
         self._reaper: asyncio.Task[None] | None = None
         self.default_system = DEFAULT_SYSTEM_PROMPT
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stopping = False
 
     def start(self) -> None:
-        self._reaper = asyncio.get_running_loop().create_task(self._reap())
+        self.loop = asyncio.get_running_loop()
+        self._reaper = self.loop.create_task(self._reap())
+
+    def begin_shutdown(self, drain: float) -> None:
+        """Refuse new requests; cancel the running ones after ``drain`` seconds."""
+        self.stopping = True
+        if self.loop is not None:
+            self.loop.call_later(drain, self.cancel_all)
+
+    def cancel_all(self) -> None:
+        if self.resident is not None:
+            self.resident.engine.cancel_all()
 
     async def close(self) -> None:
         if self._reaper:
@@ -159,6 +172,8 @@ class Scheduler:
     ) -> AsyncIterator[tuple[Resident, int]]:
         """The resident model for ``name`` (loaded when needed) and the ns its loading took."""
         entry = self.registry.find(name)
+        if self.stopping:
+            raise Busy("the server is shutting down")
         load_ns = 0
         async with self._lock:
             res = self.resident

@@ -6,9 +6,12 @@ import errno
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import UsageError
 from .app import ServeConfig, create_app, is_loopback_host
+
+DRAIN_SECONDS = 3.0
 
 
 def check_config(config: ServeConfig) -> list[str]:
@@ -74,10 +77,19 @@ def serve(config: ServeConfig, *, on_ready: Callable[[str], None] | None = None)
         port=config.port,
         log_level="warning",
         access_log=False,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=DRAIN_SECONDS + 5,
         lifespan="on",
     )
-    server = uvicorn.Server(uconfig)
+    scheduler = app.server.scheduler
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # running answers get DRAIN_SECONDS to finish, then end with an error event
+            if not self.should_exit and scheduler.loop is not None:
+                scheduler.loop.call_soon_threadsafe(scheduler.begin_shutdown, DRAIN_SECONDS)
+            super().handle_exit(sig, frame)
+
+    server = Server(uconfig)
     if on_ready is not None:
         host = f"[{config.host}]" if ":" in config.host else config.host
         on_ready(f"http://{host}:{config.port}")

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..llamacpp.batch import Busy, Record, Request
-from .params import ApiError
+from .params import ApiError, busy
 
 
 class Generation:
@@ -24,13 +24,7 @@ class Generation:
                 request, lambda rec: loop.call_soon_threadsafe(self._q.put_nowait, rec)
             )
         except Busy as err:
-            raise ApiError(
-                503,
-                f"the server is busy ({err}); try again shortly",
-                kind="server_error",
-                code="server_busy",
-                headers={"Retry-After": "1"},
-            ) from None
+            raise busy(err) from None
         except UsageError as err:
             raise ApiError(400, str(err), code="context_length_exceeded") from None
 
@@ -69,6 +63,8 @@ async def collect(request: Any, gen: Generation) -> tuple[str, Record]:
         watcher.cancel()
         gen.cancel()
     assert last is not None
+    if last.finish_reason == "cancelled":  # the client is gone, or the server is stopping
+        raise busy("the answer was cancelled: the server is stopping")
     if last.finish_reason == "error":
         raise ApiError(500, last.error or "generation failed", kind="server_error")
     return "".join(parts), last
