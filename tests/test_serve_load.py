@@ -20,11 +20,14 @@ from . import serveproc
 
 pytestmark = pytest.mark.slow
 
+# Answers with a clear first token for SmolLM2 (the plain "What is the capital of France?" is a
+# near-tie between "The" and "L'..." at its first token: 27.18 vs 26.92).
+FRANCE = "What is the capital of France? Answer in English."
 QUESTIONS = {
-    "What is the capital of France?": "Paris",
-    "What is 2+2?": "4",
-    "What is the capital of Japan?": "Tokyo",
-    "What color is the sky on a clear day?": "blue",
+    FRANCE: ("paris",),
+    "What is the capital of Japan?": ("tokyo",),
+    "What is the largest planet in the solar system?": ("jupiter",),
+    "How many days are in a week?": ("7", "seven"),
 }
 LONG = "Write a very long story about a dragon who learns to cook. Make it at least 2000 words."
 
@@ -78,7 +81,7 @@ def test_concurrent_streams_match_alone(server: Any, n: int) -> None:
     questions = list(QUESTIONS)[:n]
     alone = {q: _stream_text(server, q, 48) for q in questions}
     for q, (text, _reason) in alone.items():
-        assert QUESTIONS[q].lower() in text.lower(), (q, text)
+        assert any(w in text.lower() for w in QUESTIONS[q]), (q, text)
     with ThreadPoolExecutor(n) as pool:
         together = dict(
             zip(questions, pool.map(lambda q: _stream_text(server, q, 48), questions), strict=True)
@@ -90,7 +93,7 @@ def test_concurrent_streams_match_alone(server: Any, n: int) -> None:
             # llama.cpp's batched kernels may round differently and break a near-tie
             at = next(i for i, (x, y) in enumerate(zip(a + "\0", b + "\0", strict=False)) if x != y)
             print(f"{q!r}: batched answer departs at character {at}: {a[at:]!r} / {b[at:]!r}")
-            assert QUESTIONS[q].lower() in b.lower(), (q, b)
+            assert any(w in b.lower() for w in QUESTIONS[q]), (q, b)
 
 
 def test_second_turn_evaluates_only_new_tokens(server: Any) -> None:
@@ -214,15 +217,12 @@ def test_bad_input_is_4xx_and_the_server_keeps_serving(server: Any) -> None:
             assert err["type"] == "invalid_request_error"
     huge = httpx.post(server.url + "/v1/chat/completions", content=b"x" * (9 << 20))
     assert huge.status_code == 413
-    assert (
-        "Paris"
-        in _chat(server, "What is the capital of France?")["choices"][0]["message"]["content"]
-    )
+    assert "Paris" in _chat(server, FRANCE)["choices"][0]["message"]["content"]
 
 
 def test_load(tmp_path: Path, smollm2_gguf: Path) -> None:
     clients = int(os.environ.get("LLAMA3ZH_SERVE_LOAD_CLIENTS", "8"))
-    per_client = int(os.environ.get("LLAMA3ZH_SERVE_LOAD_REQUESTS", "6"))
+    per_client = int(os.environ.get("LLAMA3ZH_SERVE_LOAD_REQUESTS", "25"))
     args = (str(smollm2_gguf), "--parallel", "2", "--queue", "2", "--ctx", "512")
     with serveproc.running(tmp_path / "home", *args) as srv:
         _chat(srv, "Hi", max_tokens=1)

@@ -372,14 +372,15 @@ class BatchEngine:
                     n += 1
                 return n
 
-            # Most reused tokens less tokens thrown away: a side request (a title, a tag) that
-            # shares only the system prompt with a long conversation takes an empty slot rather
-            # than trimming that conversation; among equals, the slot unused the longest.
-            def score(slot: _Slot) -> tuple[int, float]:
-                n = shared(slot)
-                return n - (len(slot.tokens) - n), -slot.last_used
-
-            slot = max(free, key=score)
+            # A slot whose tokens the prompt mostly reuses (the next turn, a regenerated answer);
+            # else an empty one; else the one unused the longest. So a side request (a title, a
+            # tag) that shares only the system prompt never trims a conversation's cache.
+            best = max(free, key=lambda s: (shared(s), -s.last_used))
+            n = shared(best)
+            if not (n > 0 and 2 * n >= len(best.tokens)):
+                empty = [s for s in free if not s.tokens]
+                best = empty[0] if empty else min(free, key=lambda s: s.last_used)
+            slot = best
             self._start(slot, job, prompt, shared(slot))
 
     def _start(self, slot: _Slot, job: Job, prompt: list[int], keep: int) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import UsageError
 from .app import ServeConfig, create_app, is_loopback_host
 
-DRAIN_SECONDS = 3.0
+DRAIN_SECONDS = 3
 
 
 def check_config(config: ServeConfig) -> list[str]:
