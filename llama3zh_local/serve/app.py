@@ -25,7 +25,8 @@ from .params import ApiError, busy
 from .registry import Registry
 from .scheduler import EngineSettings, Scheduler
 
-OPEN_PATHS = frozenset({"/health", "/", "/ui", "/favicon.ico"})
+# the page and its script carry no data: a browser loads them before it knows the key
+OPEN_PATHS = frozenset({"/health", "/", "/ui", "/ui/app.js"})
 
 
 @dataclass(frozen=True)
@@ -85,18 +86,21 @@ class Server:
                 code="context_length_exceeded",
             )
 
-    def page(self) -> Response:
-        html = resources.files("llama3zh_local.serve").joinpath("static/index.html").read_bytes()
+    def page(self, name: str = "index.html") -> Response:
+        """The chat page (or its script), shipped in the package: nothing from a CDN."""
+        data = resources.files("llama3zh_local.serve").joinpath("static", name).read_bytes()
+        kind = "text/html" if name.endswith(".html") else "text/javascript"
         return Response(
-            html,
-            media_type="text/html; charset=utf-8",
+            data,
+            media_type=f"{kind}; charset=utf-8",
             headers={
-                # the page loads nothing from elsewhere and runs no inline handlers from answers
-                "Content-Security-Policy": "default-src 'self'; script-src 'self' "
-                "'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-                "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+                # only this server's own script runs, and it talks to this server only
+                "Content-Security-Policy": "default-src 'none'; script-src 'self'; "
+                "style-src 'unsafe-inline'; img-src data:; connect-src 'self'; "
+                "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
                 "X-Content-Type-Options": "nosniff",
                 "Referrer-Policy": "no-referrer",
+                "Cache-Control": "no-cache",
             },
         )
 
@@ -279,6 +283,10 @@ async def ui(request: HttpRequest) -> Response:
     return request.app.state.server.page()
 
 
+async def ui_script(request: HttpRequest) -> Response:
+    return request.app.state.server.page("app.js")
+
+
 async def api_error(request: HttpRequest, exc: Exception) -> Response:
     ollama = not request.url.path.startswith("/v1")
     return error_response(_as_api_error(exc), ollama=ollama)
@@ -314,6 +322,7 @@ def create_app(config: ServeConfig) -> Any:
     routes = [
         Route("/", ollama_api.root, methods=["GET", "HEAD"]),
         Route("/ui", ui, methods=["GET"]),
+        Route("/ui/app.js", ui_script, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/v1/models", openai_api.list_models, methods=["GET"]),
         Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
