@@ -88,7 +88,8 @@ class Server:
 
     def page(self, name: str = "index.html") -> Response:
         """The chat page (or its script), shipped in the package: nothing from a CDN."""
-        data = resources.files("llama3zh_local.serve").joinpath("static", name).read_bytes()
+        static = resources.files("llama3zh_local.serve").joinpath("static")
+        data = static.joinpath(name).read_bytes()
         kind = "text/html" if name.endswith(".html") else "text/javascript"
         return Response(
             data,
