@@ -308,3 +308,28 @@ def test_sigterm_ends_streams_and_exits(tmp_path: Path, smollm2_gguf: Path) -> N
         assert "Traceback" not in srv.output(), srv.output()
     finally:
         srv.stop()
+
+
+def test_disconnect_during_prompt_evaluation(tmp_path: Path, smollm2_gguf: Path) -> None:
+    """A long prompt is evaluated in batches; a client that leaves stops it between them."""
+    args = (str(smollm2_gguf), "--parallel", "1", "--ctx", "8192")
+    with serveproc.running(tmp_path / "home", *args) as srv:
+        _chat(srv, "Hi", max_tokens=1)
+        url = srv.url + "/v1/chat/completions"
+
+        def body(word: str) -> dict[str, Any]:
+            text = " ".join(f"{word}{i % 10}" for i in range(800))  # ~1600 tokens: 4 batches
+            return {"messages": [{"role": "user", "content": text}], "max_tokens": 1}
+
+        t0 = time.monotonic()
+        whole = httpx.post(url, json=body("alpha"), timeout=300).json()
+        full = time.monotonic() - t0
+        assert whole["usage"]["prompt_tokens"] > 1536
+        early = full / 5
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url, json=body("beta"), timeout=early)
+        t1 = time.monotonic()
+        serveproc.wait_idle(srv)
+        # stopped within a batch or two of 512 tokens, far before the whole prompt was done
+        print(f"whole prompt {full:.2f} s, freed after {time.monotonic() - t1:.2f} s")
+        assert time.monotonic() - t1 < full / 2, (full, time.monotonic() - t1)
