@@ -202,6 +202,7 @@ class BatchEngine:
         self.n_batch = int(ll.llama_n_batch(self.ctx))
         self._mem = ll.llama_get_memory(self.ctx)
         self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
+        self._warm_up()
         self.slots = [_Slot(i) for i in range(parallel)]
         self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._waiting: deque[Job] = deque()
@@ -212,6 +213,20 @@ class BatchEngine:
         self.last_active = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="llama3zh-batch", daemon=True)
         self._thread.start()
+
+    def _warm_up(self) -> None:
+        """One decode before the first request (as llama.cpp's tools do): the first one allocates
+        the compute graph and repacks weights, seconds that a first answer would otherwise wait."""
+        ll = self._ll
+        bos = ll.llama_vocab_bos(self.model.vocab)
+        tok = bos if bos >= 0 else 0
+        b = self._batch
+        b.token[0], b.pos[0], b.n_seq_id[0], b.logits[0] = tok, 0, 1, True
+        b.seq_id[0][0] = 0
+        b.n_tokens = 1
+        ll.llama_decode(self.ctx, b)
+        ll.llama_memory_clear(self._mem, True)
+        ll.llama_synchronize(self.ctx)
 
     # -- the public side (any thread) ----------------------------------------------------------
 

