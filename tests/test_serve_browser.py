@@ -57,66 +57,72 @@ def test_chat_page(browser: object, tmp_path: Path, smollm2_gguf: Path) -> None:
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.goto(srv.url + "/")
-        assert "本地聊天" in page.title()
-        page.evaluate(
-            "localStorage.setItem('llama3zh.settings.v1', JSON.stringify({system: "
-            "'You are a helpful assistant. 你是一个乐于助人的助手。', temperature: 0, key: '', "
-            "model: ''}))"
-        )
-        page.reload()
-        page.wait_for_function("document.querySelector('#model').options.length > 0")
-        assert page.input_value("#model") == "smollm2-135m-instruct:q4_1"
+        try:
+            page.goto(srv.url + "/")
+            assert "本地聊天" in page.title()
+            page.evaluate(
+                "localStorage.setItem('llama3zh.settings.v1', JSON.stringify({system: "
+                "'You are a helpful assistant. 你是一个乐于助人的助手。', temperature: 0, key: '', "
+                "model: ''}))"
+            )
+            page.reload()
+            page.wait_for_function("document.querySelector('#model').options.length > 0")
+            assert page.input_value("#model") == "smollm2-135m-instruct:q4_1"
 
-        # ask: the answer streams in, with tokens/s from usage
-        page.fill("#input", FRANCE)
-        page.press("#input", "Enter")
-        page.wait_for_selector(".msg.assistant .stats", timeout=120_000)
-        answer = page.locator(".msg.assistant .body").last.inner_text()
-        assert "Paris" in answer
-        assert "tok/s" in page.locator(".msg.assistant .stats").last.inner_text()
+            # ask: the answer streams in, with tokens/s from usage
+            page.fill("#input", FRANCE)
+            page.press("#input", "Enter")
+            page.wait_for_selector(".msg.assistant .stats", timeout=120_000)
+            answer = page.locator(".msg.assistant .body").last.inner_text()
+            assert "Paris" in answer
+            assert "tok/s" in page.locator(".msg.assistant .stats").last.inner_text()
 
-        # a long answer, stopped while it streams
-        page.fill("#input", LONG)
-        page.press("#input", "Enter")
-        page.wait_for_function(
-            "() => { const b = [...document.querySelectorAll('.msg.assistant .body')].pop();"
-            " return b && b.textContent.length > 40; }",
-            timeout=120_000,
-        )
-        assert page.is_visible("#stop")
-        page.click("#stop")
-        page.wait_for_function(
-            "() => [...document.querySelectorAll('.msg.assistant .stats')].pop()"
-            "?.textContent.includes('Stopped')"
-        )
-        assert page.is_visible("#send") and not page.is_visible("#stop")
-        assert serveproc.wait_idle(srv) < 5  # the server stopped generating too
-        stopped = page.locator(".msg.assistant .body").last.inner_text()
-        assert len(stopped) > 40
+            # a long answer, stopped while it streams
+            page.fill("#input", LONG)
+            page.press("#input", "Enter")
+            page.wait_for_function(
+                "() => { const b = [...document.querySelectorAll('.msg.assistant .body')].pop();"
+                " return b && b.textContent.length > 40; }",
+                timeout=120_000,
+            )
+            assert page.is_visible("#stop")
+            page.click("#stop")
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.msg.assistant .stats')].pop()"
+                "?.textContent.includes('Stopped')"
+            )
+            assert page.is_visible("#send") and not page.is_visible("#stop")
+            assert serveproc.wait_idle(srv) < 5  # the server stopped generating too
+            stopped = page.locator(".msg.assistant .body").last.inner_text()
+            assert len(stopped) > 40
 
-        # reload: the conversation is still there (localStorage)
-        page.reload()
-        page.wait_for_selector(".msg.assistant")
-        assert page.locator(".msg").count() == 4
-        assert "Paris" in page.locator(".msg.assistant .body").first.inner_text()
-        assert page.locator("#chats li").count() == 1
-        shot = os.environ.get("LLAMA3ZH_SCREENSHOT")
-        if shot:
-            page.set_viewport_size({"width": 1100, "height": 640})
-            page.screenshot(path=shot)
+            # reload: the conversation is still there (localStorage)
+            page.reload()
+            page.wait_for_selector(".msg.assistant")
+            assert page.locator(".msg").count() == 4
+            assert "Paris" in page.locator(".msg.assistant .body").first.inner_text()
+            assert page.locator("#chats li").count() == 1
+            shot = os.environ.get("LLAMA3ZH_SCREENSHOT")
+            if shot:
+                page.set_viewport_size({"width": 1100, "height": 640})
+                page.screenshot(path=shot)
 
-        # model output is text: HTML in it is shown, never run; only http(s) links
-        html = page.evaluate(
-            'markdown(\'<img src=x onerror="window.pwned=1"> **b** `<i>` '
-            "[x](javascript:alert(1)) [y](https://example.com)')"
-        )
-        assert "<img" not in html and "&lt;img" in html
-        assert "<strong>b</strong>" in html and "<code>&lt;i&gt;</code>" in html
-        assert "javascript:" not in html.split("href=")[1] if "href=" in html else True
-        assert html.count("<a ") == 1 and 'href="https://example.com"' in html
-        assert page.evaluate("window.pwned") is None
+            # model output is text: HTML in it is shown, never run; only http(s) links
+            html = page.evaluate(
+                'markdown(\'<img src=x onerror="window.pwned=1"> **b** `<i>` '
+                "[x](javascript:alert(1)) [y](https://example.com)')"
+            )
+            assert "<img" not in html and "&lt;img" in html
+            assert "<strong>b</strong>" in html and "<code>&lt;i&gt;</code>" in html
+            assert "javascript:" not in html.split("href=")[1] if "href=" in html else True
+            assert html.count("<a ") == 1 and 'href="https://example.com"' in html
+            assert page.evaluate("window.pwned") is None
 
-        assert outside == [], f"requests left 127.0.0.1: {outside}"
-        assert errors == [], errors
+            assert outside == [], f"requests left 127.0.0.1: {outside}"
+            assert errors == [], errors
+        except Exception as err:
+            raise AssertionError(
+                f"{type(err).__name__}: {err}\n--- page:\n{page.inner_text('body')[-3000:]}"
+                f"\n--- server:\n{srv.output()[-3000:]}\n--- browser errors: {errors}"
+            ) from err
         context.close()

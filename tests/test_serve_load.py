@@ -333,3 +333,38 @@ def test_disconnect_during_prompt_evaluation(tmp_path: Path, smollm2_gguf: Path)
         # stopped within a batch or two of 512 tokens, far before the whole prompt was done
         print(f"whole prompt {full:.2f} s, freed after {time.monotonic() - t1:.2f} s")
         assert time.monotonic() - t1 < full / 2, (full, time.monotonic() - t1)
+
+
+def test_model_swap_and_keep_alive(tmp_path: Path, smollm2_gguf: Path) -> None:
+    """One resident model: a request for another swaps them; an idle one is unloaded."""
+    import shutil
+
+    other = tmp_path / "Other-Model.Q4_1.gguf"
+    shutil.copy(smollm2_gguf, other)
+    args = (str(smollm2_gguf), str(other), "--keep-alive", "2s", "--parallel", "1")
+    with serveproc.running(tmp_path / "home", *args) as srv:
+        names = [m["id"] for m in httpx.get(srv.url + "/v1/models").json()["data"]]
+        assert names == ["smollm2-135m-instruct:q4_1", "other-model:q4_1"]
+
+        def ps() -> list[str]:
+            return [m["name"] for m in httpx.get(srv.url + "/api/ps").json()["models"]]
+
+        assert ps() == []
+        for name in names:
+            done = httpx.post(
+                srv.url + "/api/chat",
+                json={"model": name, "messages": [{"role": "user", "content": "Hi"}],
+                      "stream": False, "options": {"num_predict": 2}},
+                timeout=300,
+            ).json()  # fmt: skip
+            assert done["model"] == name and done["load_duration"] > 0
+            assert ps() == [name]
+        deadline = time.monotonic() + 10
+        while ps() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ps() == []  # unloaded after its 2 s keep-alive
+        # a per-request keep_alive of -1 keeps it
+        httpx.post(srv.url + "/api/generate", json={"model": names[0], "keep_alive": -1},
+                   timeout=300)  # fmt: skip
+        time.sleep(3)
+        assert ps() == [names[0]]
