@@ -201,6 +201,11 @@ BAD: list[tuple[str, Any, int, str]] = [
     ("/api/generate", {"model": "smollm2-135m-instruct", "prompt": "x", "keep_alive": "soon"},
      400, "keep_alive"),
     ("/api/show", {}, 400, "model"),
+    ("/v1/completions", b'{"prompt": "a\\ud800"}', 400, "unicode"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "\\udcff"}]}', 400,
+     "unicode"),
+    ("/api/generate", b'{"model": "smollm2-135m-instruct", "prompt": "\\ud800"}', 400,
+     "unicode"),
     ("/v1/nothing", {}, 404, "no route"),
 ]  # fmt: skip
 

@@ -102,6 +102,13 @@ def serve(
     )
     for warning in check_config(config):
         _output.warn(warning)
+    from ..serve.registry import Registry
+
+    offered = Registry(list(config.models)).entries()
+    if not offered:
+        _output.warn("no models on this machine yet: `llama3zh pull instruct-v3`, or give a .gguf")
+    else:
+        _output.note("Models: " + ", ".join(e.name for e in offered))
 
     def ready(url: str) -> None:
         _output.note(f"Serving on {url}  (chat page: {url}/ , OpenAI: {url}/v1 , Ollama: {url})")

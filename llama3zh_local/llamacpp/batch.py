@@ -209,6 +209,7 @@ class BatchEngine:
         self._lock = threading.Lock()
         self._open: set[Job] = set()  # submitted and not finished
         self._closing = False
+        self.dead: str | None = None  # why the engine thread stopped, if it did
         self.steps = 0
         self.last_active = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="llama3zh-batch", daemon=True)
@@ -319,7 +320,18 @@ class BatchEngine:
                 if any(s.job is not None for s in self.slots):
                     self._step()
         except BaseException as err:  # noqa: BLE001 - never leave a client waiting forever
-            self._fail_all(f"the engine stopped: {type(err).__name__}: {err}")
+            why = f"the engine stopped: {type(err).__name__}: {err}"
+            with self._lock:
+                self._closing = True
+                self.dead = why
+            self._fail_all(why)
+            while True:  # requests that raced in before _closing was set
+                try:
+                    job = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    self._finish_waiting(job, "error", error=why)
             raise
 
     def _shutdown(self) -> None:

@@ -202,9 +202,10 @@ async def generate(request: HttpRequest) -> Response:
         raise P.bad("prompt must be a string", "prompt")
     if not prompt:
         return await _load_only(request, name, keep, generate=True)
+    P.text(prompt, "prompt")
     system = body.get("system")
-    if system is not None and not isinstance(system, str):
-        raise P.bad("system must be a string", "system")
+    if system is not None:
+        P.text(system, "system")
     if body.get("template"):
         raise P.bad("template is not supported: the model's own chat template is used", "template")
     if body.get("images"):

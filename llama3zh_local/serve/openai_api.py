@@ -116,6 +116,7 @@ async def completions(request: HttpRequest) -> Response:
     opts = body.get("stream_options")
     include_usage = bool(isinstance(opts, dict) and opts.get("include_usage"))
     if isinstance(prompt, str):
+        P.text(prompt, "prompt")
         server.check_prompt_chars([{"content": prompt}])
 
     def build(res: Any) -> Request:

@@ -108,6 +108,17 @@ def opt_bool(body: dict[str, Any], key: str, default: bool) -> bool:
     return value
 
 
+def text(value: Any, name: str) -> str:
+    """A string field that llama.cpp can take (valid Unicode: no lone surrogates)."""
+    if not isinstance(value, str):
+        raise bad(f"{name} must be a string", name)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad(f"{name} is not valid Unicode text", name) from None
+    return value
+
+
 def model_name(body: dict[str, Any], default: str | None) -> str:
     value = body.get("model")
     if value is None or value == "":

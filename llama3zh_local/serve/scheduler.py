@@ -177,6 +177,10 @@ class Scheduler:
         load_ns = 0
         async with self._lock:
             res = self.resident
+            if res is not None and res.engine.dead and res.users == 0:
+                self.resident = None  # its engine failed: load it again
+                await asyncio.to_thread(res.close)
+                res = None
             if res is None or res.entry.path != entry.path:
                 if res is not None:
                     while res.users > 0:
