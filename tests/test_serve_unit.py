@@ -171,3 +171,36 @@ def test_print_config_unknown_client() -> None:
     result = CliRunner().invoke(app, ["serve", "--print-config", "netscape"])
     assert result.exit_code == 1
     assert "cherry-studio" in result.stderr
+
+
+def test_print_config_vllm_template_renders_the_engines_prompt() -> None:
+    """The template file vLLM is given renders, in a transformers-style Jinja environment (how
+    vLLM applies chat templates), exactly the prompt the engine's sandbox renders."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from llama3zh_local.chat.conversation import ChatTemplate, llama3_template
+    from llama3zh_local.cli._app import app
+    from llama3zh_local.serve.server import vllm_template
+
+    result = CliRunner().invoke(app, ["serve", "--print-config", "vllm"])
+    assert result.exit_code == 0, result.output
+    assert f"--chat-template {vllm_template()}" in result.stdout
+    assert "vllm serve MODEL_DIR" in result.stdout and "128009" in result.stdout
+    source = Path(vllm_template()).read_text(encoding="utf-8")
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    messages = [
+        {"role": "system", "content": "你是一个乐于助人的助手。"},
+        {"role": "user", "content": "  北京在哪里？ "},
+        {"role": "assistant", "content": "在中国北方。"},
+        {"role": "user", "content": "And Paris?"},
+    ]
+    theirs = env.from_string(source).render(
+        messages=messages, add_generation_prompt=True, bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+    )  # fmt: skip
+    ours = ChatTemplate(llama3_template()).render(messages)
+    assert theirs == ours
+    assert ours.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n")
+    assert ours.endswith("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")

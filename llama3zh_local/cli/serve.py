@@ -58,7 +58,7 @@ def serve(
             "--print-config",
             metavar="CLIENT",
             help="Print what to enter in a client and exit: cherry-studio, chatbox, open-webui, "
-            "lobechat, dify, nextchat.",
+            "lobechat, dify, nextchat, vllm (the vllm serve command for a GPU server).",
         ),
     ] = None,
 ) -> None:

@@ -117,6 +117,8 @@ def client_config(client: str, *, host: str, port: int, api_key: str | None) -> 
     docker = f"http://host.docker.internal:{port}"
     key = api_key or "llama3zh (any text: this server has no --api-key)"
     c = client.lower()
+    if c == "vllm":
+        return ClientConfig(c, vllm_lines(api_key=api_key))
     table: dict[str, tuple[str, ...]] = {
         "cherry-studio": (
             "Cherry Studio → 设置 Settings → 模型服务 Model Provider → 添加 Add",
@@ -162,3 +164,28 @@ def client_config(client: str, *, host: str, port: int, api_key: str | None) -> 
     if c not in table:
         raise UsageError(f"no settings for client {client!r}", hint=f"one of: {', '.join(CLIENTS)}")
     return ClientConfig(c, table[c])
+
+
+def vllm_template() -> str:
+    """The Llama-3-Instruct chat template file vLLM needs (the one ``chat`` and ``serve`` use)."""
+    from importlib import resources
+
+    return str(resources.files("llama3zh_local.data").joinpath("llama3_instruct.jinja"))
+
+
+def vllm_lines(*, api_key: str | None) -> tuple[str, ...]:
+    """The ``vllm serve`` command for the same models on a GPU server (docs/scale-out.md)."""
+    key = f" \\\n  --api-key {api_key}" if api_key else ""
+    return (
+        "# on a machine with an NVIDIA GPU (pip install vllm); MODEL_DIR is the merged HF",
+        "# checkpoint: `llama3zh pull instruct-v3 --variant full` or",
+        "# `llama3zh merge-lora LORA --base BASE --format hf -o MODEL_DIR`",
+        "vllm serve MODEL_DIR \\",
+        "  --served-model-name llama3zh-instruct-v3 \\",
+        f"  --chat-template {vllm_template()} \\",
+        f"  --max-model-len 8192 --host 0.0.0.0 --port 8000{key}",
+        "# Llama-3 answers end with <|eot_id|> (128009) or <|end_of_text|> (128001): vLLM stops at",
+        "# the eos_token_id list of MODEL_DIR/generation_config.json; if it has only one of them,",
+        '# send "stop_token_ids": [128001, 128009] with each request.',
+        "# clients: base URL http://SERVER:8000/v1, the same settings as for llama3zh serve",
+    )
