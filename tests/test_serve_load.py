@@ -193,6 +193,8 @@ BAD: list[tuple[str, Any, int, str]] = [
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "word " * 3000}]},
      400, "context"),
     ("/v1/completions", {"prompt": ""}, 400, "prompt"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                              "tools": [{"type": "function"}]}, 400, "tools"),
     ("/api/chat", {"model": "nope", "messages": [{"role": "user", "content": "x"}]}, 404,
      "not found"),
     ("/api/chat", {"model": "smollm2-135m-instruct", "messages": [{"role": "user"}],

@@ -64,6 +64,8 @@ def _common(body: dict[str, Any], *, chat: bool) -> tuple[P.Sampling, int | None
     for key in ("logprobs", "echo") if not chat else ("logprobs",):
         if body.get(key) not in (None, False, 0):
             raise P.bad(f"{key} is not supported by this server", key)
+    if chat and (body.get("tools") or body.get("functions")):
+        raise P.bad("tools and function calls are not supported by this server", "tools")
     if not chat and body.get("best_of") not in (None, 1):
         raise P.bad("best_of must be 1", "best_of")
     limit = P.opt_int(body, "max_completion_tokens", 1, P.MAX_TOKENS_LIMIT)
