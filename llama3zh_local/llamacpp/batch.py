@@ -6,9 +6,9 @@ asyncio). Every step builds one ``llama_batch`` holding one token for each gener
 plus a chunk of the prompt of each sequence still evaluating its prompt, so a request that joins
 never waits for another to finish and never cancels it (cf. llama-cpp-python #897, #1062).
 
-Each slot remembers the tokens whose keys/values it holds; a request goes to the free slot with
-the longest matching prefix and only the rest of its prompt is evaluated
-(``llama_memory_seq_rm`` trims the slot's KV to that prefix).
+Each slot remembers the tokens whose keys/values it holds; a request goes to the free slot whose
+tokens its prompt mostly reuses (else an empty or the least recently used one) and only the rest
+of its prompt is evaluated (``llama_memory_seq_rm`` trims the slot's KV to the shared prefix).
 """
 
 from __future__ import annotations
@@ -248,7 +248,7 @@ class BatchEngine:
         job = Job(request, emit)
         with self._lock:
             if self._closing:
-                raise Busy("the server is shutting down")
+                raise Busy(self.dead or "the server is shutting down")
             if len(self._open) >= self.parallel + self.max_queue:
                 raise Busy(f"{len(self._open)} requests are running or waiting")
             self._open.add(job)
