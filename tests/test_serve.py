@@ -65,6 +65,7 @@ def _prompt_ids(tokenizer: object, messages: list[dict[str, str]]) -> list[int]:
 def test_openai_models_and_chat(client: object, model_name: str, tokenizer: object) -> None:
     models = [m.id for m in client.models.list()]  # type: ignore[attr-defined]
     assert model_name in models and model_name == "smollm2-135m-instruct:q4_1"
+    assert client.models.retrieve(model_name).id == model_name  # type: ignore[attr-defined]
     messages = [{"role": "user", "content": QUESTION}]
     done = client.chat.completions.create(  # type: ignore[attr-defined]
         model=model_name, messages=messages, temperature=0, max_tokens=40

@@ -399,16 +399,27 @@ class BatchEngine:
                     n += 1
                 return n
 
-            # A slot whose tokens the prompt mostly reuses (the next turn, a regenerated answer);
-            # else an empty one; else the one unused the longest. So a side request (a title, a
-            # tag) that shares only the system prompt never trims a conversation's cache.
+            # The slot whose tokens the prompt reuses nearly all of (the next turn of its
+            # conversation: at most a quarter as many thrown away as kept) takes it. Otherwise
+            # the request gets an empty slot, else the one unused the longest, and the shared
+            # prefix (a system prompt, a regenerated answer's prompt) is copied into it: cells
+            # are shared in the unified KV cache, nothing is computed. So a side request (a
+            # title, a tag) never trims a conversation's cache.
             best = max(free, key=lambda s: (shared(s), -s.last_used))
             n = shared(best)
-            if not (n > 0 and 2 * n >= len(best.tokens)):
-                empty = [s for s in free if not s.tokens]
-                best = empty[0] if empty else min(free, key=lambda s: s.last_used)
-            slot = best
-            self._start(slot, job, prompt, shared(slot))
+            others = [s for s in free if s is not best]
+            if (n > 0 and 4 * (len(best.tokens) - n) <= n) or not others:
+                self._start(best, job, prompt, n)
+                continue
+            empty = [s for s in others if not s.tokens]
+            slot = empty[0] if empty else min(others, key=lambda s: s.last_used)
+            keep = shared(slot)
+            if n > keep:
+                self._ll.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+                self._ll.llama_memory_seq_cp(self._mem, best.seq, slot.seq, 0, n)
+                slot.tokens = best.tokens[:n]
+                keep = n
+            self._start(slot, job, prompt, keep)
 
     def _start(self, slot: _Slot, job: Job, prompt: list[int], keep: int) -> None:
         ll = self._ll

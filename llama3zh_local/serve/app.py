@@ -326,6 +326,7 @@ def create_app(config: ServeConfig) -> Any:
         Route("/ui/app.js", ui_script, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/v1/models", openai_api.list_models, methods=["GET"]),
+        Route("/v1/models/{name:path}", openai_api.get_model, methods=["GET"]),
         Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
         Route("/v1/completions", openai_api.completions, methods=["POST"]),
         Route("/api/version", ollama_api.version, methods=["GET"]),

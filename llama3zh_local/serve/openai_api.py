@@ -57,6 +57,13 @@ async def list_models(request: HttpRequest) -> Response:
     return JSONResponse({"object": "list", "data": data})
 
 
+async def get_model(request: HttpRequest) -> Response:
+    e = request.app.state.server.registry.find(request.path_params["name"])
+    return JSONResponse(
+        {"id": e.name, "object": "model", "created": int(e.modified), "owned_by": "llama3zh"}
+    )
+
+
 def _common(body: dict[str, Any], *, chat: bool) -> tuple[P.Sampling, int | None, tuple[str, ...]]:
     n = P.opt_int(body, "n", 1, 1 << 30)
     if n not in (None, 1):
