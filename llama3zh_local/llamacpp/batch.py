@@ -405,6 +405,7 @@ class BatchEngine:
             # prefix (a system prompt, a regenerated answer's prompt) is copied into it: cells
             # are shared in the unified KV cache, nothing is computed. So a side request (a
             # title, a tag) never trims a conversation's cache.
+            # (A running sequence's decoded tokens can be copied too.)
             best = max(free, key=lambda s: (shared(s), -s.last_used))
             n = shared(best)
             others = [s for s in free if s is not best]
@@ -413,11 +414,12 @@ class BatchEngine:
                 continue
             empty = [s for s in others if not s.tokens]
             slot = empty[0] if empty else min(others, key=lambda s: s.last_used)
-            keep = shared(slot)
+            source = max((s for s in self.slots if s is not slot), key=shared)
+            keep, n = shared(slot), shared(source)
             if n > keep:
                 self._ll.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
-                self._ll.llama_memory_seq_cp(self._mem, best.seq, slot.seq, 0, n)
-                slot.tokens = best.tokens[:n]
+                self._ll.llama_memory_seq_cp(self._mem, source.seq, slot.seq, 0, n)
+                slot.tokens = source.tokens[:n]
                 keep = n
             self._start(slot, job, prompt, keep)
 
