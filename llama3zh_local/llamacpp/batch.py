@@ -211,7 +211,6 @@ class BatchEngine:
         self._closing = False
         self.dead: str | None = None  # why the engine thread stopped, if it did
         self.steps = 0
-        self.last_active = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="llama3zh-batch", daemon=True)
         self._thread.start()
 
@@ -367,7 +366,6 @@ class BatchEngine:
         job.done.set()
         with self._lock:
             self._open.discard(job)
-        self.last_active = time.monotonic()
 
     @staticmethod
     def _deliver(job: Job, rec: Record) -> None:
@@ -604,8 +602,3 @@ class BatchEngine:
             self._finish(slot, "length")
             return
         slot.pending = tok
-
-
-def request_tokens(model: Model, text: str) -> list[int]:
-    """Raw prompt text as token ids (BOS as the model wants it; special tokens parsed)."""
-    return model.tokenize(text, add_special=model.add_bos, parse_special=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from typing import Any
 
 from ..chat.prompt_tokens import chat_prompt_tokens
@@ -181,11 +180,6 @@ def messages(value: Any, *, param: str = "messages") -> list[dict[str, str]]:
             raise bad(f"{where}.content is not valid Unicode text", f"{where}.content") from None
         out.append({"role": "system" if role == "developer" else role, "content": content})
     return out
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_prompt_tokens: int  # per request: the sequence's context less one token to answer
 
 
 def response_grammar(fmt: Any, *, param: str) -> str | None:
