@@ -191,7 +191,11 @@ class Guard:
         host = headers.get("host", "")
         hostname = urlsplit("//" + host).hostname or ""
         if self.check_host and host and not is_loopback_host(hostname):
-            await reply(refuse(403, f"host {host!r} is not allowed", "forbidden", "permission"))
+            why = (
+                f"host {host!r} is not allowed: this server listens on loopback only; use "
+                "http://127.0.0.1 or http://localhost (or start it with --host)"
+            )
+            await reply(refuse(403, why, "forbidden_host", "permission"))
             return
         if origin is not None and not cors:
             # a web page elsewhere may not drive this server (nor read its answers)
