@@ -310,21 +310,13 @@ def test_tiny_llama3_gguf_logits_match_hf_reference(
     tiny_llama3_gguf: Path, tiny_llama3_hf: Path, llama3_tokenizer_json: Path
 ) -> None:
     """llama.cpp on the GGUF computes what transformers computes on the HF checkpoint."""
-    import llama_cpp
 
     ids = (
         Tokenizer.from_file(str(llama3_tokenizer_json))
         .encode("<|begin_of_text|>" + LLAMA3_TURN + "Hello world, how are you today? 今天怎么样？")
         .ids
     )
-    llm = llama_cpp.Llama(
-        model_path=str(tiny_llama3_gguf), n_ctx=128, logits_all=True, verbose=False, n_threads=2
-    )
-    try:
-        llm.eval(ids)
-        got = np.array(llm.scores[: len(ids)])
-    finally:
-        llm.close()
+    got = models.llamacpp_logits(tiny_llama3_gguf, ids, n_ctx=128)
     ref = models.llama_reference_logits(tiny_llama3_hf, ids)
     assert np.abs(ref).max() > 0.5  # the logits are not all ~0 (random weights, but not tiny)
     assert np.abs(got - ref).max() < 0.02  # measured 2.4e-3
