@@ -1,10 +1,14 @@
-"""`llama3zh modelfile` and `llama3zh ollama-create`: run the models in Ollama."""
+"""`llama3zh modelfile` and `llama3zh ollama-create`: run the models in Ollama.
+
+Library modules are imported inside the functions: `llama3zh --help` starts without them.
+"""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -12,11 +16,7 @@ from ..catalog import DEFAULT_ALIAS
 from . import _output
 from ._errors import handle_errors
 from ._options import ModelArg, QuantOpt
-
-if TYPE_CHECKING:
-    from rich.progress import TaskID
-
-    from ..ollama.modelfile import CreateProgress
+from ._progress import Progress
 
 SystemOpt = Annotated[
     str | None,
@@ -142,71 +142,47 @@ def ollama_create(
 
       OLLAMA_HOST=gpu-box:11434 llama3zh ollama-create llama3-zh ./ggml-model-q8_0.gguf
     """
-    from ..ollama.modelfile import build_modelfile, check_ollama_name
-    from ..ollama.modelfile import ollama_create as create
-
-    check_ollama_name(name)
-    mf = build_modelfile(
+    create_in_ollama(
+        name,
         model=model,
         quant=quant,
         system=system,
         params=param or (),
         adapter=adapter,
         chat=chat,
+        host=host,
+    )
+
+
+def create_in_ollama(
+    name: str,
+    *,
+    model: str,
+    quant: str | None = None,
+    system: str | None = None,
+    params: Sequence[str] = (),
+    adapter: Path | None = None,
+    chat: bool | None = None,
+    host: str | None = None,
+) -> None:
+    """Build the Modelfile for ``model`` and create ``name`` in Ollama, with progress on stderr.
+
+    Shared by ``ollama-create`` and ``run --ollama``.
+    """
+    from ..ollama.client import ollama_create
+    from ..ollama.modelfile import build_modelfile
+    from ..ollama.quoting import check_ollama_name
+
+    check_ollama_name(name)
+    mf = build_modelfile(
+        model=model, quant=quant, system=system, params=params, adapter=adapter, chat=chat
     )
     for warning in mf.warnings:
         _output.warn(warning)
-    with _Progress() as progress:
-        result = create(name=name, modelfile=mf, host=host, progress=progress)
+    with Progress() as progress:
+        result = ollama_create(name=name, modelfile=mf, host=host, progress=progress)
     _output.note(
         f"Created {result.name} on Ollama {result.server_version} at {result.host}. "
         f"Run it: ollama run {result.name}"
     )
     _output.result(result.name)
-
-
-class _Progress:
-    """Draws ollama_create's steps on stderr: a byte bar for hashing, one line per status."""
-
-    def __enter__(self) -> _Progress:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TimeRemainingColumn(),
-            console=_output.err(),
-            transient=True,
-            disable=not _output.err().is_terminal,  # no bar in logs: the status lines suffice
-        )
-        self.bar.start()
-        self.tasks: dict[str, TaskID] = {}
-        self.said: set[str] = set()
-        return self
-
-    def __call__(self, p: CreateProgress) -> None:
-        if p.stage == "hash" and p.total:
-            task = self.tasks.get(p.message)
-            if task is None:
-                task = self.tasks[p.message] = self.bar.add_task(p.message, total=p.total)
-            self.bar.update(task, completed=p.completed or 0)
-            return
-        if p.message not in self.said:
-            self.said.add(p.message)
-            self.bar.console.print(f"[dim]{_escape(p.message)}[/dim]", soft_wrap=True)
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.stop()
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
