@@ -12,7 +12,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from .. import catalog
 from ..catalog import DEFAULT_ALIAS, DEFAULT_SYSTEM_PROMPT
+from ..chat.conversation import Conversation, check_text, decode_input, quoted
+from ..errors import InputError, Llama3zhError
+from ..paths import config_dir
 from . import _output
 from ._errors import handle_errors
 from ._options import (
@@ -28,7 +32,6 @@ from ._signals import Terminated
 
 if TYPE_CHECKING:
     from ..chat.session import Chat
-    from ..errors import Llama3zhError
     from ..llamacpp.engine import GenerationRecord, SamplingParams
 
 HELP = """Commands:
@@ -116,8 +119,6 @@ def chat(
 
 def _question(prompt: str | None, system: str) -> str | None:
     """The one question to answer (-p or stdin), or None for the REPL; checked before loading."""
-    from ..chat.conversation import check_text, decode_input
-    from ..errors import InputError
 
     if prompt is not None:
         check_text(prompt, "-p")
@@ -163,8 +164,6 @@ def talk(
 
     Shared by ``chat`` and ``run``; ``gpu_layers`` is parsed already (None: auto).
     """
-    from .. import catalog
-    from ..chat.conversation import Conversation
     from ..chat.session import format_stats, open_chat
     from ..hub import store
 
@@ -252,8 +251,6 @@ def _history() -> None:
     try:
         import atexit
         import readline
-
-        from ..paths import config_dir
     except ImportError:
         return
     hist = config_dir() / "chat_history"
@@ -276,12 +273,9 @@ def _warn_error(err: Llama3zhError) -> None:
 
 
 def _repl(chat: Chat, *, show_stats: bool) -> None:
-    from ..chat.conversation import Conversation, check_text, quoted
     from ..chat.session import format_stats
-    from ..errors import Llama3zhError
 
     last: list[GenerationRecord] = []  # the last answer's last record, for /stats
-
     _history()
     _output.note('Type a message; /help for commands, """ for multi-line, Ctrl-D to exit.')
     while True:
@@ -307,50 +301,12 @@ def _repl(chat: Chat, *, show_stats: bool) -> None:
             continue
         if stripped.startswith("/"):
             cmd, _, arg = stripped.partition(" ")
-            arg = arg.strip()
             if cmd in ("/exit", "/bye", "/quit"):
                 return
-            if cmd == "/help":
-                _output.err().print(HELP, markup=False)
-            elif cmd == "/clear":
-                chat.conversation.clear()
-                chat.session.reset()
-                _output.note("Conversation cleared.")
-            elif cmd == "/system":
-                try:
-                    check_text(arg, "the system prompt")
-                except Llama3zhError as err:
-                    _warn_error(err)
-                    continue
-                chat.conversation.system = arg or None
-                _output.note(f"System prompt {'set' if arg else 'removed'}.")
-            elif cmd == "/save":
-                if not arg:
-                    _output.warn("usage: /save FILE")
-                    continue
-                try:
-                    saved = chat.conversation.save(arg)
-                except Llama3zhError as err:
-                    _warn_error(err)
-                    continue
-                _output.note(f"Saved to {quoted(saved)}.")
-            elif cmd == "/load":
-                if not arg:
-                    _output.warn("usage: /load FILE")
-                    continue
-                try:
-                    chat.conversation = Conversation.load(arg)
-                except Llama3zhError as err:
-                    _warn_error(err)
-                    continue
-                _output.note(f"Loaded {len(chat.conversation.turns)} messages from {quoted(arg)}.")
-            elif cmd == "/stats":
-                show_stats = not show_stats
-                if last:
-                    _output.note(format_stats(last[0]))
-                _output.note(f"Timings after each answer: {'on' if show_stats else 'off'}.")
-            else:
-                _output.warn(f"unknown command {cmd}; /help lists them")
+            try:
+                show_stats = _command(chat, cmd, arg.strip(), show_stats=show_stats, last=last)
+            except Llama3zhError as err:  # a failed command should not end the session
+                _warn_error(err)
             continue
         try:
             _answer(chat, text, last)
@@ -364,3 +320,37 @@ def _repl(chat: Chat, *, show_stats: bool) -> None:
             continue
         if show_stats and last:
             _output.note(format_stats(last[0]))
+
+
+def _command(
+    chat: Chat, cmd: str, arg: str, *, show_stats: bool, last: list[GenerationRecord]
+) -> bool:
+    """Run one REPL command (not /exit); returns whether timings show after each answer."""
+    from ..chat.session import format_stats
+
+    if cmd == "/help":
+        _output.err().print(HELP, markup=False)
+    elif cmd == "/clear":
+        chat.conversation.clear()
+        chat.session.reset()
+        _output.note("Conversation cleared.")
+    elif cmd == "/system":
+        check_text(arg, "the system prompt")
+        chat.conversation.system = arg or None
+        _output.note(f"System prompt {'set' if arg else 'removed'}.")
+    elif cmd in ("/save", "/load") and not arg:
+        _output.warn(f"usage: {cmd} FILE")
+    elif cmd == "/save":
+        saved = chat.conversation.save(arg)
+        _output.note(f"Saved to {quoted(saved)}.")
+    elif cmd == "/load":
+        chat.conversation = Conversation.load(arg)
+        _output.note(f"Loaded {len(chat.conversation.turns)} messages from {quoted(arg)}.")
+    elif cmd == "/stats":
+        show_stats = not show_stats
+        if last:
+            _output.note(format_stats(last[0]))
+        _output.note(f"Timings after each answer: {'on' if show_stats else 'off'}.")
+    else:
+        _output.warn(f"unknown command {cmd}; /help lists them")
+    return show_stats

@@ -8,15 +8,19 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..catalog import DEFAULT_ALIAS
+from ..errors import UsageError
 from . import _output
 from ._errors import handle_errors
 from ._options import ModelArg, QuantOpt
 from ._progress import Progress
+
+if TYPE_CHECKING:
+    from ..ollama.modelfile import Modelfile
 
 SystemOpt = Annotated[
     str | None,
@@ -84,8 +88,7 @@ def modelfile(
 
       llama3zh modelfile instruct-v3 --quant q4_k-im -o models/ --relative
     """
-    from ..errors import UsageError
-    from ..ollama.modelfile import build_modelfile, modelfile_path, write_modelfile
+    from ..ollama.modelfile import modelfile_path, write_modelfile
 
     if relative and output is None:
         raise UsageError(
@@ -93,7 +96,7 @@ def modelfile(
             hint="add -o PATH, or leave out --relative for an absolute FROM path",
         )
     target = modelfile_path(output, force=force) if output is not None else None
-    mf = build_modelfile(
+    mf = _built(
         model=model,
         quant=quant,
         system=system,
@@ -102,8 +105,6 @@ def modelfile(
         chat=chat,
         relative_to=target.parent if relative and target is not None else None,
     )
-    for warning in mf.warnings:
-        _output.warn(warning)
     if target is None or output is None:
         sys.stdout.write(mf.text)
         sys.stdout.flush()
@@ -170,15 +171,10 @@ def create_in_ollama(
     Shared by ``ollama-create`` and ``run --ollama``.
     """
     from ..ollama.client import ollama_create
-    from ..ollama.modelfile import build_modelfile
     from ..ollama.quoting import check_ollama_name
 
     check_ollama_name(name)
-    mf = build_modelfile(
-        model=model, quant=quant, system=system, params=params, adapter=adapter, chat=chat
-    )
-    for warning in mf.warnings:
-        _output.warn(warning)
+    mf = _built(model=model, quant=quant, system=system, params=params, adapter=adapter, chat=chat)
     with Progress() as progress:
         result = ollama_create(name=name, modelfile=mf, host=host, progress=progress)
     _output.note(
@@ -186,3 +182,13 @@ def create_in_ollama(
         f"Run it: ollama run {result.name}"
     )
     _output.result(result.name)
+
+
+def _built(**options: Any) -> Modelfile:
+    """``build_modelfile(**options)``, its warnings shown on stderr."""
+    from ..ollama.modelfile import build_modelfile
+
+    mf = build_modelfile(**options)
+    for warning in mf.warnings:
+        _output.warn(warning)
+    return mf

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..catalog import DEFAULT_ALIAS, DEFAULT_QUANT
+from ..errors import UsageError
 from . import _output
 from ._errors import handle_errors
 from ._options import GpuLayersOpt, SourceChoice, SourceOpt, ThreadsOpt, YesOpt
@@ -78,7 +79,6 @@ def run(
 
       llama3zh run instruct -q q8_0 --dry-run
     """
-    from ..errors import UsageError
     from ..hardware import check_threads, parse_gpu_layers
     from ..pipeline import execute, plan_run
 

@@ -98,6 +98,7 @@ def ollama_create(
     client = _client(host)
     import httpx
     import ollama  # imported by _client already: the address in OLLAMA_HOST was checked there
+
     # The client has no version or blob-exists call; its httpx client carries the resolved host
     # (OLLAMA_HOST), headers and auth, so these two requests go exactly where the others go.
     http: httpx.Client = client._client

@@ -265,7 +265,45 @@ def build_modelfile(
         )
     spec = None if store.looks_like_path(model) else catalog.get_model(model)
     spec = spec or _spec_of(path, info)
-    warnings: list[str] = []
+    chat, warnings = _chat_format(path, info, spec, chat=chat, system=system)
+    if chat and system is None:
+        system = catalog.DEFAULT_SYSTEM_PROMPT
+    adapter_path = Path(adapter).expanduser() if adapter is not None else None
+    if adapter_path is not None:
+        _check_adapter(adapter_path, info)
+    num_ctx = spec.n_ctx if spec else min(8192, info.n_ctx_train or 8192)
+    title = spec.title if spec else info.name
+    return Modelfile(
+        title=title,
+        from_ref=_ref(path, relative_to),
+        adapter_ref=_ref(adapter_path, relative_to) if adapter_path is not None else None,
+        template=LLAMA3_OLLAMA_TEMPLATE if chat else COMPLETION_TEMPLATE,
+        system=(system or None) if chat else None,
+        parameters=_parameters(parsed_params, num_ctx=num_ctx),
+        chat=chat,
+        header=_header(title, path, info, spec, adapter_path),
+        gguf=_absolute(path),
+        adapter=_absolute(adapter_path) if adapter_path is not None else None,
+        warnings=warnings,
+    )
+
+
+def _chat_format(
+    path: Path,
+    info: GGUFInfo,
+    spec: catalog.ModelSpec | None,
+    *,
+    chat: bool | None,
+    system: str | None,
+) -> tuple[bool, tuple[str, ...]]:
+    """Whether the Modelfile gets the Llama-3-Instruct template, and warnings for the user.
+
+    ``chat`` None decides from the catalog, else from the GGUF's own chat template.
+
+    Raises:
+        InvalidModelError: a chat format the file cannot have (another template, a small vocab).
+        UsageError: a system prompt for a completion template.
+    """
     guessed = False
     if chat is None:
         if spec is not None:
@@ -285,26 +323,30 @@ def build_modelfile(
             "its vocabulary lacks the special tokens of the Llama-3 chat format",
             hint="--base writes a plain completion template instead",
         )
-    if not chat:
-        if system:
-            raise UsageError(
-                f"{path.name} gets a plain completion template (a base model): "
-                "a system prompt would be ignored",
-                hint="leave out --system, or use a chat model such as instruct-v3",
-            )
-        why = " (it has no chat template)" if guessed else ", not trained to chat"
-        warnings.append(
-            f"{spec.alias if spec else path.name} is a base model{why}: the Modelfile has a "
-            "plain completion template (--chat forces the Llama-3-Instruct format; "
-            "instruct-v3 is the model to chat with)"
+    if chat:
+        return True, ()
+    if system:
+        raise UsageError(
+            f"{path.name} gets a plain completion template (a base model): "
+            "a system prompt would be ignored",
+            hint="leave out --system, or use a chat model such as instruct-v3",
         )
-    if chat and system is None:
-        system = catalog.DEFAULT_SYSTEM_PROMPT
-    adapter_path = Path(adapter).expanduser() if adapter is not None else None
-    if adapter_path is not None:
-        _check_adapter(adapter_path, info)
-    num_ctx = spec.n_ctx if spec else min(8192, info.n_ctx_train or 8192)
-    title = spec.title if spec else info.name
+    why = " (it has no chat template)" if guessed else ", not trained to chat"
+    return False, (
+        f"{spec.alias if spec else path.name} is a base model{why}: the Modelfile has a "
+        "plain completion template (--chat forces the Llama-3-Instruct format; "
+        "instruct-v3 is the model to chat with)",
+    )
+
+
+def _header(
+    title: str,
+    path: Path,
+    info: GGUFInfo,
+    spec: catalog.ModelSpec | None,
+    adapter: Path | None,
+) -> tuple[str, ...]:
+    """The comment lines at the top: what the model and file are, and how to use it."""
     header = [
         f"Ollama Modelfile: {title}",
         f"GGUF: {path.name} ({info.architecture}, {info.n_layer} layers, {info.file_type}, "
@@ -312,26 +354,14 @@ def build_modelfile(
     ]
     if spec is not None:
         header.append(f"Model: {spec.repo_id()} (Hugging Face)")
-    if adapter_path is not None:
-        header.append(f"LoRA adapter: {adapter_path.name}")
+    if adapter is not None:
+        header.append(f"LoRA adapter: {adapter.name}")
     header += [
         f"Written by llama3zh {__version__}. TEMPLATE and stops are explicit: Ollama detects",
         "a GGUF's chat template only when it is close to one it knows.",
         "Use: ollama create NAME -f Modelfile && ollama run NAME",
     ]
-    return Modelfile(
-        title=title,
-        from_ref=_ref(path, relative_to),
-        adapter_ref=_ref(adapter_path, relative_to) if adapter_path is not None else None,
-        template=LLAMA3_OLLAMA_TEMPLATE if chat else COMPLETION_TEMPLATE,
-        system=(system or None) if chat else None,
-        parameters=_parameters(parsed_params, num_ctx=num_ctx),
-        chat=chat,
-        header=tuple(header),
-        gguf=_absolute(path),
-        adapter=_absolute(adapter_path) if adapter_path is not None else None,
-        warnings=tuple(warnings),
-    )
+    return tuple(header)
 
 
 def ready_modelfile(alias: str) -> Modelfile:
