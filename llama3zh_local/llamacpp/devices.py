@@ -1,7 +1,7 @@
 """The compute devices llama.cpp can use (CPU, GPUs), from ggml's device registry.
 
-A module of its own so that ``hardware.detect`` (and ``llama3zh doctor``) need not know the
-engine: it reads the registry through the libllama handle that ``llama_cpp`` loaded.
+What ``hardware.detect`` (and ``llama3zh doctor``) ask; the engine loads and runs models. The
+registry is read through the libllama handle that ``llama_cpp`` loaded (``engine._libllama``).
 """
 
 from __future__ import annotations
