@@ -296,12 +296,10 @@ def test_tiny_llama3_gguf_generates(tiny_llama3_gguf: Path) -> None:
             LLAMA3_TURN + "<|start_header_id|>assistant<|end_header_id|>\n\n", add_special=True
         )
         greedy = SamplingParams(temperature=0.0, repeat_penalty=1.0)
-        first = "".join(session.generate(prompt, greedy, max_tokens=8))
-        assert (
-            session.last_stats.generated_tokens == 8
-            and session.last_stats.finish_reason == "length"
-        )
-        again = "".join(session.generate(prompt, greedy, max_tokens=8))
+        records = list(session.generate(prompt, greedy, max_tokens=8))
+        first = "".join(r.text for r in records)
+        assert records[-1].generation_tokens == 8 and records[-1].finish_reason == "length"
+        again = "".join(r.text for r in session.generate(prompt, greedy, max_tokens=8))
         assert again == first  # greedy on the cached prompt is deterministic
 
 
