@@ -24,6 +24,7 @@ from llama3zh_local.errors import (
     ModelNotFoundError,
     UsageError,
 )
+from llama3zh_local.files import space
 
 from . import ggufraw, models
 
@@ -450,7 +451,7 @@ def test_shards_that_disagree_with_the_index(tiny_llama3_hf_bf16: Path, tmp_path
 def test_not_enough_space_is_checked_first(
     tiny_llama3_hf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cv, "free_bytes", lambda _p: 1000)
+    monkeypatch.setattr(space, "free_bytes", lambda _p: 1000)
     with pytest.raises(DiskSpaceError, match="not enough free space"):
         cv.convert(source=tiny_llama3_hf, output=tmp_path / "m.gguf")
     assert list(tmp_path.iterdir()) == []

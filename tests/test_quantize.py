@@ -332,10 +332,9 @@ def test_quantize_writes_reads_back_and_names(synth: Path, tmp_path: Path) -> No
 
 
 def test_quantize_with_imatrix_records_it_like_llama_quantize(synth: Path, tmp_path: Path) -> None:
-    from llama3zh_local.gguf.tensors import read_tensor_infos
-    from llama3zh_local.llamacpp import engine
+    from llama3zh_local.gguf.reader import read_header, read_tensors
 
-    sums = {t.name: np.ones(t.shape[0], np.float32) * 4 for t in read_tensor_infos(synth)
+    sums = {t.name: np.ones(t.shape[0], np.float32) * 4 for t in read_tensors(synth)
             if t.name.startswith("blk.") and len(t.shape) == 2}  # fmt: skip
     im = write_imatrix(tmp_path / "my.imatrix.gguf", sums, dict.fromkeys(sums, 2.0),
                        datasets=("x" * 200,), chunks=9)  # fmt: skip
@@ -344,7 +343,7 @@ def test_quantize_with_imatrix_records_it_like_llama_quantize(synth: Path, tmp_p
     res = quantize.quantize(model=synth, types=["IQ3_XXS"], imatrix=im, output=out)
     (o,) = res.outputs
     assert o.path.name == "ggml-model-iq3_xxs-im.gguf" and o.imatrix == im
-    kv, _ = engine.read_gguf_header(o.path)  # type: ignore[misc]
+    kv = read_header(o.path).kv  # type: ignore[union-attr]
     assert kv["quantize.imatrix.file"] == "my.imatrix.gguf"  # the name, not this machine's path
     assert kv["quantize.imatrix.dataset"] == "x" * 127  # cut at 127 bytes, as llama-quantize
     assert kv["quantize.imatrix.entries_count"] == len(sums)

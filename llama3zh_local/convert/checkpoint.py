@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import mmap
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -304,12 +303,3 @@ def iter_row_chunks(
     step = max(1, budget // max(row_size, 1))
     for start in range(0, n_rows, step):
         yield start, min(n_rows, start + step)
-
-
-def free_bytes(path: Path) -> int:
-    """Free space on the file system that holds ``path`` (or its nearest existing parent)."""
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    st = os.statvfs(probe)
-    return st.f_bavail * st.f_frsize

@@ -32,8 +32,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import __version__
 from ..errors import DiskSpaceError, InvalidModelError, UsageError
-from ..files import atomic, guard, state
-from .checkpoint import Checkpoint, free_bytes, iter_row_chunks, open_checkpoint
+from ..files import atomic, guard, space, state
+from ..gguf.info import read_gguf_info
+from ..gguf.reader import read_header
+from ..progress import ADVANCE, DONE, FAILED, START, Callback, emitter
+from .checkpoint import Checkpoint, iter_row_chunks, open_checkpoint
 
 if TYPE_CHECKING:
     import gguf
@@ -45,20 +48,6 @@ OUTTYPES = ("auto", "f16", "bf16", "f32", "q8_0")
 LLAMA_ARCHITECTURES = ("LlamaForCausalLM", "LLaMAForCausalLM")
 PREFETCH = 2  # chunks being converted while one is written
 CHUNK_ELEMENTS = 1 << 22  # rows per chunk: about 16 MB as float32, a few times that in flight
-
-
-@dataclass(frozen=True)
-class ConvertProgress:
-    """Where a conversion is: the tensor being written and the bytes written so far."""
-
-    tensor: str
-    index: int  # 1-based, of n_tensors
-    n_tensors: int
-    bytes_done: int
-    bytes_total: int
-
-
-Progress = Callable[[ConvertProgress], None]
 
 
 @dataclass(frozen=True)
@@ -621,13 +610,16 @@ def write_gguf(
     plans: Sequence[TensorPlan],
     add_metadata: Callable[[gguf.GGUFWriter], None],
     *,
-    progress: Progress | None = None,
+    progress: Callback | None = None,
+    stage: str = "convert",
+    task: str = "",
     arch: str = "llama",
 ) -> list[str]:
     """Write a GGUF: tensor infos, metadata from ``add_metadata``, then each tensor streamed.
 
     ``add_metadata`` runs after the tensor infos are known (so parameter counts work). Returns
-    warnings. Raises DiskSpaceError when the disk fills up.
+    warnings. Raises DiskSpaceError when the disk fills up. Progress: ``stage`` events in bytes
+    for ``task`` (default: the file's name), the tensor being written as their message.
     """
     import gguf
     import numpy as np
@@ -640,6 +632,9 @@ def write_gguf(
     total = sum(p.nbytes for p in plans)
     done = 0
     warnings: list[str] = []
+    emit = emitter(progress, stage)
+    task = task or path.name
+    emit(START, task, total=total, unit="bytes")
     try:
         w.write_header_to_file()
         w.write_kv_data_to_file()
@@ -649,8 +644,8 @@ def write_gguf(
             def on_chunk(n: int, name: str = p.name, i: int = i) -> None:
                 nonlocal done
                 done += n
-                if progress is not None:
-                    progress(ConvertProgress(name, i, len(plans), done, total))
+                emit(ADVANCE, task, done=done, total=total, unit="bytes",
+                     message=f"[{i}/{len(plans)}] {name}")  # fmt: skip
 
             on_chunk(0)
             w.write_tensor_data(_Streamed(p, on_chunk, warnings, pool))  # type: ignore[arg-type]
@@ -658,8 +653,9 @@ def write_gguf(
         assert w.fout is not None
         for f in w.fout:
             os.fsync(f.fileno())
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
+    except BaseException as e:
+        emit(FAILED, task)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             raise DiskSpaceError(
                 f"the disk holding {path.parent} is full ({total / 1e9:.1f} GB to write)",
                 hint="free some space, or write elsewhere with -o",
@@ -668,6 +664,7 @@ def write_gguf(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         w.close()
+    emit(DONE, task, done=total, total=total, unit="bytes")
     return warnings
 
 
@@ -680,14 +677,8 @@ def check_output(
 
 
 def check_space(out: Path, need: int) -> None:
-    free = free_bytes(out.parent)
-    reserve = 64 << 20  # the disk is never filled to the last byte
-    if free < need + reserve:
-        raise DiskSpaceError(
-            f"not enough free space for {out.name}: it needs {need / 1e9:.2f} GB plus "
-            f"{reserve / 1e9:.2f} GB kept free, {out.parent} has {free / 1e9:.2f} GB free",
-            hint=f"free {(need + reserve - free) / 1e9:.2f} GB, or write elsewhere with -o",
-        )
+    """``files.space.check_space`` for the file ``out`` (convert and merge-lora's outputs)."""
+    space.check_space(out.parent, need, what=out.name, hint="or write elsewhere with -o")
 
 
 def temp_path(out: Path) -> Path:
@@ -817,14 +808,11 @@ def verify_gguf(
     Raises:
         InvalidModelError: anything differs (the caller deletes the file).
     """
-    from ..gguf.info import read_gguf_info
-    from ..llamacpp import engine
-
     # read_gguf_info checks every key llama.cpp requires (with its type), the vocabulary and each
     # tensor's shape against the hyperparameters, as llama.cpp's loader would
     info = read_gguf_info(path)
     info.check_loadable()
-    header = engine.read_gguf_header(path)
+    header = read_header(path)
     problems = []
     if info.architecture != "llama":
         problems.append(f"architecture {info.architecture}")
@@ -837,7 +825,7 @@ def verify_gguf(
     want_template = vocab.chat_template if isinstance(vocab.chat_template, str) else None
     if want_template and info.chat_template != want_template:
         problems.append("chat template differs")
-    sizes = {name: n for name, _, n in header[1]} if header else {}
+    sizes = {t.name: t.size for t in header.tensors} if header else {}
     expect = {pl.name: pl.nbytes for pl in plans}
     if sizes != expect:
         diff = sorted(set(sizes.items()) ^ set(expect.items()))
@@ -888,7 +876,7 @@ def convert(
     dry_run: bool = False,
     name: str | None = None,
     repo: str | None = None,
-    progress: Progress | None = None,
+    progress: Callback | None = None,
 ) -> ConvertResult:
     """Convert an HF Llama checkpoint folder to a GGUF file.
 
@@ -901,7 +889,7 @@ def convert(
         dry_run: check and plan everything, write nothing.
         name: general.name (default: from the model card / folder, as the reference).
         repo: the hub repo the checkpoint came from, recorded in the metadata.
-        progress: called as bytes are written.
+        progress: ``convert`` events (bytes) as the file is written.
 
     Raises:
         UsageError: a bad outtype, or the output exists (without ``force``).
@@ -956,8 +944,9 @@ def _write_checked(
     source: Path,
     outtype: str,
     dry_run: bool,
-    progress: Progress | None,
+    progress: Callback | None,
     t0: float,
+    stage: str = "convert",
     extra_metadata: Callable[[gguf.GGUFWriter], None] | None = None,
     record: Mapping[str, str] | None = None,
 ) -> ConvertResult:
@@ -996,13 +985,9 @@ def _write_checked(
         if extra_metadata is not None:
             extra_metadata(w)
 
-    tmp = temp_path(out)
-    try:
-        warnings = write_gguf(tmp, plans, metadata, progress=progress)
+    with atomic.replacing(out) as tmp:
+        warnings = write_gguf(tmp, plans, metadata, progress=progress, stage=stage, task=out.name)
         verify_gguf(tmp, plans, ftype=ftype, vocab=vocab, p=params)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     if record is not None:
         state.record(out, step="convert", inputs=record)
     return result(out, out.stat().st_size, warnings)

@@ -20,12 +20,15 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DiskSpaceError, InvalidModelError, ModelNotFoundError, UsageError
-from ..files import guard, state
+from ..files import atomic, guard, state
+from ..gguf.reader import read_header
+from ..progress import ADVANCE, DONE, FAILED, START, Callback, emitter
 from . import llama as cv
 from .checkpoint import (
     REDOWNLOAD,
@@ -413,7 +416,7 @@ def merge_lora(
     name: str | None = None,
     lora_repo: str | None = None,
     base_repo: str | None = None,
-    progress: cv.Progress | None = None,
+    progress: Callback | None = None,
 ) -> MergeResult:
     """Merge a PEFT LoRA into its base model, or write it as a GGUF LoRA adapter.
 
@@ -499,7 +502,7 @@ def _write_merged_gguf(
     *,
     lora_repo: str | None,
     base_repo: str | None,
-    progress: cv.Progress | None,
+    progress: Callback | None,
 ) -> MergeResult:
     from .vocab import load_vocab
 
@@ -528,6 +531,7 @@ def _write_merged_gguf(
         dry_run=dry_run,
         progress=progress,
         t0=t0,
+        stage="merge",
         record=None if named else cv.fingerprint(lora.path, ckpt.path),
     )
     return MergeResult(
@@ -565,6 +569,9 @@ def _encode_hf(x: np.ndarray, src_dtype: str, dtype: str) -> np.ndarray:
     return cv.encode(x, src_dtype, q)
 
 
+_HFItem = tuple[str, tuple[int, ...], "cv.RowSource"]  # HF name, shape, rows
+
+
 def _write_hf(
     lora: LoraAdapter,
     ckpt: Checkpoint,
@@ -575,11 +582,9 @@ def _write_hf(
     t0: float,
     warnings: list[str],
     *,
-    progress: cv.Progress | None,
+    progress: Callback | None,
 ) -> MergeResult:
     """A merged HF checkpoint: shards of safetensors + index, config and tokenizer files."""
-    import numpy as np
-
     dtype = _hf_dtype(outtype, ckpt)
     # abspath: `-o .` or `-o ..` must name the folder itself (and have a name for the temp copy)
     out = Path(os.path.abspath(Path(output).expanduser() if output else
@@ -587,14 +592,45 @@ def _write_hf(
     inputs = [lora.path, ckpt.path]
     guard.check_folder_output(out, force=force, inputs=inputs)
     sources = merged_sources(lora, ckpt)
-    items: list[tuple[str, tuple[int, ...], cv.RowSource]] = []
+    items: list[_HFItem] = []
     for hf_name, ref in ckpt.tensors.items():
         src: cv.RowSource = sources.get(hf_name, ref)
         items.append((hf_name, tuple(src.shape), src))
     itemsize = {"F32": 4, "F16": 2, "BF16": 2}[dtype]
     total = sum(math.prod(s) * itemsize for _, s, _ in items)
-    # shards in checkpoint order, a new one when the next tensor would pass SHARD_BYTES
-    shards: list[list[tuple[str, tuple[int, ...], cv.RowSource]]] = [[]]
+    if dry_run:
+        return _hf_result(out, lora, ckpt, dtype, len(items), total, t0, warnings, dry_run=True)
+    cv.check_space(out / "model.safetensors", total)
+    emit = emitter(progress, "merge")
+    emit(START, out.name, total=total, unit="bytes")
+    tmp = guard.temp_folder(out)
+    try:
+        tmp.mkdir(parents=True)
+        _write_shards(tmp, items, dtype, itemsize, emit=emit, task=out.name)
+        _copy_side_files(lora, ckpt, tmp, dtype)
+        _verify_hf(tmp, items, dtype)
+        # only the files an earlier merge wrote there are replaced; they are recorded in the
+        # folder's state file, so that the next --force knows them
+        guard.install_folder(tmp, out, force=force, inputs=inputs, step="merge-lora")
+    except BaseException as e:
+        emit(FAILED, out.name)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise DiskSpaceError(
+                f"the disk holding {out.parent} is full", hint="free some space, or use -o"
+            ) from None
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    emit(DONE, out.name, done=total, total=total, unit="bytes")
+    return _hf_result(out, lora, ckpt, dtype, len(items), total, t0, warnings, dry_run=False)
+
+
+def _write_shards(
+    folder: Path, items: list[_HFItem], dtype: str, itemsize: int, *, emit: Any, task: str
+) -> None:
+    """The weights as safetensors shards in checkpoint order (a new shard when the next tensor
+    would pass SHARD_BYTES), with an index when there is more than one."""
+    shards: list[list[_HFItem]] = [[]]
     size = 0
     for item in items:
         n = math.prod(item[1]) * itemsize
@@ -603,75 +639,73 @@ def _write_hf(
             size = 0
         shards[-1].append(item)
         size += n
-    if dry_run:
-        return _hf_result(out, lora, ckpt, dtype, len(items), total, t0, warnings, dry_run=True)
-    cv.check_space(out / "model.safetensors", total)
-    tmp = guard.temp_folder(out)
+    names = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    total = sum(math.prod(s) * itemsize for _, s, _ in items)
     done = 0
-    try:
-        tmp.mkdir(parents=True)
-        names = (
-            ["model.safetensors"]
-            if len(shards) == 1
-            else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+
+    def tick(n: int, index: int, hf_name: str) -> None:
+        nonlocal done
+        done += n
+        emit(ADVANCE, task, done=done, total=total, unit="bytes",
+             message=f"[{index}/{len(items)}] {hf_name}")  # fmt: skip
+
+    weight_map: dict[str, str] = {}
+    first = 1
+    for fname, shard in zip(names, shards, strict=True):
+        _write_shard(folder / fname, shard, dtype, itemsize, first=first, tick=tick)
+        weight_map |= dict.fromkeys((name for name, _, _ in shard), fname)
+        first += len(shard)
+    if len(shards) > 1:
+        idx = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (folder / "model.safetensors.index.json").write_text(
+            json.dumps(idx, indent=2) + "\n", encoding="utf-8"
         )
-        weight_map: dict[str, str] = {}
-        index = 0
-        for fname, shard in zip(names, shards, strict=True):
-            header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-            offset = 0
-            for hf_name, shape, _ in shard:
-                n = math.prod(shape) * itemsize
-                header[hf_name] = {
-                    "dtype": dtype,
-                    "shape": list(shape),
-                    "data_offsets": [offset, offset + n],
-                }
-                offset += n
-                weight_map[hf_name] = fname
-            head = json.dumps(header, separators=(",", ":")).encode()
-            head += b" " * (-len(head) % 8)
-            with open(tmp / fname, "wb") as f:
-                f.write(len(head).to_bytes(8, "little"))
-                f.write(head)
-                for hf_name, shape, src in shard:
-                    index += 1
-                    rows, row_size = (shape[0] if shape else 1), math.prod(shape[1:])
-                    try:
-                        for start, stop in iter_row_chunks(rows, row_size):
-                            x = np.ascontiguousarray(
-                                _encode_hf(src.rows(start, stop), src.dtype, dtype)
-                            )
-                            f.write(x.data.cast("B"))
-                            done += x.nbytes
-                            src.done(start, stop)
-                            if progress is not None:
-                                progress(
-                                    cv.ConvertProgress(hf_name, index, len(items), done, total)
-                                )
-                    finally:
-                        src.release()
-                f.flush()
-                os.fsync(f.fileno())
-        if len(shards) > 1:
-            idx = {"metadata": {"total_size": total}, "weight_map": weight_map}
-            (tmp / "model.safetensors.index.json").write_text(
-                json.dumps(idx, indent=2) + "\n", encoding="utf-8"
-            )
-        _copy_side_files(lora, ckpt, tmp, dtype)
-        _verify_hf(tmp, items, dtype)
-        # only the files an earlier merge wrote there are replaced; they are recorded in the
-        # folder's state file, so that the next --force knows them
-        guard.install_folder(tmp, out, force=force, inputs=inputs, step="merge-lora")
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise DiskSpaceError(
-                f"the disk holding {out.parent} is full", hint="free some space, or use -o"
-            ) from None
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return _hf_result(out, lora, ckpt, dtype, len(items), total, t0, warnings, dry_run=False)
+
+
+def _write_shard(
+    path: Path,
+    shard: list[_HFItem],
+    dtype: str,
+    itemsize: int,
+    *,
+    first: int,
+    tick: Callable[[int, int, str], None],
+) -> None:
+    """One safetensors file, streamed row chunk by row chunk; ``first``: the 1-based index of
+    its first tensor among all, for progress."""
+    import numpy as np
+
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for hf_name, shape, _ in shard:
+        n = math.prod(shape) * itemsize
+        header[hf_name] = {
+            "dtype": dtype,
+            "shape": list(shape),
+            "data_offsets": [offset, offset + n],
+        }
+        offset += n
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    with open(path, "wb") as f:
+        f.write(len(head).to_bytes(8, "little"))
+        f.write(head)
+        for index, (hf_name, shape, src) in enumerate(shard, first):
+            rows, row_size = (shape[0] if shape else 1), math.prod(shape[1:])
+            try:
+                for start, stop in iter_row_chunks(rows, row_size):
+                    x = np.ascontiguousarray(_encode_hf(src.rows(start, stop), src.dtype, dtype))
+                    f.write(x.data.cast("B"))
+                    src.done(start, stop)
+                    tick(x.nbytes, index, hf_name)
+            finally:
+                src.release()
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _copy_side_files(lora: LoraAdapter, ckpt: Checkpoint, dest: Path, dtype: str) -> None:
@@ -772,7 +806,7 @@ def _write_adapter(
     warnings: list[str],
     *,
     lora_repo: str | None,
-    progress: cv.Progress | None,
+    progress: Callback | None,
 ) -> MergeResult:
     """A GGUF LoRA adapter, as llama.cpp's convert_lora_to_gguf.py writes it."""
     import gguf
@@ -844,13 +878,9 @@ def _write_adapter(
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         cv.add_provenance(w, provenance)
 
-    tmp = cv.temp_path(out)
-    try:
-        warn = cv.write_gguf(tmp, plans, metadata, progress=progress)
+    with atomic.replacing(out) as tmp:
+        warn = cv.write_gguf(tmp, plans, metadata, progress=progress, stage="merge", task=out.name)
         _verify_adapter(tmp, plans)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     if not named:
         state.record(out, step="merge-lora", inputs=cv.fingerprint(lora.path, ckpt.path))
     return result(out, out.stat().st_size, tuple(warn))
@@ -863,16 +893,13 @@ def _key_order(lora: LoraAdapter, hf_name: str) -> int:
 
 
 def _verify_adapter(path: Path, plans: list[cv.TensorPlan]) -> None:
-    from ..llamacpp import engine
-
-    header = engine.read_gguf_header(path)
+    header = read_header(path)
     ok = header is not None
     if header is not None:
-        kv, tensors = header
         ok = (
-            kv.get("general.type") == "adapter"
-            and kv.get("adapter.type") == "lora"
-            and {n: s for n, _, s in tensors} == {p.name: p.nbytes for p in plans}
+            header.kv.get("general.type") == "adapter"
+            and header.kv.get("adapter.type") == "lora"
+            and {t.name: t.size for t in header.tensors} == {p.name: p.nbytes for p in plans}
         )
     if not ok:
         raise InvalidModelError(

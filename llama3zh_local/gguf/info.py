@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidModelError, ModelNotFoundError
+from ..files.guard import require_regular_file
+from ..llamacpp.engine import last_log_lines
+from .reader import GGUFArray, TensorInfo, read_header
 
 GGUF_MAGIC = b"GGUF"
 DAMAGED_HINT = (
@@ -95,8 +98,6 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
         InvalidModelError: not a GGUF, truncated, or missing the keys llama.cpp needs.
     """
     path = Path(path)
-    from ..files.guard import require_regular_file
-
     require_regular_file(path, what=".gguf file")  # a FIFO or device: refused, never read
     if not path.is_file():
         raise ModelNotFoundError(
@@ -113,18 +114,15 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
         )
     import gguf
 
-    from ..llamacpp import engine
-
-    types: dict[str, tuple[int, int | None]] = {}
-    header = engine.read_gguf_header(path, types=types, strings=(gguf.Keys.Tokenizer.LIST,))
+    header = read_header(path, whole=(gguf.Keys.Tokenizer.LIST,))
     if header is None:
         raise InvalidModelError(
             f"{path} is damaged or truncated: its GGUF header cannot be read "
-            f"({engine.last_log_lines(1) or 'llama.cpp gave no reason'})",
+            f"({last_log_lines(1) or 'llama.cpp gave no reason'})",
             hint="download the file again (`llama3zh pull` resumes and verifies)",
         )
-    kv, tensors = header
-    end = max((off + n for _, off, n in tensors), default=0)
+    kv, types, tensors = header.kv, header.types, header.tensors
+    end = max((t.offset + t.size for t in tensors), default=0)
     if end > size:
         raise InvalidModelError(
             f"{path} is truncated: its tensors need {end:,} bytes, the file has {size:,}",
@@ -138,7 +136,7 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
 
     def key(template: str) -> Any:
         value = kv.get(template.format(arch=arch))
-        if isinstance(value, engine.GGUFArray):  # per-layer values (e.g. head counts)
+        if isinstance(value, GGUFArray):  # per-layer values (e.g. head counts)
             return max(value.items or [0])
         return value
 
@@ -153,7 +151,7 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
             hint=DAMAGED_HINT,
         )
     try:
-        check_loadable(path, str(arch), kv, types)
+        check_loadable(path, str(arch), kv, types, tensors)
         load_problem = None
     except InvalidModelError as e:  # kept for the commands that load it (see check_loadable)
         load_problem = str(e)
@@ -162,7 +160,7 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
         ftype_name = gguf.LlamaFileType(ftype).name if ftype is not None else "unknown"
     except ValueError:
         ftype_name = f"type {ftype}"
-    sizes = {name: n for name, _, n in tensors}
+    sizes = {t.name: t.size for t in tensors}
     tokens = kv.get(gguf.Keys.Tokenizer.LIST)
     return GGUFInfo(
         path=path,
@@ -178,9 +176,9 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
         file_type=ftype_name,
         chat_template=kv.get(gguf.Keys.Tokenizer.CHAT_TEMPLATE),
         tensor_count=len(tensors),
-        layer_bytes=sum(n for name, _, n in tensors if name.startswith("blk.")),
+        layer_bytes=sum(t.size for t in tensors if t.name.startswith("blk.")),
         output_bytes=sizes.get("output.weight", sizes.get("token_embd.weight", 0)),
-        metadata={k: v for k, v in kv.items() if not isinstance(v, engine.GGUFArray)},
+        metadata={k: v for k, v in kv.items() if not isinstance(v, GGUFArray)},
         vocab_problem=vocab_problem(kv),
         vocab_sha256=_vocab_sha256(tokens),
         load_problem=load_problem,
@@ -193,8 +191,6 @@ def vocab_problem(kv: dict[str, Any]) -> str | None:
     Its kind must be one this tool runs, its arrays must agree, and a SentencePiece one must
     hold the 256 byte tokens that tokenizing text it has no token for falls back to.
     """
-    from ..llamacpp.engine import GGUFArray
-
     tok_model = kv.get("tokenizer.ggml.model")
     if tok_model not in TOKENIZER_MODELS:
         return (
@@ -222,7 +218,11 @@ def vocab_problem(kv: dict[str, Any]) -> str | None:
 
 
 def check_loadable(
-    path: Path, arch: str, kv: dict[str, Any], types: dict[str, tuple[int, int | None]]
+    path: Path,
+    arch: str,
+    kv: dict[str, Any],
+    types: dict[str, tuple[int, int | None]],
+    tensors: list[TensorInfo],
 ) -> None:
     """Check what llama.cpp's loader asserts on, or requires, before it ever sees the file.
 
@@ -235,9 +235,6 @@ def check_loadable(
         InvalidModelError: what is wrong, in llama.cpp's terms where it has them.
     """
     import math
-
-    from ..llamacpp.engine import GGUFArray
-    from .tensors import read_tensor_infos
 
     def bad(what: str) -> InvalidModelError:
         return InvalidModelError(f"{path}: {what}", hint=DAMAGED_HINT)
@@ -356,7 +353,7 @@ def check_loadable(
                 b + "ffn_up.weight": (n_embd, n_ff),
                 b + "ffn_down.weight": (n_ff, n_embd),
             }
-    shapes = {t.name: t.shape for t in read_tensor_infos(path)}
+    shapes = {t.name: t.shape for t in tensors}
     beyond = [n for n in shapes if n.startswith("blk.") and n.split(".")[1].isdigit()
               and int(n.split(".")[1]) >= n_layer]  # fmt: skip
     if beyond:
@@ -373,8 +370,6 @@ def check_loadable(
 
 def _vocab_sha256(tokens: Any) -> str:
     import hashlib
-
-    from ..llamacpp.engine import GGUFArray
 
     if not isinstance(tokens, GGUFArray) or tokens.items is None:
         return ""
