@@ -619,7 +619,8 @@ def test_pull_default_uses_recommend(monkeypatch: pytest.MonkeyPatch) -> None:
         sources.RemoteFile(q.filename, int(q.size_gib * GIB)) for q in catalog.GGUF_QUANTS
     )
     listing = sources.Listing(sources.Source.HF, "hfl/x-gguf", "main", "c" * 40, files, True)
-    _, chosen, notes = hub.select_files(listing, variant=None)
+    choose = recommend.default_quant
+    _, chosen, notes = hub.select_files(listing, variant=None, default_quant=choose)
     # 7 GiB of VRAM: q5_0 (5.21 + 1 GiB KV + 0.75) fits, q5_k (5.34 + 1.75) does not
     assert [f.name for f in chosen] == ["ggml-model-q5_0.gguf"] and "q5_0" in names[4]
     assert "fits fully on NVIDIA RTX 4060" in notes[0] and "KV cache" in notes[0]
@@ -627,7 +628,7 @@ def test_pull_default_uses_recommend(monkeypatch: pytest.MonkeyPatch) -> None:
     # CPU only, 22 GiB of RAM at 20 GB/s (the machine): q4_k, not q8_0
     monkeypatch.setattr(hardware, "detect", lambda: fake_hw(vram=None, ram=22 * GIB))
     monkeypatch.setattr(recommend, "copy_bandwidth", lambda: 20e9)
-    _, chosen, notes = hub.select_files(listing, variant=None)
+    _, chosen, notes = hub.select_files(listing, variant=None, default_quant=choose)
     assert [f.name for f in chosen] == ["ggml-model-q4_k.gguf"]
     assert "none as good as q4_k (Q4_K_M) decodes at 8 tok/s here" in notes[0]
 

@@ -40,8 +40,11 @@ def gc(
       llama3zh gc --partial --dry-run
     """
     from ..files.cleanup import collect
+    from ..hub import store
 
-    result = collect(partial=partial, dry_run=dry_run)
+    result = collect(
+        caches=store.caches(), keep=store.pulled_files(), partial=partial, dry_run=dry_run
+    )
     if as_json:
         _output.result(
             json.dumps(

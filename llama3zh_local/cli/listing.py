@@ -20,9 +20,9 @@ def list_models(as_json: JsonOpt = False) -> None:
 
       llama3zh list --json | jq -r '.[] | select(.quant == "q4_k") | .path'
     """
-    from ..hub import pull as hub
+    from ..hub import store
 
-    files = hub.list_local()
+    files = store.local_files()
     rows: list[dict[str, Any]] = [
         {
             "alias": f.alias,

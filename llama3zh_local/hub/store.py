@@ -152,6 +152,28 @@ def update_manifest(
         atomic.write_text(folder / MANIFEST, json.dumps(data, ensure_ascii=False, indent=1))
 
 
+def caches() -> list[Path]:
+    """The hub caches pulled files live in (``llama3zh gc`` looks there too)."""
+    return [hf_cache_dir(), ms_cache_dir()]
+
+
+def pulled_files() -> frozenset[Path]:
+    """Every path of every pull the store records (store links, cache files, their blobs):
+    never leftovers, whatever their names look like."""
+    out: set[Path] = set()
+    models = paths.models_dir()
+    if not models.is_dir():
+        return frozenset()
+    for manifest in models.rglob(MANIFEST):
+        folder = manifest.parent
+        for entry in read_manifest(folder).values():
+            for p in (folder / entry.name, Path(entry.cache_path)):
+                out.add(Path(os.path.abspath(p)))
+                with contextlib.suppress(OSError):
+                    out.add(p.resolve())
+    return frozenset(out)
+
+
 def _by_name(e: StoreEntry) -> str:
     return e.name
 
@@ -401,12 +423,7 @@ def file_quant(name: str) -> str:
     return label + ("-im" if base.lower().endswith("-im") else "")
 
 
-# -- list, show, rm ------------------------------------------------------------------------------
-
-
-def list_local() -> list[LocalFile]:
-    """Every model file in the store (pulled or made here)."""
-    return local_files()
+# -- show, rm --------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
