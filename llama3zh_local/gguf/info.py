@@ -234,103 +234,133 @@ def check_loadable(
     Raises:
         InvalidModelError: what is wrong, in llama.cpp's terms where it has them.
     """
-    import math
+    h = _Hparams(path, arch, kv)
+    n_layer, n_expert = _check_limits(h)
+    if arch != "llama":
+        return
+    _check_llama_types(h, types)
+    _check_llama_shapes(h, n_layer, n_expert, tensors)
 
-    def bad(what: str) -> InvalidModelError:
-        return InvalidModelError(f"{path}: {what}", hint=DAMAGED_HINT)
 
-    def values(key: str) -> list[Any]:
-        v = kv.get(f"{arch}.{key}")
+@dataclass(frozen=True)
+class _Hparams:
+    """The ``{arch}.*`` keys of a header, read as check_loadable needs them."""
+
+    path: Path
+    arch: str
+    kv: dict[str, Any]
+
+    def bad(self, what: str) -> InvalidModelError:
+        return InvalidModelError(f"{self.path}: {what}", hint=DAMAGED_HINT)
+
+    def values(self, key: str) -> list[Any]:
+        v = self.kv.get(f"{self.arch}.{key}")
         if isinstance(v, GGUFArray):
             return list(v.items or [])
         return [] if v is None else [v]
 
-    def ints(key: str) -> list[int]:
-        found = values(key)
+    def ints(self, key: str) -> list[int]:
+        found = self.values(key)
         for v in found:
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise bad(f"{arch}.{key} is {v!r}, not a count")
+                raise self.bad(f"{self.arch}.{key} is {v!r}, not a count")
         return found
 
+
+def _check_limits(h: _Hparams) -> tuple[int, int]:
+    """Counts, llama.cpp's compile-time limits, epsilons, experts: (layers, experts)."""
+    import math
+
+    arch, kv = h.arch, h.kv
     for key in (
         "embedding_length", "feed_forward_length", "attention.head_count",
         "attention.head_count_kv", "rope.dimension_count", "attention.key_length",
         "attention.value_length", "expert_count", "expert_used_count", "context_length",
     ):  # fmt: skip
-        ints(key)
+        h.ints(key)
 
     n_layer = kv.get(f"{arch}.block_count")
     if not isinstance(n_layer, int) or isinstance(n_layer, bool) or n_layer > LLAMA_MAX_LAYERS:
-        raise bad(f"{n_layer!r} layers: llama.cpp supports at most {LLAMA_MAX_LAYERS}")
+        raise h.bad(f"{n_layer!r} layers: llama.cpp supports at most {LLAMA_MAX_LAYERS}")
     for key in ("attention.head_count", "attention.head_count_kv", "feed_forward_length"):
         v = kv.get(f"{arch}.{key}")
         if isinstance(v, GGUFArray) and len(v) != n_layer:
-            raise bad(f"{arch}.{key} has {len(v)} values for {n_layer} layers")
+            raise h.bad(f"{arch}.{key} has {len(v)} values for {n_layer} layers")
     for key in ("attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon"):
-        for eps in values(key):
+        for eps in h.values(key):
             if not isinstance(eps, float) or not math.isfinite(eps) or eps <= 0:
-                raise bad(f"{arch}.{key} is {eps!r}, not a small positive number")
-    n_expert = (values("expert_count") or [0])[0]
-    n_used = (values("expert_used_count") or [0])[0]
+                raise h.bad(f"{arch}.{key} is {eps!r}, not a small positive number")
+    n_expert = (h.values("expert_count") or [0])[0]
+    n_used = (h.values("expert_used_count") or [0])[0]
     if n_expert > LLAMA_MAX_EXPERTS or n_used > n_expert or (n_expert and not n_used):
-        raise bad(
+        raise h.bad(
             f"{n_used} of {n_expert} experts used: llama.cpp needs 1 to expert_count, and at "
             f"most {LLAMA_MAX_EXPERTS} experts"
         )
+    return n_layer, n_expert
 
-    if arch != "llama":
-        return
 
-    # Llama: the keys its loader requires, with their exact types
-    required = {
-        "context_length": (_U32,),
-        "embedding_length": (_U32,),
-        "block_count": (_U32,),
-        "attention.head_count": (_U32, _ARR),
-        "attention.layer_norm_rms_epsilon": (_F32,),
-    }
-    optional = {
-        "feed_forward_length": (_U32, _ARR),
-        "attention.head_count_kv": (_U32, _ARR),
-        "rope.dimension_count": (_U32,),
-        "rope.freq_base": (_F32,),
-        "attention.key_length": (_U32,),
-        "attention.value_length": (_U32,),
-    }
-    for table, needed in ((required, True), (optional, False)):
+# Llama: the keys its loader requires (or reads when present), with their exact types
+_LLAMA_REQUIRED = {
+    "context_length": (_U32,),
+    "embedding_length": (_U32,),
+    "block_count": (_U32,),
+    "attention.head_count": (_U32, _ARR),
+    "attention.layer_norm_rms_epsilon": (_F32,),
+}
+_LLAMA_OPTIONAL = {
+    "feed_forward_length": (_U32, _ARR),
+    "attention.head_count_kv": (_U32, _ARR),
+    "rope.dimension_count": (_U32,),
+    "rope.freq_base": (_F32,),
+    "attention.key_length": (_U32,),
+    "attention.value_length": (_U32,),
+}
+
+
+def _check_llama_types(h: _Hparams, types: dict[str, tuple[int, int | None]]) -> None:
+    arch = h.arch
+    for table, needed in ((_LLAMA_REQUIRED, True), (_LLAMA_OPTIONAL, False)):
         for key, allowed in table.items():
             typ = types.get(f"{arch}.{key}")
             if typ is None:
                 if needed:
-                    raise bad(f"{arch}.{key} is missing (llama.cpp requires it)")
+                    raise h.bad(f"{arch}.{key} is missing (llama.cpp requires it)")
                 continue
             if typ[0] not in allowed or (typ[0] == _ARR and typ[1] not in (_U32, _I32)):
-                raise bad(f"{arch}.{key} has GGUF type {typ[0]}, llama.cpp reads {allowed[0]}")
+                raise h.bad(f"{arch}.{key} has GGUF type {typ[0]}, llama.cpp reads {allowed[0]}")
+
+
+def _check_llama_shapes(
+    h: _Hparams, n_layer: int, n_expert: int, tensors: list[TensorInfo]
+) -> None:
+    """Heads and head sizes against each other, then every tensor's shape against them."""
+    arch, kv = h.arch, h.kv
     n_embd = kv[f"{arch}.embedding_length"]
-    heads = values("attention.head_count")
-    heads_kv = values("attention.head_count_kv")
-    ffs = values("feed_forward_length") or [0]
+    heads = h.values("attention.head_count")
+    heads_kv = h.values("attention.head_count_kv")
+    ffs = h.values("feed_forward_length") or [0]
     heads_kv = heads_kv or heads
     if len(set(heads)) != 1 or len(set(heads_kv)) != 1 or len(set(ffs)) != 1:
-        raise bad("per-layer head counts or feed-forward sizes differ: not a plain Llama")
+        raise h.bad("per-layer head counts or feed-forward sizes differ: not a plain Llama")
     n_head, n_head_kv, n_ff = heads[0], heads_kv[0], ffs[0]
     if n_head < 1 or n_head_kv < 1 or n_head % n_head_kv:
-        raise bad(f"head_count_kv {n_head_kv} does not divide head_count {n_head}")
+        raise h.bad(f"head_count_kv {n_head_kv} does not divide head_count {n_head}")
     key_len = kv.get(f"{arch}.attention.key_length")
     val_len = kv.get(f"{arch}.attention.value_length")
     if key_len is None and n_embd % n_head:
-        raise bad(f"embedding_length {n_embd} is not a multiple of head_count {n_head}")
+        raise h.bad(f"embedding_length {n_embd} is not a multiple of head_count {n_head}")
     head_k = key_len if key_len is not None else n_embd // n_head
     head_v = val_len if val_len is not None else n_embd // n_head
     n_rot = kv.get(f"{arch}.rope.dimension_count", head_k)
     if n_rot != head_k or head_k < 2 or head_k % 2:
-        raise bad(
+        raise h.bad(
             f"rope.dimension_count {n_rot} does not match the head size {head_k} "
             "(llama.cpp: invalid n_rot)"
         )
     tokens = kv.get("tokenizer.ggml.tokens")
     if not isinstance(tokens, GGUFArray) or not len(tokens):
-        raise bad("tokenizer.ggml.tokens is missing or empty (llama.cpp requires a vocabulary)")
+        raise h.bad("tokenizer.ggml.tokens is missing or empty (llama.cpp requires a vocabulary)")
     n_vocab = len(tokens)
     want: dict[str, tuple[int, ...]] = {
         "token_embd.weight": (n_embd, n_vocab),
@@ -357,15 +387,15 @@ def check_loadable(
     beyond = [n for n in shapes if n.startswith("blk.") and n.split(".")[1].isdigit()
               and int(n.split(".")[1]) >= n_layer]  # fmt: skip
     if beyond:
-        raise bad(f"tensor {beyond[0]} lies beyond the {n_layer} layers block_count gives")
+        raise h.bad(f"tensor {beyond[0]} lies beyond the {n_layer} layers block_count gives")
     for name, shape in want.items():
         have = shapes.get(name)
         if have is None:
             if name == "output.weight":  # tied to token_embd
                 continue
-            raise bad(f"tensor {name} is missing ({n_layer} layers)")
+            raise h.bad(f"tensor {name} is missing ({n_layer} layers)")
         if tuple(have) != shape:
-            raise bad(f"tensor {name} has shape {list(have)}, the metadata implies {list(shape)}")
+            raise h.bad(f"tensor {name} has shape {list(have)}, the metadata implies {list(shape)}")
 
 
 def _vocab_sha256(tokens: Any) -> str:

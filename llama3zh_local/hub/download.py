@@ -231,23 +231,31 @@ def fetch(
                     time.sleep(min(8.0, 0.25 * 2**failures))
                     continue
                 downloaded += have - before
-        digest = hasher.hexdigest() if hasher is not None else None
-        want = expected_digest(job)
-        if have != job.size or (want is not None and digest != want):
-            job.partial.unlink(missing_ok=True)
-            got = f"{have:,} bytes" if have != job.size else f"{checksum_kind(job)} {digest}"
-            wanted = f"{job.size:,} bytes" if have != job.size else f"{want}"
-            raise IntegrityError(
-                f"{job.name}: {checksum_kind(job) if have == job.size else 'size'} mismatch "
-                f"(expected {wanted}, got {got}); the bad download was deleted, nothing installed",
-                hint="run the same command again to download it afresh; if it fails again, the "
-                "hub or a proxy/mirror is serving a damaged file: try the other source",
-            )
+        _check_complete(job, have, hasher.hexdigest() if hasher is not None else None)
         job.dest.parent.mkdir(parents=True, exist_ok=True)
         # not a temporary name (files/atomic.replacing): the partial file is the resume
         # protocol's state, kept across runs until it is complete and verified
         os.replace(job.partial, job.dest)
     return FetchResult(job.name, job.dest, downloaded, resumed_from, checksum_kind(job))
+
+
+def _check_complete(job: FileJob, have: int, digest: str | None) -> None:
+    """Refuse (and delete) a partial file of the wrong size or checksum.
+
+    Raises:
+        IntegrityError: what was expected and what came.
+    """
+    want = expected_digest(job)
+    if have != job.size or (want is not None and digest != want):
+        job.partial.unlink(missing_ok=True)
+        got = f"{have:,} bytes" if have != job.size else f"{checksum_kind(job)} {digest}"
+        wanted = f"{job.size:,} bytes" if have != job.size else f"{want}"
+        raise IntegrityError(
+            f"{job.name}: {checksum_kind(job) if have == job.size else 'size'} mismatch "
+            f"(expected {wanted}, got {got}); the bad download was deleted, nothing installed",
+            hint="run the same command again to download it afresh; if it fails again, the "
+            "hub or a proxy/mirror is serving a damaged file: try the other source",
+        )
 
 
 @contextlib.contextmanager

@@ -228,30 +228,7 @@ def plan_pull(
     """
     ref = parse_ref(model, variant=variant)
     decision = decide_source(requested=source, fixed=ref.source, model=ref.text, remember=remember)
-    listing: Listing | None = None
-    if decision.online:
-        assert decision.source is not None
-        try:
-            listing = list_remote(decision.source, ref.repo_id(decision.source))
-        except NetworkError as e:
-            if not (e.unreachable and decision.fallback):
-                raise
-            # ModelScope was the fallback: the usual hint (use Hugging Face) would not help
-            raise NetworkError(
-                str(e),
-                hint="check the network or proxy (HTTPS_PROXY); Hugging Face did not answer "
-                f"either: {decision.reason}",
-            ) from e
-    else:
-        for src in [decision.source] if decision.source else [Source.HF, Source.MODELSCOPE]:
-            listing = list_cached(src, ref.repo_id(src))
-            if listing is not None:
-                break
-        if listing is None:
-            raise ModelNotFoundError(
-                f"offline ({decision.reason}) and {model} is not in the local caches",
-                hint="unset HF_HUB_OFFLINE to download it",
-            )
+    listing = _listing(ref, decision, model=model)
     try:
         kind, chosen, notes = select_files(
             listing,
@@ -311,6 +288,31 @@ def plan_pull(
         store_dir=folder,
         disk=_disk_needs(planned),
         notes=tuple(notes),
+    )
+
+
+def _listing(ref: store.ModelRef, decision: SourceDecision, *, model: str) -> Listing:
+    """The repo's files from the hub, or offline from the local caches."""
+    if decision.online:
+        assert decision.source is not None
+        try:
+            return list_remote(decision.source, ref.repo_id(decision.source))
+        except NetworkError as e:
+            if not (e.unreachable and decision.fallback):
+                raise
+            # ModelScope was the fallback: the usual hint (use Hugging Face) would not help
+            raise NetworkError(
+                str(e),
+                hint="check the network or proxy (HTTPS_PROXY); Hugging Face did not answer "
+                f"either: {decision.reason}",
+            ) from e
+    for src in [decision.source] if decision.source else [Source.HF, Source.MODELSCOPE]:
+        listing = list_cached(src, ref.repo_id(src))
+        if listing is not None:
+            return listing
+    raise ModelNotFoundError(
+        f"offline ({decision.reason}) and {model} is not in the local caches",
+        hint="unset HF_HUB_OFFLINE to download it",
     )
 
 
