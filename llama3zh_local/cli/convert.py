@@ -171,8 +171,8 @@ def merge_lora(
       llama3zh merge-lora ./my-lora --base ./base --format adapter -o my-lora.gguf
     """
     from .. import catalog, paths
-    from ..convert.lora import find_base
     from ..convert.lora import merge_lora as run
+    from ..convert.peft import find_base
     from ..hub import store
 
     alias = None if store.looks_like_path(lora) else lora

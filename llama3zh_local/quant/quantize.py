@@ -199,7 +199,8 @@ def source_gguf(model: Path, *, notes: list[str], dry_run: bool) -> Path:
             f"{model} is a folder without config.json: neither a GGUF file nor an HF checkpoint",
             hint="give a .gguf file, or an HF checkpoint folder (config.json, *.safetensors)",
         )
-    from ..convert.llama import convert, fingerprint
+    from ..convert.llama import convert
+    from ..convert.writer import fingerprint
 
     for name in ("ggml-model-f16.gguf", "ggml-model-bf16.gguf", "ggml-model-f32.gguf"):
         earlier = model / name
