@@ -24,7 +24,7 @@ from llama3zh_local.errors import (
     UsageError,
 )
 from llama3zh_local.files import userconfig
-from llama3zh_local.hub import download, sources, store
+from llama3zh_local.hub import download, neterrors, sources, store
 from llama3zh_local.hub import pull as hub
 
 from .hub_server import HubServer
@@ -387,8 +387,8 @@ def test_a_host_that_just_failed_is_not_asked_again(no_hub: str) -> None:
     ],
 )
 def test_shorten_ends_at_a_word(text: str, limit: int, expected: str) -> None:
-    assert sources.shorten(text, limit) == expected
-    assert len(sources.shorten(text, limit)) <= limit
+    assert neterrors.shorten(text, limit) == expected
+    assert len(neterrors.shorten(text, limit)) <= limit
 
 
 def test_network_cause_is_the_innermost_socket_error() -> None:
@@ -401,15 +401,16 @@ def test_network_cause_is_the_innermost_socket_error() -> None:
         RuntimeError("Max retries exceeded with url: /x?Revi"),
         ConnectionRefusedError(111, "Connection refused"),
     )
-    assert sources.network_cause(refused) == "connection refused"
+    assert neterrors.network_cause(refused) == "connection refused"
     assert (
-        sources.network_cause(
+        neterrors.network_cause(
             chained(OSError("x"), socket.gaierror(-2, "Name or service not known"))
         )
         == "host name not resolved"
     )
-    assert sources.network_cause(chained(OSError("x"), TimeoutError())) == "timed out"
-    assert sources.network_cause(OSError(101, "Network is unreachable")) == "network is unreachable"
+    assert neterrors.network_cause(chained(OSError("x"), TimeoutError())) == "timed out"
+    unreachable = OSError(101, "Network is unreachable")
+    assert neterrors.network_cause(unreachable) == "network is unreachable"
 
 
 # -- disk space ----------------------------------------------------------------------------------

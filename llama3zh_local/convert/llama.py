@@ -135,12 +135,7 @@ def llama_params(cfg: dict[str, Any], *, where: Path) -> LlamaParams:
         """A finite, positive number (JSON NaN and Infinity included in what is refused)."""
         if value is None:
             return default
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or value <= 0
-        ):
+        if not _positive(value):
             raise InvalidModelError(
                 f"{where}: {key} is {value!r}, not a finite positive number", hint=CONFIG_HINT
             )
@@ -216,6 +211,16 @@ ROPE_KEYS = {
 }
 
 
+def _positive(value: Any) -> bool:
+    """A finite, positive JSON number (NaN, Infinity and booleans are not)."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
 def check_rope_scaling(rope: dict[str, Any], *, where: Path) -> None:
     """Refuse a rope_scaling block of an unknown type, or one without its numbers.
 
@@ -233,12 +238,7 @@ def check_rope_scaling(rope: dict[str, Any], *, where: Path) -> None:
         )
     for key in ROPE_KEYS[rope_type.lower()]:
         value = rope.get(key)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or value <= 0
-        ):
+        if not _positive(value):
             raise InvalidModelError(
                 f"{where}: rope_scaling ({rope_type}) needs {key} as a finite positive number, "
                 f"found {value!r}",

@@ -128,23 +128,35 @@ def merge_lora(
                 hint="merge it instead: --format gguf (or hf)",
             )
         with open_checkpoint(base_dir) as ckpt:
-            warnings = check_base(adapter, ckpt)
-            if format == "adapter":
-                return _write_adapter(
-                    adapter, ckpt, params, output, outtype, force, dry_run, name, t0, warnings,
-                    lora_repo=lora_repo, progress=progress,
-                )  # fmt: skip
-            if format == "hf":
-                return _write_hf(
-                    adapter, ckpt, output, outtype, force, dry_run, t0, warnings,
-                    progress=progress,
-                )  # fmt: skip
-            return _write_merged_gguf(
-                adapter, ckpt, params, output, outtype, force, dry_run, name, t0, warnings,
-                lora_repo=lora_repo, base_repo=base_repo, progress=progress,
+            job = _Job(
+                lora=adapter, ckpt=ckpt, params=params, output=output, outtype=outtype,
+                force=force, dry_run=dry_run, name=name, t0=t0,
+                warnings=check_base(adapter, ckpt), lora_repo=lora_repo, base_repo=base_repo,
+                progress=progress,
             )  # fmt: skip
+            write = {"adapter": _write_adapter, "hf": _write_hf}.get(format, _write_merged_gguf)
+            return write(job)
     finally:
         adapter.close()
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One merge-lora run, as the three writers (gguf, hf, adapter) need it."""
+
+    lora: LoraAdapter
+    ckpt: Checkpoint
+    params: cv.LlamaParams
+    output: str | Path | None
+    outtype: str
+    force: bool
+    dry_run: bool
+    name: str | None
+    t0: float
+    warnings: list[str]
+    lora_repo: str | None
+    base_repo: str | None
+    progress: Callback | None
 
 
 def _vocab_dir(lora: LoraAdapter, base: Checkpoint) -> Path:
@@ -159,33 +171,19 @@ def _params_with_vocab(params: cv.LlamaParams, lora: LoraAdapter) -> cv.LlamaPar
     return params
 
 
-def _write_merged_gguf(
-    lora: LoraAdapter,
-    ckpt: Checkpoint,
-    params: cv.LlamaParams,
-    output: str | Path | None,
-    outtype: str,
-    force: bool,
-    dry_run: bool,
-    name: str | None,
-    t0: float,
-    warnings: list[str],
-    *,
-    lora_repo: str | None,
-    base_repo: str | None,
-    progress: Callback | None,
-) -> MergeResult:
+def _write_merged_gguf(job: _Job) -> MergeResult:
     from .vocab import load_vocab
 
-    params = _params_with_vocab(params, lora)
-    ftype = writer.file_type_for(outtype, ckpt.first_matrix_dtype())
+    lora, ckpt = job.lora, job.ckpt
+    params = _params_with_vocab(job.params, lora)
+    ftype = writer.file_type_for(job.outtype, ckpt.first_matrix_dtype())
     resolved = ftype.name.partition("_")[2].lower()
-    out, named = writer.output_path(output, lora.path, f"ggml-model-{resolved}.gguf")
-    writer.check_output(out, force=force, named=named, inputs=[lora.path, ckpt.path])
+    out, named = writer.output_path(job.output, lora.path, f"ggml-model-{resolved}.gguf")
+    writer.check_output(out, force=job.force, named=named, inputs=[lora.path, ckpt.path])
     vocab = load_vocab(_vocab_dir(lora, ckpt), vocab_size=params.n_vocab)
     plans = cv.plan_tensors(ckpt, params, ftype, sources=merged_sources(lora, ckpt))
-    provenance = writer.source_provenance(ckpt.path, repo=base_repo)
-    lora_prov = writer.source_provenance(lora.path, repo=lora_repo)
+    provenance = writer.source_provenance(ckpt.path, repo=job.base_repo)
+    lora_prov = writer.source_provenance(lora.path, repo=job.lora_repo)
     provenance |= {k.replace("source.", "lora."): v for k, v in lora_prov.items()}
     provenance["lora.scale"] = f"{lora.scale:g} (lora_alpha {lora.alpha:g} / r {lora.r})"
     res = cv._write_checked(
@@ -195,13 +193,13 @@ def _write_merged_gguf(
         ftype=ftype,
         vocab=vocab,
         meta_dir=lora.path,
-        name=name or lora.path.name.removesuffix("-lora"),
+        name=job.name or lora.path.name.removesuffix("-lora"),
         provenance=provenance,
         source=lora.path,
         outtype=resolved,
-        dry_run=dry_run,
-        progress=progress,
-        t0=t0,
+        dry_run=job.dry_run,
+        progress=job.progress,
+        t0=job.t0,
         stage="merge",
         record=None if named else writer.fingerprint(lora.path, ckpt.path),
     )
@@ -216,9 +214,9 @@ def _write_merged_gguf(
         scale=lora.scale,
         tensor_count=res.tensor_count,
         size=res.size,
-        seconds=time.perf_counter() - t0,
-        dry_run=dry_run,
-        warnings=tuple(warnings) + res.warnings,
+        seconds=time.perf_counter() - job.t0,
+        dry_run=job.dry_run,
+        warnings=tuple(job.warnings) + res.warnings,
     )
 
 
@@ -243,25 +241,15 @@ def _encode_hf(x: np.ndarray, src_dtype: str, dtype: str) -> np.ndarray:
 _HFItem = tuple[str, tuple[int, ...], "writer.RowSource"]  # HF name, shape, rows
 
 
-def _write_hf(
-    lora: LoraAdapter,
-    ckpt: Checkpoint,
-    output: str | Path | None,
-    outtype: str,
-    force: bool,
-    dry_run: bool,
-    t0: float,
-    warnings: list[str],
-    *,
-    progress: Callback | None,
-) -> MergeResult:
+def _write_hf(job: _Job) -> MergeResult:
     """A merged HF checkpoint: shards of safetensors + index, config and tokenizer files."""
-    dtype = _hf_dtype(outtype, ckpt)
+    lora, ckpt = job.lora, job.ckpt
+    dtype = _hf_dtype(job.outtype, ckpt)
     # abspath: `-o .` or `-o ..` must name the folder itself (and have a name for the temp copy)
-    out = Path(os.path.abspath(Path(output).expanduser() if output else
+    out = Path(os.path.abspath(Path(job.output).expanduser() if job.output else
                                lora.path.with_name(lora.path.name + "-merged")))  # fmt: skip
     inputs = [lora.path, ckpt.path]
-    guard.check_folder_output(out, force=force, inputs=inputs)
+    guard.check_folder_output(out, force=job.force, inputs=inputs)
     sources = merged_sources(lora, ckpt)
     items: list[_HFItem] = []
     for hf_name, ref in ckpt.tensors.items():
@@ -269,10 +257,12 @@ def _write_hf(
         items.append((hf_name, tuple(src.shape), src))
     itemsize = {"F32": 4, "F16": 2, "BF16": 2}[dtype]
     total = sum(math.prod(s) * itemsize for _, s, _ in items)
-    if dry_run:
-        return _hf_result(out, lora, ckpt, dtype, len(items), total, t0, warnings, dry_run=True)
+    if job.dry_run:
+        return _hf_result(
+            out, lora, ckpt, dtype, len(items), total, job.t0, job.warnings, dry_run=True
+        )
     writer.check_space(out / "model.safetensors", total)
-    emit = emitter(progress, "merge")
+    emit = emitter(job.progress, "merge")
     emit(START, out.name, total=total, unit="bytes")
     tmp = guard.temp_folder(out)
     try:
@@ -282,7 +272,7 @@ def _write_hf(
         _verify_hf(tmp, items, dtype)
         # only the files an earlier merge wrote there are replaced; they are recorded in the
         # folder's state file, so that the next --force knows them
-        guard.install_folder(tmp, out, force=force, inputs=inputs, step="merge-lora")
+        guard.install_folder(tmp, out, force=job.force, inputs=inputs, step="merge-lora")
     except BaseException as e:
         emit(FAILED, out.name)
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
@@ -293,7 +283,9 @@ def _write_hf(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     emit(DONE, out.name, done=total, total=total, unit="bytes")
-    return _hf_result(out, lora, ckpt, dtype, len(items), total, t0, warnings, dry_run=False)
+    return _hf_result(
+        out, lora, ckpt, dtype, len(items), total, job.t0, job.warnings, dry_run=False
+    )
 
 
 def _write_shards(
@@ -464,30 +456,18 @@ class _Factor:
         self.ref.release()
 
 
-def _write_adapter(
-    lora: LoraAdapter,
-    ckpt: Checkpoint,
-    params: cv.LlamaParams,
-    output: str | Path | None,
-    outtype: str,
-    force: bool,
-    dry_run: bool,
-    name: str | None,
-    t0: float,
-    warnings: list[str],
-    *,
-    lora_repo: str | None,
-    progress: Callback | None,
-) -> MergeResult:
+def _write_adapter(job: _Job) -> MergeResult:
     """A GGUF LoRA adapter, as llama.cpp's convert_lora_to_gguf.py writes it."""
     import gguf
 
+    lora, ckpt = job.lora, job.ckpt
+
     # "auto" is convert_lora_to_gguf.py's default, f32: the factors are small
-    ftype = writer.file_type_for("f32" if outtype == "auto" else outtype, None)
+    ftype = writer.file_type_for("f32" if job.outtype == "auto" else job.outtype, None)
     resolved = ftype.name.partition("_")[2].lower()
-    out, named = writer.output_path(output, lora.path, f"ggml-adapter-{resolved}.gguf")
-    writer.check_output(out, force=force, named=named, inputs=[lora.path, ckpt.path])
-    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, params.n_layer)
+    out, named = writer.output_path(job.output, lora.path, f"ggml-adapter-{resolved}.gguf")
+    writer.check_output(out, force=job.force, named=named, inputs=[lora.path, ckpt.path])
+    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, job.params.n_layer)
     plans: list[writer.TensorPlan] = []
     # the reference writes A then B per module, in the LoRA file's key order
     for hf_name, pair in sorted(lora.pairs.items(), key=lambda kv: _key_order(lora, kv[0])):
@@ -499,9 +479,9 @@ def _write_adapter(
         a: writer.RowSource = _Factor(pair.a, transpose="token_embd" in gname)
         b: writer.RowSource = _Factor(pair.b)
         if hf_name.endswith("q_proj.weight"):
-            b = writer.Permuted(b, writer.qk_order(b.shape[0], params.n_head))
+            b = writer.Permuted(b, writer.qk_order(b.shape[0], job.params.n_head))
         elif hf_name.endswith("k_proj.weight"):
-            b = writer.Permuted(b, writer.qk_order(b.shape[0], params.n_head_kv))
+            b = writer.Permuted(b, writer.qk_order(b.shape[0], job.params.n_head_kv))
         for suffix, src in ((".lora_a", a), (".lora_b", b)):
             tname = gname + suffix
             qtype = writer.tensor_qtype(tname, src.shape, ftype)
@@ -524,18 +504,18 @@ def _write_adapter(
             scale=lora.scale,
             tensor_count=len(plans),
             size=sz,
-            seconds=time.perf_counter() - t0,
-            dry_run=dry_run,
-            warnings=tuple(warnings) + warn,
+            seconds=time.perf_counter() - job.t0,
+            dry_run=job.dry_run,
+            warnings=tuple(job.warnings) + warn,
         )
 
-    if dry_run:
+    if job.dry_run:
         return result(out, size)
     writer.check_space(out, size)
     # llama.cpp scales by alpha / rank: rsLoRA's alpha / sqrt(r) needs alpha * sqrt(r) here
     alpha = lora.alpha * math.sqrt(lora.r) if lora.config.get("use_rslora") else lora.alpha
     provenance = {k.replace("source.", "lora."): v for k, v in
-                  writer.source_provenance(lora.path, repo=lora_repo).items()}  # fmt: skip
+                  writer.source_provenance(lora.path, repo=job.lora_repo).items()}  # fmt: skip
     if lora.base_model:
         provenance["lora.base"] = lora.base_model
 
@@ -543,7 +523,7 @@ def _write_adapter(
         w.add_type(gguf.GGUFType.ADAPTER)
         w.add_string(gguf.Keys.Adapter.TYPE, "lora")
         total = w.get_total_parameter_count()[0]
-        meta = gguf.Metadata.load(None, lora.path, name, total)
+        meta = gguf.Metadata.load(None, lora.path, job.name, total)
         if meta.name is None:
             meta.name = lora.path.name
         meta.set_gguf_meta_model(w)
@@ -553,7 +533,7 @@ def _write_adapter(
 
     with atomic.replacing(out) as tmp:
         warn = writer.write_gguf(
-            tmp, plans, metadata, progress=progress, stage="merge", task=out.name
+            tmp, plans, metadata, progress=job.progress, stage="merge", task=out.name
         )
         _verify_adapter(tmp, plans)
     if not named:
