@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidModelError, ModelNotFoundError
+from ..files import guard
 
 if TYPE_CHECKING:
     import numpy as np
@@ -221,9 +222,7 @@ def load_config(model_dir: Path) -> dict[str, Any]:
             hint="give the folder of an HF checkpoint (config.json, *.safetensors, tokenizer.json)"
             " or a pulled model alias",
         )
-    from ..files.guard import require_regular
-
-    require_regular(model_dir)  # a FIFO for a file would block the first read forever
+    guard.require_regular(model_dir)  # a FIFO for a file would block the first read forever
     cfg = load_json(model_dir / "config.json", what="the model's config.json")
     if isinstance(cfg.get("text_config"), dict):
         cfg = {**cfg, **cfg["text_config"]}

@@ -31,7 +31,8 @@ from ..files import atomic, state
 from ..gguf.info import read_gguf_info
 from ..gguf.reader import read_header
 from ..progress import Callback
-from .checkpoint import Checkpoint, open_checkpoint
+from .checkpoint import Checkpoint, load_config, open_checkpoint
+from .vocab import GGUFVocab, load_vocab
 from .writer import (
     InMemory,
     Permuted,
@@ -53,8 +54,6 @@ from .writer import (
 if TYPE_CHECKING:
     import gguf
     import numpy as np
-
-    from .vocab import GGUFVocab
 
 OUTTYPES = ("auto", "f16", "bf16", "f32", "q8_0")
 LLAMA_ARCHITECTURES = ("LlamaForCausalLM", "LLaMAForCausalLM")
@@ -494,9 +493,6 @@ def convert(
     if outtype not in OUTTYPES:
         raise UsageError(f"--outtype {outtype}: expected one of {', '.join(OUTTYPES)}")
     src = Path(source).expanduser()
-    from .checkpoint import load_config
-    from .vocab import load_vocab
-
     cfg = load_config(src)
     params = llama_params(cfg, where=src / "config.json")
     with open_checkpoint(src) as ckpt:

@@ -30,13 +30,9 @@ from ..gguf.reader import read_header
 from ..progress import ADVANCE, DONE, FAILED, START, Callback, emitter
 from . import llama as cv
 from . import writer
-from .checkpoint import (
-    Checkpoint,
-    TensorRef,
-    iter_row_chunks,
-    open_checkpoint,
-)
+from .checkpoint import Checkpoint, TensorRef, iter_row_chunks, load_config, open_checkpoint
 from .peft import LoraAdapter, check_base, merged_sources, open_lora
+from .vocab import load_vocab
 
 if TYPE_CHECKING:
     import gguf
@@ -115,8 +111,6 @@ def merge_lora(
     if format == "hf" and outtype == "q8_0":
         raise UsageError("--outtype q8_0 is for GGUF output", hint="use f16, bf16 or f32 with hf")
     lora_dir, base_dir = Path(lora).expanduser(), Path(base).expanduser()
-    from .checkpoint import load_config
-
     cfg = load_config(base_dir)
     params = cv.llama_params(cfg, where=base_dir / "config.json")
     adapter = open_lora(lora_dir)
@@ -172,8 +166,6 @@ def _params_with_vocab(params: cv.LlamaParams, lora: LoraAdapter) -> cv.LlamaPar
 
 
 def _write_merged_gguf(job: _Job) -> MergeResult:
-    from .vocab import load_vocab
-
     lora, ckpt = job.lora, job.ckpt
     params = _params_with_vocab(job.params, lora)
     ftype = writer.file_type_for(job.outtype, ckpt.first_matrix_dtype())

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .. import __version__
 from ..errors import DiskSpaceError
 from ..files import guard, space
+from ..hub import store
 from ..progress import ADVANCE, DONE, FAILED, START, Callback, emitter
 from .checkpoint import iter_row_chunks
 
@@ -406,8 +407,6 @@ def source_provenance(model_dir: Path, *, repo: str | None = None) -> dict[str, 
             out.setdefault("source.repo", part[len("models--") :].replace("--", "/"))
             out["source.revision"] = parts[i + 2]
     try:
-        from ..hub import store
-
         entry = store.read_manifest(model_dir).get("config.json")
     except Exception:  # noqa: BLE001 - provenance is best effort
         entry = None
