@@ -293,6 +293,7 @@ def export_hf(
 
     Args:
         inputs: what the files were made from, recorded with them (``state.record``).
+        progress: ``export`` events, one per tensor dequantized (its name as the message).
 
     Raises:
         ModelNotFoundError: no file at ``source``.

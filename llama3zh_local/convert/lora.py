@@ -96,7 +96,7 @@ def merge_lora(
             (GGUF LoRA adapter: only for LoRAs without fully trained modules).
         outtype: auto (the base's dtype; f32 for adapters, as llama.cpp's converter), f16, bf16,
             f32, q8_0 (GGUF only).
-        progress: called as bytes are written.
+        progress: ``merge`` events (bytes) as the output is written.
 
     Raises:
         UsageError: bad options, an existing output, or an adapter for a LoRA with full modules.
