@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
 from .files import atomic, state
+from .progress import ADVANCE, Event
 
 if TYPE_CHECKING:
     from .ollama.modelfile import Modelfile
@@ -295,7 +296,7 @@ class _Run:
     # 1. export
 
     def export(self, source: Path) -> Path:
-        from .convert.export import ExportProgress, export_hf
+        from .convert.export import export_hf
 
         hf_dir = self.out / HF_NAME
         inputs = {
@@ -317,8 +318,9 @@ class _Run:
         self.event("export", "start", f"export {SMOLLM2_FILE} to an HF checkpoint {HF_NAME}/")
         t = time.monotonic()
 
-        def on_progress(p: ExportProgress) -> None:
-            self.event("export", "work", p.tensor, p.index, p.n_tensors, "tensors")
+        def on_progress(e: Event) -> None:
+            if e.kind == ADVANCE:
+                self.event("export", "work", e.message, e.done, e.total, "tensors")
 
         # replaces only the files an earlier export recorded (check_outputs refused others)
         export_hf(source=source, dest=hf_dir, dtype="float16", force=True, records=self.out,

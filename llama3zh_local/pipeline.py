@@ -24,6 +24,7 @@ from .catalog import Variant
 from .errors import Llama3zhError, ModelNotFoundError, NetworkError, UsageError
 from .files import atomic, state
 from .hub import store
+from .progress import ADVANCE, START, Event
 
 if TYPE_CHECKING:
     from .hub.pull import PullPlan
@@ -371,8 +372,10 @@ def _reuse(kind: str, path: Path) -> Step:
 
 def _plan_pull(alias: str, variant: Variant, quant: str | None, source: str) -> PullPlan:
     from .hub.pull import plan_pull
+    from .quant.recommend import default_quant
 
-    return plan_pull(alias, variant=variant, quants=[quant] if quant else (), source=source)
+    return plan_pull(alias, variant=variant, quants=[quant] if quant else (), source=source,
+                     default_quant=default_quant)  # fmt: skip
 
 
 def _pull_step(pull: PullPlan, output: Path) -> Step:
@@ -524,19 +527,21 @@ Work = Callable[..., None]
 
 
 def _pull(step: Step, folder: Path, work: Work) -> list[state.Artifact]:
-    from .hub.pull import PullEvent, pull
+    from .hub.pull import pull
 
     assert step.pull is not None
     total = step.pull.download_bytes
-    got = 0
+    start: dict[str, int] = {}  # bytes of each file on disk before this run, and now
+    have: dict[str, int] = {}
 
-    def on_event(e: PullEvent) -> None:
-        nonlocal got
-        if e.kind == "bytes":
-            got += e.n
-            work(got, total, "bytes", e.name)
-        elif e.kind == "verify":
-            work(got, total, "bytes", f"verifying {e.name}")
+    def on_event(e: Event) -> None:
+        if e.kind == START and e.message != "verifying":
+            start[e.task] = have[e.task] = e.done
+        elif e.kind == ADVANCE and e.message == "verifying":
+            work(sum(have.values()) - sum(start.values()), total, "bytes", f"verifying {e.task}")
+        elif e.kind == ADVANCE and e.task in start:
+            have[e.task] = e.done
+            work(sum(have.values()) - sum(start.values()), total, "bytes", e.task)
 
     t = time.monotonic()
     result = pull(step.pull, progress=on_event)
@@ -567,7 +572,7 @@ def _inputs_of(hf_dir: Path) -> dict[str, str]:
 
 
 def _convert_run(step: Step, folder: Path, work: Work) -> state.Artifact:
-    from .convert.llama import ConvertProgress, convert
+    from .convert.llama import convert
 
     assert step.source is not None
     inputs = _inputs_of(step.source)
@@ -578,8 +583,9 @@ def _convert_run(step: Step, folder: Path, work: Work) -> state.Artifact:
     # model's, changed since) is never adopted: its header may say F16 and its weights be others.
     refuse_foreign(step.output, folder, made_from=str(step.source))
 
-    def on_progress(p: ConvertProgress) -> None:
-        work(p.bytes_done, p.bytes_total, "bytes", p.tensor)
+    def on_progress(e: Event) -> None:
+        if e.kind == ADVANCE:
+            work(e.done, e.total, "bytes", e.message.partition("] ")[2])
 
     step.output.parent.mkdir(parents=True, exist_ok=True)
     t = time.monotonic()

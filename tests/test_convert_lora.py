@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from llama3zh_local.cli import app
 from llama3zh_local.convert import llama as cv
 from llama3zh_local.convert import lora as lr
+from llama3zh_local.convert import peft
 from llama3zh_local.errors import InvalidModelError, ModelNotFoundError, UsageError
 
 from . import ggufraw, lorafix, models
@@ -42,7 +43,7 @@ def lora_attn(tiny_llama3_hf: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def test_open_lora_reads_peft_layout(lora_full: Path) -> None:
-    a = lr.open_lora(lora_full)
+    a = peft.open_lora(lora_full)
     try:
         assert (a.r, a.alpha, a.scale) == (8, 16.0, 2.0)
         assert len(a.pairs) == 2 * 7 and set(a.full) == {
@@ -320,23 +321,23 @@ def test_find_base(lora_attn: Path, tiny_llama3_hf: Path, tmp_path: Path) -> Non
     from llama3zh_local import catalog
     from llama3zh_local.hub import store
 
-    assert lr.find_base(lora_attn, str(tiny_llama3_hf)) == tiny_llama3_hf
+    assert peft.find_base(lora_attn, str(tiny_llama3_hf)) == tiny_llama3_hf
     # base_model_name_or_path names a repo that is in the store
     d = shutil.copytree(lora_attn, tmp_path / "l")
     cfg = json.loads((d / "adapter_config.json").read_text(encoding="utf-8"))
     cfg["base_model_name_or_path"] = "someone/tiny-base"
     (d / "adapter_config.json").write_text(json.dumps(cfg), encoding="utf-8")
     with pytest.raises(ModelNotFoundError, match="someone/tiny-base") as e:
-        lr.find_base(d, None)
+        peft.find_base(d, None)
     assert "--base" in (e.value.hint or "")
     _install(tiny_llama3_hf, store.repo_folder("someone/tiny-base"))
-    assert lr.find_base(d, None) == store.repo_folder("someone/tiny-base")
+    assert peft.find_base(d, None) == store.repo_folder("someone/tiny-base")
     # an alias: the catalog says which base
     spec = catalog.get_model("instruct-v2")
     with pytest.raises(ModelNotFoundError, match="Meta-Llama-3-8B-Instruct"):
-        lr.find_base(d, None, alias="instruct-v2")
+        peft.find_base(d, None, alias="instruct-v2")
     _install(tiny_llama3_hf, store.repo_folder(spec.lora_base or ""))
-    assert lr.find_base(d, None, alias="instruct-v2") == store.repo_folder(spec.lora_base or "")
+    assert peft.find_base(d, None, alias="instruct-v2") == store.repo_folder(spec.lora_base or "")
 
 
 def test_cli_merge_lora_paths(lora_full: Path, tiny_llama3_hf: Path, tmp_path: Path) -> None:

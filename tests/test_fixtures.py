@@ -200,11 +200,11 @@ def test_tiny_llama3_hf_bf16_sharded(tiny_llama3_hf_bf16: Path, tiny_llama3_hf: 
 
 
 def test_tiny_llama3_gguf_header(tiny_llama3_gguf: Path) -> None:
-    from llama3zh_local.llamacpp import engine
+    from llama3zh_local.gguf.reader import read_header
 
-    header = engine.read_gguf_header(tiny_llama3_gguf)
+    header = read_header(tiny_llama3_gguf)
     assert header is not None
-    kv, tensors = header
+    kv, tensors = header.kv, header.tensors
     expected = {
         gguf.Keys.General.ARCHITECTURE: "llama",
         gguf.Keys.General.FILE_TYPE: int(gguf.LlamaFileType.MOSTLY_F16),
@@ -247,14 +247,14 @@ def test_tiny_llama3_gguf_is_the_hf_checkpoint_converted(
     tiny_llama3_gguf: Path, tiny_llama3_hf: Path
 ) -> None:
     """Tensor by tensor, byte for byte: Q/K permuted, 2-D in F16, norms in F32, shapes reversed."""
-    from llama3zh_local.llamacpp import engine
+    from llama3zh_local.gguf.reader import read_header
 
-    header = engine.read_gguf_header(tiny_llama3_gguf)  # gguf.GGUFReader takes 10 s on this vocab
+    header = read_header(tiny_llama3_gguf)  # gguf.GGUFReader takes 10 s on this vocab
     assert header is not None
     hf = models.read_hf_weights(tiny_llama3_hf)
     names = models.gguf_to_hf_names(2)
     with open(tiny_llama3_gguf, "rb") as fh:
-        for name, offset, size in header[1]:
+        for name, offset, size in ((t.name, t.offset, t.size) for t in header.tensors):
             want = hf[names[name]]
             if names[name].endswith("q_proj.weight"):
                 want = models.permute_qk(want, 4)

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ from llama3zh_local.errors import (
     UsageError,
 )
 from llama3zh_local.files import userconfig
-from llama3zh_local.hub import download, sources, store
+from llama3zh_local.hub import download, neterrors, sources, store
 from llama3zh_local.hub import pull as hub
 
 from .hub_server import HubServer
@@ -74,7 +74,7 @@ GIB = 1024**3
 def test_parse_ref(
     text: str, variant: Variant | None, source: Source | None, hf_repo: str, ms_repo: str
 ) -> None:
-    ref = hub.parse_ref(text, variant=variant)
+    ref = store.parse_ref(text, variant=variant)
     assert ref.source is source
     assert ref.repo_id(Source.HF) == hf_repo
     assert ref.repo_id(Source.MODELSCOPE) == ms_repo
@@ -83,21 +83,21 @@ def test_parse_ref(
 @pytest.mark.parametrize("text", ["hf:org", "hf:../x", "ms:a/b/c", "hf:org/..", "x/ y", "hf:/abs"])
 def test_bad_repo_ids(text: str) -> None:
     with pytest.raises(UsageError, match="not a hub repo id"):
-        hub.parse_ref(text)
+        store.parse_ref(text)
 
 
 def test_unknown_alias_and_missing_variant() -> None:
     with pytest.raises(ModelNotFoundError, match="unknown model"):
-        hub.parse_ref("instruct-v9")
+        store.parse_ref("instruct-v9")
     with pytest.raises(ModelNotFoundError, match="no lora release"):
-        hub.parse_ref("instruct-v3", variant=Variant.LORA)
+        store.parse_ref("instruct-v3", variant=Variant.LORA)
 
 
 @pytest.mark.parametrize(
     "name", ["ggml-model-q4_k.gguf", "sub/dir/model.safetensors", "a..b.json", ".gitattributes"]
 )
 def test_safe_names(name: str) -> None:
-    assert hub.safe_relpath(name) == name
+    assert store.safe_relpath(name) == name
 
 
 @pytest.mark.parametrize(
@@ -118,7 +118,7 @@ def test_safe_names(name: str) -> None:
 )
 def test_unsafe_names_are_refused(name: str) -> None:
     with pytest.raises(UnsafePathError, match="refusing hub file name"):
-        hub.safe_relpath(name)
+        store.safe_relpath(name)
 
 
 @pytest.mark.parametrize(
@@ -135,7 +135,7 @@ def test_unsafe_names_are_refused(name: str) -> None:
     ],
 )
 def test_file_quant(filename: str, label: str) -> None:
-    assert hub.file_quant(filename) == label
+    assert store.file_quant(filename) == label
 
 
 @pytest.mark.parametrize(
@@ -143,30 +143,10 @@ def test_file_quant(filename: str, label: str) -> None:
     [("q4_k", "q4_k"), ("Q4_K_M", "q4_k"), ("q4_k-im", "q4_k-im"), ("IQ4_XS", "iq4_xs")],
 )
 def test_quant_key(value: str, key: str) -> None:
-    assert hub.quant_key(value) == key
+    assert store.quant_key(value) == key
 
 
 # -- which files ---------------------------------------------------------------------------------
-
-SIZES = {
-    "q8_0": int(7.95 * GIB),
-    "q6_k": int(6.14 * GIB),
-    "q4_k": int(4.58 * GIB),
-    "q2_k": int(2.96 * GIB),
-    "f16": int(14.97 * GIB),
-}
-
-
-@pytest.mark.parametrize(
-    ("budget_gib", "choice"),
-    [(64, "q8_0"), (9.5, "q8_0"), (9.0, "q6_k"), (7, "q4_k"), (4.5, "q2_k"), (2, "q2_k")],
-)
-def test_default_quant_is_the_best_that_fits(budget_gib: float, choice: str) -> None:
-    assert hub.pick_default_quant(SIZES, int(budget_gib * GIB)) == choice
-
-
-def test_default_quant_outside_the_catalog_is_the_smallest() -> None:
-    assert hub.pick_default_quant({"iq4_xs": 10, "iq2_m": 5}, 1) == "iq2_m"
 
 
 def listing(*names: str, source: Source = Source.HF) -> sources.Listing:
@@ -246,11 +226,17 @@ def test_gguf_quants() -> None:
         r"q4_k, q4_k-im, q8_0\)",
     ):
         pick("q2_k")
-    _, files, notes = hub.select_files(ls, variant=None, budget=lambda: (64 * GIB, "64 GiB"))
-    assert [f.name for f in files] == ["ggml-model-q8_0.gguf"]  # -im files are never the default
-    assert "the best that fits 64 GiB" in notes[0]
-    _, files, notes = hub.select_files(ls, variant=None, budget=lambda: (1, "nothing"))
-    assert [f.name for f in files] == ["ggml-model-q4_k.gguf"] and "may not fit" in notes[0]
+    offered: list[dict[str, int]] = []
+
+    def largest(sizes: Mapping[str, int]) -> tuple[str, str]:
+        offered.append(dict(sizes))
+        return max(sizes, key=lambda q: sizes[q]), "the caller's choice"
+
+    _, files, notes = hub.select_files(ls, variant=None, default_quant=largest)
+    assert [f.name for f in files] == ["ggml-model-q8_0.gguf"] and notes == ["the caller's choice"]
+    assert sorted(offered[0]) == ["q4_k", "q8_0"]  # -im files are never the default
+    with pytest.raises(UsageError, match="none was chosen"):
+        hub.select_files(ls, variant=None)
 
 
 def test_quant_for_a_full_repo_is_a_usage_error() -> None:
@@ -276,7 +262,7 @@ def closed_port_endpoint(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def test_source_precedence(closed_port_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    ref = hub.parse_ref("hf:org/name")
+    ref = store.parse_ref("hf:org/name")
     fixed = {"fixed": ref.source, "model": ref.text}
     assert sources.decide_source(**fixed).reason == "named in the model id (hf:)"
     with pytest.raises(UsageError, match="names Hugging Face, but --source is modelscope"):
@@ -401,8 +387,8 @@ def test_a_host_that_just_failed_is_not_asked_again(no_hub: str) -> None:
     ],
 )
 def test_shorten_ends_at_a_word(text: str, limit: int, expected: str) -> None:
-    assert sources.shorten(text, limit) == expected
-    assert len(sources.shorten(text, limit)) <= limit
+    assert neterrors.shorten(text, limit) == expected
+    assert len(neterrors.shorten(text, limit)) <= limit
 
 
 def test_network_cause_is_the_innermost_socket_error() -> None:
@@ -415,15 +401,16 @@ def test_network_cause_is_the_innermost_socket_error() -> None:
         RuntimeError("Max retries exceeded with url: /x?Revi"),
         ConnectionRefusedError(111, "Connection refused"),
     )
-    assert sources.network_cause(refused) == "connection refused"
+    assert neterrors.network_cause(refused) == "connection refused"
     assert (
-        sources.network_cause(
+        neterrors.network_cause(
             chained(OSError("x"), socket.gaierror(-2, "Name or service not known"))
         )
         == "host name not resolved"
     )
-    assert sources.network_cause(chained(OSError("x"), TimeoutError())) == "timed out"
-    assert sources.network_cause(OSError(101, "Network is unreachable")) == "network is unreachable"
+    assert neterrors.network_cause(chained(OSError("x"), TimeoutError())) == "timed out"
+    unreachable = OSError(101, "Network is unreachable")
+    assert neterrors.network_cause(unreachable) == "network is unreachable"
 
 
 # -- disk space ----------------------------------------------------------------------------------
@@ -481,9 +468,9 @@ def test_resume_from_a_partial_file(served: HubServer, tmp_path: Path) -> None:
     j.partial.parent.mkdir()
     j.partial.write_bytes(DATA[:1_000_000])
     events: list[tuple[str, int]] = []
-    r = download.fetch(j, progress=lambda k, n: events.append((k, n)))
+    r = download.fetch(j, progress=lambda e: events.append((e.kind, e.done)))
     assert (r.resumed_from, r.downloaded) == (1_000_000, len(DATA) - 1_000_000)
-    assert events[0] == ("resume", 1_000_000)
+    assert events[0] == ("start", 1_000_000)
     assert j.dest.read_bytes() == DATA and not j.partial.exists()
     assert served.ranges == [("f.bin", "bytes=1000000-")]
 

@@ -332,10 +332,9 @@ def test_quantize_writes_reads_back_and_names(synth: Path, tmp_path: Path) -> No
 
 
 def test_quantize_with_imatrix_records_it_like_llama_quantize(synth: Path, tmp_path: Path) -> None:
-    from llama3zh_local.gguf.tensors import read_tensor_infos
-    from llama3zh_local.llamacpp import engine
+    from llama3zh_local.gguf.reader import read_header, read_tensors
 
-    sums = {t.name: np.ones(t.shape[0], np.float32) * 4 for t in read_tensor_infos(synth)
+    sums = {t.name: np.ones(t.shape[0], np.float32) * 4 for t in read_tensors(synth)
             if t.name.startswith("blk.") and len(t.shape) == 2}  # fmt: skip
     im = write_imatrix(tmp_path / "my.imatrix.gguf", sums, dict.fromkeys(sums, 2.0),
                        datasets=("x" * 200,), chunks=9)  # fmt: skip
@@ -344,7 +343,7 @@ def test_quantize_with_imatrix_records_it_like_llama_quantize(synth: Path, tmp_p
     res = quantize.quantize(model=synth, types=["IQ3_XXS"], imatrix=im, output=out)
     (o,) = res.outputs
     assert o.path.name == "ggml-model-iq3_xxs-im.gguf" and o.imatrix == im
-    kv, _ = engine.read_gguf_header(o.path)  # type: ignore[misc]
+    kv = read_header(o.path).kv  # type: ignore[union-attr]
     assert kv["quantize.imatrix.file"] == "my.imatrix.gguf"  # the name, not this machine's path
     assert kv["quantize.imatrix.dataset"] == "x" * 127  # cut at 127 bytes, as llama-quantize
     assert kv["quantize.imatrix.entries_count"] == len(sums)
@@ -620,7 +619,8 @@ def test_pull_default_uses_recommend(monkeypatch: pytest.MonkeyPatch) -> None:
         sources.RemoteFile(q.filename, int(q.size_gib * GIB)) for q in catalog.GGUF_QUANTS
     )
     listing = sources.Listing(sources.Source.HF, "hfl/x-gguf", "main", "c" * 40, files, True)
-    _, chosen, notes = hub.select_files(listing, variant=None)
+    choose = recommend.default_quant
+    _, chosen, notes = hub.select_files(listing, variant=None, default_quant=choose)
     # 7 GiB of VRAM: q5_0 (5.21 + 1 GiB KV + 0.75) fits, q5_k (5.34 + 1.75) does not
     assert [f.name for f in chosen] == ["ggml-model-q5_0.gguf"] and "q5_0" in names[4]
     assert "fits fully on NVIDIA RTX 4060" in notes[0] and "KV cache" in notes[0]
@@ -628,7 +628,7 @@ def test_pull_default_uses_recommend(monkeypatch: pytest.MonkeyPatch) -> None:
     # CPU only, 22 GiB of RAM at 20 GB/s (the machine): q4_k, not q8_0
     monkeypatch.setattr(hardware, "detect", lambda: fake_hw(vram=None, ram=22 * GIB))
     monkeypatch.setattr(recommend, "copy_bandwidth", lambda: 20e9)
-    _, chosen, notes = hub.select_files(listing, variant=None)
+    _, chosen, notes = hub.select_files(listing, variant=None, default_quant=choose)
     assert [f.name for f in chosen] == ["ggml-model-q4_k.gguf"]
     assert "none as good as q4_k (Q4_K_M) decodes at 8 tok/s here" in notes[0]
 

@@ -575,135 +575,51 @@ def _libllama() -> Any:
     return handle
 
 
-class GGUFArray:
-    """A GGUF array value, by its length (string arrays such as the vocab are not read)."""
-
-    def __init__(self, n: int, items: list[Any] | None = None) -> None:
-        self.n = n
-        self.items = items
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __repr__(self) -> str:
-        return f"GGUFArray(n={self.n})"
 
 
 _GGUF: Any = None
-_GGUF_SCALARS: dict[int, tuple[str, Any]] = {
-    0: ("u8", ctypes.c_uint8),
-    1: ("i8", ctypes.c_int8),
-    2: ("u16", ctypes.c_uint16),
-    3: ("i16", ctypes.c_int16),
-    4: ("u32", ctypes.c_uint32),
-    5: ("i32", ctypes.c_int32),
-    6: ("f32", ctypes.c_float),
-    7: ("bool", ctypes.c_bool),
-    10: ("u64", ctypes.c_uint64),
-    11: ("i64", ctypes.c_int64),
-    12: ("f64", ctypes.c_double),
-}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
 
 
-class _GGUFInitParams(ctypes.Structure):
+class GGUFInitParams(ctypes.Structure):
+    """``struct gguf_init_params``: ``ctx`` points to where a ggml context of tensor
+    descriptions (shapes, no data) is returned, or is NULL."""
+
     _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.c_void_p)]
 
 
-def _libgguf() -> Any:
-    """libggml-base, whose C GGUF parser reads a header in milliseconds.
-
-    Why not ``gguf.GGUFReader``: it builds a numpy view per array element, 3 s for SmolLM2's 49k
-    token vocab and far more for Llama-3's 128k tokens + 280k merges, on every chat start.
-    """
+def libgguf() -> Any:
+    """libggml-base's C GGUF parser, typed: it reads a header in milliseconds
+    (``gguf/reader.py`` is the reader built on it). llama.cpp's logging is captured first, so
+    ``last_log_lines()`` holds why a file was rejected."""
     global _GGUF
+    lib()
     if _GGUF is None:
         g = _libllama()
-        vp, i64 = ctypes.c_void_p, ctypes.c_int64
+        vp, i64, cp = ctypes.c_void_p, ctypes.c_int64, ctypes.c_char_p
         sigs: dict[str, tuple[list[Any], Any]] = {
-            "gguf_init_from_file": ([ctypes.c_char_p, _GGUFInitParams], vp),
+            "gguf_init_from_file": ([cp, GGUFInitParams], vp),
             "gguf_free": ([vp], None),
             "gguf_get_n_kv": ([vp], i64),
-            "gguf_get_key": ([vp, i64], ctypes.c_char_p),
+            "gguf_get_key": ([vp, i64], cp),
             "gguf_get_kv_type": ([vp, i64], ctypes.c_int),
             "gguf_get_arr_type": ([vp, i64], ctypes.c_int),
-            "gguf_get_val_str": ([vp, i64], ctypes.c_char_p),
+            "gguf_get_val_str": ([vp, i64], cp),
             "gguf_get_val_data": ([vp, i64], vp),
             "gguf_get_arr_n": ([vp, i64], ctypes.c_size_t),
             "gguf_get_arr_data": ([vp, i64], vp),
-            "gguf_get_arr_str": ([vp, i64, ctypes.c_size_t], ctypes.c_char_p),
+            "gguf_get_arr_str": ([vp, i64, ctypes.c_size_t], cp),
             "gguf_get_data_offset": ([vp], ctypes.c_size_t),
             "gguf_get_n_tensors": ([vp], i64),
-            "gguf_get_tensor_name": ([vp, i64], ctypes.c_char_p),
+            "gguf_get_tensor_name": ([vp, i64], cp),
             "gguf_get_tensor_offset": ([vp, i64], ctypes.c_size_t),
             "gguf_get_tensor_size": ([vp, i64], ctypes.c_size_t),
+            "gguf_get_tensor_type": ([vp, i64], ctypes.c_int),
+            "ggml_get_tensor": ([vp, cp], vp),
+            "ggml_n_dims": ([vp], ctypes.c_int),
+            "ggml_free": ([vp], None),
         }
         for name, (args, res) in sigs.items():
             fn = getattr(g, name)
             fn.argtypes, fn.restype = args, res
         _GGUF = g
     return _GGUF
-
-
-def read_gguf_header(
-    path: str | Path,
-    *,
-    types: dict[str, tuple[int, int | None]] | None = None,
-    strings: Sequence[str] = (),
-) -> tuple[dict[str, Any], list[tuple[str, int, int]]] | None:
-    """Metadata and tensor table of a GGUF file, parsed by llama.cpp's own GGUF reader.
-
-    Returns ``(kv, tensors)`` with tensors as ``(name, absolute offset, size)``, or None when
-    llama.cpp rejects the file (see ``last_log_lines()`` for its reason).
-
-    Args:
-        types: filled with each key's GGUF value type, and for arrays their item type.
-        strings: keys of string arrays to read whole (``tokenizer.ggml.tokens``); others are
-            only counted.
-    """
-    lib()
-    g = _libgguf()
-    ctx = g.gguf_init_from_file(str(path).encode(), _GGUFInitParams(True, None))
-    if not ctx:
-        return None
-    try:
-        kv: dict[str, Any] = {}
-        for i in range(g.gguf_get_n_kv(ctx)):
-            key = g.gguf_get_key(ctx, i).decode("utf-8", errors="replace")
-            typ = g.gguf_get_kv_type(ctx, i)
-            if types is not None:
-                types[key] = (typ, g.gguf_get_arr_type(ctx, i) if typ == _GGUF_ARRAY else None)
-            if typ == _GGUF_ARRAY and key in strings and g.gguf_get_arr_type(ctx, i) == 8:
-                get = g.gguf_get_arr_str
-                kv[key] = GGUFArray(
-                    g.gguf_get_arr_n(ctx, i),
-                    [
-                        (get(ctx, i, j) or b"").decode("utf-8", errors="replace")
-                        for j in range(g.gguf_get_arr_n(ctx, i))
-                    ],
-                )
-            elif typ == _GGUF_STRING:
-                kv[key] = g.gguf_get_val_str(ctx, i).decode("utf-8", errors="replace")
-            elif typ == _GGUF_ARRAY:
-                n = g.gguf_get_arr_n(ctx, i)
-                atype = g.gguf_get_arr_type(ctx, i)
-                items = None
-                if atype in _GGUF_SCALARS and n <= 4096:
-                    ctype = _GGUF_SCALARS[atype][1]
-                    items = list((ctype * n).from_address(g.gguf_get_arr_data(ctx, i)))
-                kv[key] = GGUFArray(n, items)
-            elif typ in _GGUF_SCALARS:
-                ctype = _GGUF_SCALARS[typ][1]
-                kv[key] = ctype.from_address(g.gguf_get_val_data(ctx, i)).value
-        base = g.gguf_get_data_offset(ctx)
-        tensors = [
-            (
-                g.gguf_get_tensor_name(ctx, t).decode("utf-8", errors="replace"),
-                base + g.gguf_get_tensor_offset(ctx, t),
-                g.gguf_get_tensor_size(ctx, t),
-            )
-            for t in range(g.gguf_get_n_tensors(ctx))
-        ]
-        return kv, tensors
-    finally:
-        g.gguf_free(ctx)

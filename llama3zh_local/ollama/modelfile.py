@@ -21,8 +21,8 @@ from ..catalog import LLAMA3_STOPS
 from ..errors import InputError, InvalidModelError, Llama3zhError, UsageError
 from ..files import atomic, guard, state
 from ..gguf.info import GGUFInfo, read_gguf_info
+from ..gguf.reader import read_header
 from ..hub import store
-from ..llamacpp import engine
 from .quoting import DEFAULT_PARAMETERS, ParamValue, format_param, parse_param, quote
 
 # The Llama-3-Instruct format in Go text/template, executed by Ollama with its chat data:
@@ -189,10 +189,10 @@ def _check_adapter(adapter: Path, base: GGUFInfo) -> None:
     with adapter.open("rb") as fh:
         magic = fh.read(4)
     # llama.cpp's C reader first: gguf.GGUFReader takes seconds on a full model's vocab
-    header = engine.read_gguf_header(adapter) if magic == b"GGUF" else None
+    header = read_header(adapter) if magic == b"GGUF" else None
     if header is None:
         raise InvalidModelError(f"{adapter} is not a readable GGUF file", hint=convert_hint)
-    kv = header[0]
+    kv = header.kv
     gtype, atype = kv.get(gguf.Keys.General.TYPE), kv.get(gguf.Keys.Adapter.TYPE)
     if gtype != gguf.GGUFType.ADAPTER or atype != "lora":
         raise InvalidModelError(
@@ -207,11 +207,10 @@ def _check_adapter(adapter: Path, base: GGUFInfo) -> None:
             f"{base.path.name} is {base.architecture!r}",
             hint="use the adapter with the base model it was trained on",
         )
-    reader = gguf.GGUFReader(adapter)  # for the tensor shapes; an adapter has no vocab
     # lora_a maps a weight's input, lora_b its output: their model-side sizes must be the base's
     n_in = ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up")
     n_out = ("attn_q", "attn_output", "ffn_down")
-    for t in reader.tensors:
+    for t in header.tensors:
         m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.weight\.lora_([ab])", t.name)
         if not m:
             continue

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from .. import paths
 from ..errors import InputError, InvalidModelError, UsageError
 from ..files import atomic, guard
+from ..gguf.reader import read_tensors
 
 if TYPE_CHECKING:
     import numpy as np
@@ -258,9 +259,7 @@ def check_matches(imatrix: Imatrix, model: Path) -> None:
     Raises:
         InvalidModelError: names or sizes differ (the first few are listed).
     """
-    from ..gguf.tensors import read_tensor_infos
-
-    shapes = {t.name: t.shape for t in read_tensor_infos(model)}
+    shapes = {t.name: t.shape for t in read_tensors(model)}
     missing, wrong = [], []
     for name, values in imatrix.entries.items():
         shape = shapes.get(name)

@@ -18,6 +18,7 @@ from pathlib import Path
 from .. import catalog
 from ..errors import BackendError, DiskSpaceError, InvalidModelError, UsageError
 from ..files import atomic, guard, state
+from ..gguf.reader import read_header
 
 # File types that are not quantizations: a source for quantizing, never requantized.
 FLOAT_TYPES = ("F32", "F16", "BF16")
@@ -198,7 +199,8 @@ def source_gguf(model: Path, *, notes: list[str], dry_run: bool) -> Path:
             f"{model} is a folder without config.json: neither a GGUF file nor an HF checkpoint",
             hint="give a .gguf file, or an HF checkpoint folder (config.json, *.safetensors)",
         )
-    from ..convert.llama import convert, fingerprint
+    from ..convert.llama import convert
+    from ..convert.writer import fingerprint
 
     for name in ("ggml-model-f16.gguf", "ggml-model-bf16.gguf", "ggml-model-f32.gguf"):
         earlier = model / name
@@ -520,14 +522,11 @@ def read_back(path: Path, *, expect: QuantType, source_tensors: int) -> ReadBack
 
 def bits_per_weight(path: Path) -> float:
     """Bits of tensor data per weight (as llama.cpp reports BPW)."""
-    from ..gguf.tensors import read_tensor_infos
-    from ..llamacpp import engine
-
-    header = engine.read_gguf_header(path)
+    header = read_header(path)
     if header is None:
         return 0.0
-    n = sum(t.n_elements for t in read_tensor_infos(path))
-    return sum(size for *_, size in header[1]) * 8 / n if n else 0.0
+    n = sum(t.n_elements for t in header.tensors)
+    return header.tensor_bytes * 8 / n if n else 0.0
 
 
 def _ftype_name(t: QuantType) -> str:
@@ -541,10 +540,8 @@ def _ftype_name(t: QuantType) -> str:
 
 
 def _tensor_bytes(path: Path) -> int:
-    from ..llamacpp import engine
-
-    header = engine.read_gguf_header(path)
-    return sum(size for *_, size in header[1]) if header else 0
+    header = read_header(path)
+    return header.tensor_bytes if header else 0
 
 
 def _check_space(*, out_dir: Path, need: int) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from .. import catalog, paths
 from ..files import atomic
 from ..gguf.info import GGUFInfo, read_gguf_info
+from ..gguf.reader import read_tensors
 from ..hardware import GIB, VRAM_RESERVE, Hardware
 
 RAM_RESERVE = 512 * 1024**2  # compute buffers and the runtime itself, on the CPU
@@ -484,8 +485,6 @@ def _same_model(a: GGUFInfo, b: GGUFInfo) -> bool:
 def file_candidates(path: Path) -> tuple[GGUFInfo, list[Candidate], list[str]]:
     """A GGUF and the other quants of the same model beside it; catalog types it lacks are
     estimated from its parameter count (upstream bits per weight). Also notes on the choice."""
-    from ..gguf.tensors import read_tensor_infos
-
     info = read_gguf_info(path)
     found: dict[str, Candidate] = {}
     for p in sorted(path.parent.glob("*.gguf")):
@@ -497,7 +496,7 @@ def file_candidates(path: Path) -> tuple[GGUFInfo, list[Candidate], list[str]]:
             label = file_label(other)
             if label not in found or p == path:
                 found[label] = candidate(label, other.size, p)
-    n_params = sum(t.n_elements for t in read_tensor_infos(path))
+    n_params = sum(t.n_elements for t in read_tensors(path))
     f16 = next(q for q in catalog.GGUF_QUANTS if q.short == "f16")
     estimated = []
     for q in catalog.GGUF_QUANTS:
