@@ -16,6 +16,7 @@ from llama3zh_local import paths
 from llama3zh_local.chat.session import open_chat
 from llama3zh_local.chat.template import ChatTemplate, llama3_template
 from llama3zh_local.errors import ChatTemplateError
+from llama3zh_local.llamacpp import native
 from llama3zh_local.llamacpp.engine import SamplingParams
 
 from .models import LLAMA3_CHAT_TEMPLATE
@@ -224,7 +225,7 @@ def test_ctrl_c_while_a_model_loads_stops_the_load(smollm2_gguf: Path) -> None:
         if "load_tensors" in line:
             signal.raise_signal(signal.SIGINT)
 
-    with engine.log_listener(press_ctrl_c), pytest.raises(KeyboardInterrupt):
+    with native.log_listener(press_ctrl_c), pytest.raises(KeyboardInterrupt):
         engine.Model(smollm2_gguf)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with engine.Model(smollm2_gguf) as model:  # and the next load is unaffected

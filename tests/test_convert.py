@@ -273,7 +273,7 @@ _RSS_SCRIPT = textwrap.dedent(
         status = open("/proc/self/status").read()
         return int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) * 1024
 
-    engine.lib()  # load llama.cpp first: the baseline includes what the read-back needs
+    native.lib()  # load llama.cpp first: the baseline includes what the read-back needs
     base = hwm()
     t = time.perf_counter()
     cv.convert(source=sys.argv[1], output=sys.argv[2], outtype=sys.argv[3], force=True)

@@ -16,6 +16,7 @@ from llama3zh_local.convert import llama as cv
 from llama3zh_local.convert import lora as lr
 from llama3zh_local.convert import peft
 from llama3zh_local.errors import InvalidModelError, ModelNotFoundError, UsageError
+from llama3zh_local.llamacpp import native
 
 from . import ggufraw, lorafix, models
 
@@ -197,10 +198,10 @@ def test_adapter_loads_in_llama_cpp_and_equals_the_merge(
         lora=lora_attn, base=tiny_llama3_hf, output=tmp_path / "m.gguf", outtype="f32"
     ).path
     # the C API directly: llama_adapter_lora_init accepts it
-    ll = engine.lib()
+    ll = native.lib()
     with engine.Model(base) as model:
         ptr = ll.llama_adapter_lora_init(model.ptr, str(adapter).encode())
-        assert ptr, engine.last_log_lines()
+        assert ptr, native.last_log_lines()
         ll.llama_adapter_lora_free(ptr)
     ids = [128000, 9906, 1917, 11, 220, 57668, 53901, 1811, 220, 4513]
 

@@ -1,6 +1,6 @@
 """The one GGUF reader: metadata, value types and the tensor table, parsed by llama.cpp itself.
 
-It uses llama.cpp's C GGUF parser (through ``llamacpp.engine.libgguf``), so a file this accepts is
+It uses llama.cpp's C GGUF parser (through ``llamacpp.native.libgguf``), so a file this accepts is
 one llama.cpp's loader accepts, and it takes milliseconds on Llama-3's header: ``gguf.GGUFReader``
 builds a numpy view per array element (3 s for SmolLM2's 49k-token vocab, far more for Llama-3's
 128k tokens + 280k merges), and a hand-written ``struct`` walk is a second parser to keep in step.
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidModelError
-from ..llamacpp import engine
+from ..llamacpp import native
 
 if TYPE_CHECKING:
     import numpy as np
@@ -90,7 +90,7 @@ class _TensorHead(ctypes.Structure):
 
 
 def read_header(path: str | Path, *, whole: Sequence[str] = ()) -> Header | None:
-    """``path``'s header, or None when llama.cpp rejects the file (``engine.last_log_lines()``
+    """``path``'s header, or None when llama.cpp rejects the file (``native.last_log_lines()``
     says why). Lenient: callers that need a message use :func:`read_tensors` or
     ``gguf.info.read_gguf_info``.
 
@@ -98,9 +98,9 @@ def read_header(path: str | Path, *, whole: Sequence[str] = ()) -> Header | None
         whole: keys of arrays to read whole (``tokenizer.ggml.tokens``); other string arrays
             and long numeric ones are only counted.
     """
-    g = engine.libgguf()
+    g = native.libgguf()
     meta = ctypes.c_void_p()  # the ggml context of tensor descriptions, for the shapes
-    params = engine.GGUFInitParams(True, ctypes.addressof(meta))
+    params = native.GGUFInitParams(True, ctypes.addressof(meta))
     ctx = g.gguf_init_from_file(str(path).encode(), params)
     if not ctx:
         return None

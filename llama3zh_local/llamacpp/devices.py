@@ -1,7 +1,7 @@
 """The compute devices llama.cpp can use (CPU, GPUs), from ggml's device registry.
 
 What ``hardware.detect`` (and ``llama3zh doctor``) ask; the engine loads and runs models. The
-registry is read through the libllama handle that ``llama_cpp`` loaded (``engine._libllama``).
+registry is read through the libllama handle that ``llama_cpp`` loaded (``native._libllama``).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
-from .engine import _libllama, lib
+from .native import _libllama, lib
 
 _GGML: Any = None
 _DEV_KINDS = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
