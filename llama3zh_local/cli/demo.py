@@ -11,7 +11,8 @@ from ..demo import DEFAULT_CHUNKS, DEFAULT_CTX, HF_NAME, QUANT, STEPS
 from . import _output
 from ._errors import handle_errors
 from ._options import ThreadsOpt
-from .run import Steps, show_plan
+from ._progress import Progress
+from .run import show_plan
 
 
 @handle_errors
@@ -61,7 +62,7 @@ def demo(
         f"demo: {HF_NAME} -> HF checkpoint -> f16 GGUF -> imatrix -> {QUANT}-im -> eval -> "
         f"Modelfile -> chat, in {out_dir}"
     )
-    with Steps() as bar:
+    with Progress() as bar:
         result = run_demo(out_dir=out_dir, chunks=chunks, threads=threads, progress=bar,
                           on_plan=show_plan)  # fmt: skip
     say = _output.result
