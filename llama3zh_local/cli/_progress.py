@@ -131,4 +131,3 @@ def _Amount() -> Any:  # noqa: N802 - a rich column class, built lazily (rich is
             return Text(text, style="dim")
 
     return Amount()
-

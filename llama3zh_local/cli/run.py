@@ -131,4 +131,3 @@ def show_plan(plan: RunPlan) -> None:
         )
     else:
         _output.note("nothing to do: every step is complete")
-
