@@ -126,10 +126,6 @@ def _verified_pull(path: Path) -> store.StoreEntry | None:
     return entry if entry is not None and entry.is_verified(Path(entry.cache_path)) else None
 
 
-def _present(path: Path) -> bool:
-    return path.is_file() and path.stat().st_size > 0
-
-
 def _foreign(path: Path, folder: Path | None = None) -> bool:
     """A file at ``path`` that no record vouches for: neither the state file (as written by
     llama3zh and unchanged since) nor the store (a pull whose checksum holds)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import catalog, hardware
@@ -263,11 +263,19 @@ def plan_quantize(
     if out_arg is not None and not out_arg.parent.exists():
         raise UsageError(f"the folder {out_arg.parent} does not exist", hint="create it first")
     found = source_gguf(src_arg, dry_run=dry_run)
-    notes = (found.note,) if found.note else ()
     plan = QuantizePlan(
-        found.path, "(not converted yet)", None, (), None, False, allow_requantize, threads,
-        dry_run, (), notes,
-    )  # fmt: skip
+        source=found.path,
+        source_file_type="(not converted yet)",
+        info=None,
+        targets=(),
+        imatrix=None,
+        named=False,
+        allow_requantize=allow_requantize,
+        threads=threads,
+        dry_run=dry_run,
+        warnings=(),
+        notes=(found.note,) if found.note else (),
+    )
     if dry_run and not found.path.exists():  # an HF checkpoint that a dry run did not convert
         return plan
     info = read_gguf_info(found.path)
@@ -288,10 +296,8 @@ def plan_quantize(
         need = sum(int(t.estimate.output_mib * 1024 * 1024) + _HEADER for t in targets)
         hint = "quantize fewer types at once, or write elsewhere with -o"
         space.check_space(targets[0].path.parent, need, what="the quantized outputs", hint=hint)
-    return QuantizePlan(
-        found.path, src_type, info, tuple(targets), im, named, allow_requantize, threads,
-        dry_run, warnings, notes,
-    )  # fmt: skip
+    return replace(plan, source_file_type=src_type, info=info, targets=tuple(targets),
+                   imatrix=im, named=named, warnings=warnings)  # fmt: skip
 
 
 _HEADER = 8 << 20  # an output's metadata (vocabulary) and alignment, generously
