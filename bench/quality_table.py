@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.chat_speed import cpu_model  # noqa: E402
-from llama3zh_local.llamacpp import tools  # noqa: E402
+from llama3zh_local.llamacpp import installed, tools  # noqa: E402
 from llama3zh_local.progress import ADVANCE, Event  # noqa: E402
 from llama3zh_local.quant import evaluate, imatrix, quantize  # noqa: E402
 from llama3zh_local.quant.options import ChunkOptions  # noqa: E402
@@ -145,7 +145,7 @@ figures are in `llama3zh_local/quant/recommend.py` (`LLAMA3_8B_PPL_DELTA`).
   files {t_q:.0f} s, total {time.perf_counter() - t0:.0f} s (wall times on a machine shared with
   other work).
 - Machine: {cpu_model()}, {os.cpu_count()} logical CPUs, {platform.system()}
-  {platform.release()}, CPU backend; llama-cpp-python {tools.llama_cpp_version()} (its llama.cpp
+  {platform.release()}, CPU backend; llama-cpp-python {installed.llama_cpp_version()} (its llama.cpp
   tools built by `llama3zh_local.llamacpp.tools`).
 """
     print(body)

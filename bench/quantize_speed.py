@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.chat_speed import OtherCPU, cpu_model  # noqa: E402
-from llama3zh_local.llamacpp import tools  # noqa: E402
+from llama3zh_local.llamacpp import installed, tools  # noqa: E402
 from llama3zh_local.quant.imatrix import default_calibration  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -84,7 +84,7 @@ def native(model: Path, work: Path, args: argparse.Namespace) -> tuple[float, fl
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     calib = default_calibration()
-    env = tools.tool_env()
+    env = installed.tool_env()
     imx, qz = tools.ensure_tool("llama-imatrix"), tools.ensure_tool("llama-quantize")
     # -f by name from the text's folder, as ours does (the name is recorded in the imatrix)
     im = timed([str(imx), "-m", str(model), "-f", calib.name, "-c", str(args.ctx), "--chunks",
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     total_o = statistics.median(r["ours"][0] + r["ours"][1] for r in runs)
     total_n = statistics.median(r["native"][0] + r["native"][1] for r in runs)
-    version = tools.llama_cpp_version()
+    version = installed.llama_cpp_version()
     body = "\n".join([
         f"Measured {datetime.date.today()} by `bench/quantize_speed.py` ({args.runs} runs per "
         "side, alternating order, median wall time of the whole processes).",

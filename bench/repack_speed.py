@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.chat_speed import OtherCPU, cpu_model, log, update_doc  # noqa: E402
 from llama3zh_local.errors import Llama3zhError  # noqa: E402
-from llama3zh_local.llamacpp import engine, quant, repack, tools  # noqa: E402
+from llama3zh_local.llamacpp import engine, installed, quant, repack, tools  # noqa: E402
 from llama3zh_local.llamacpp.engine import default_threads  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -129,7 +129,7 @@ def report(rows: list[tuple[str, str, dict[str, Any], dict[str, Any], float]],
         f"- Machine: {cpu_model()}, {threads} threads, {platform.system()} {platform.release()}, "
         "CPU only (-ngl 0)",
         f"- This machine's verdict (`llama3zh doctor`): {decision}",
-        f"- llama-cpp-python {tools.llama_cpp_version()} (llama.cpp "
+        f"- llama-cpp-python {installed.llama_cpp_version()} (llama.cpp "
         f"{build.get('llama_cpp_commit') or '?'})",
         "- *other CPU*: CPUs that other processes kept busy while that model ran (0.1 and up: "
         "disturbed)",

@@ -18,6 +18,9 @@ MODELSCOPE_ORG = "ChineseAlpacaGroup"
 
 DEFAULT_ALIAS = "instruct-v3"  # the upstream project recommends v3
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. 你是一个乐于助人的助手。"
+# Special tokens that end an assistant turn in the Llama-3 format; llama.cpp marks them as
+# end-of-generation in well-made GGUFs, chat also stops on them for older files (and Ollama).
+LLAMA3_STOPS = ("<|eot_id|>", "<|end_of_text|>")
 
 META_LLAMA3_8B = "meta-llama/Meta-Llama-3-8B"
 META_LLAMA3_8B_INSTRUCT = "meta-llama/Meta-Llama-3-8B-Instruct"

@@ -376,7 +376,7 @@ class _Run:
     # 7. chat
 
     def chat(self, quant: Path, *, threads: int | None, ngl: int | None) -> str:
-        from .chat.conversation import open_chat
+        from .chat.session import open_chat
         from .llamacpp.engine import SamplingParams
 
         path = self.out / ANSWER
@@ -399,8 +399,8 @@ class _Run:
             system=None, max_tokens=MAX_TOKENS, notify=lambda m: self.event("chat", NOTE, m),
         )  # fmt: skip
         try:
-            with contextlib.closing(loaded.chat.ask(PROMPT)) as pieces:
-                answer = "".join(pieces).strip()
+            with contextlib.closing(loaded.chat.ask(PROMPT)) as records:
+                answer = "".join(r.text for r in records).strip()
         finally:
             loaded.chat.session.close()
             loaded.chat.model.close()

@@ -160,17 +160,17 @@ def _build(base: Path, version: str, *, log: bool) -> None:
 
 def _extract(version: str, base: Path) -> None:
     """llama.cpp's converters, with their ``conversion/`` package and vendored ``gguf-py``."""
-    from llama3zh_local.llamacpp import tools
+    from llama3zh_local.llamacpp import sdist
 
     def wanted(rel: str) -> bool:
         return "__pycache__" not in rel and any(
             rel == w or (w.endswith("/") and rel.startswith(w)) for w in WANTED
         )
 
-    sdist = tools.find_sdist(version, base / "download")
-    tools.copy_llama_cpp(sdist, base / "llama.cpp", wanted)
+    archive = sdist.find_sdist(version, base / "download")
+    sdist.copy_llama_cpp(archive, base / "llama.cpp", wanted)
     if not (base / "llama.cpp" / "convert_hf_to_gguf.py").is_file():
-        raise RuntimeError(f"{sdist} has no {SDIST_PREFIX}convert_hf_to_gguf.py")
+        raise RuntimeError(f"{archive} has no {SDIST_PREFIX}convert_hf_to_gguf.py")
 
 
 def _check(cmd: Sequence[str], *, timeout: float = 600) -> None:

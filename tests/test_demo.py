@@ -26,7 +26,7 @@ from llama3zh_local import demo
 from llama3zh_local.convert import export as hfexport
 from llama3zh_local.errors import ModelNotFoundError, UsageError
 from llama3zh_local.files import state
-from llama3zh_local.llamacpp import tools
+from llama3zh_local.llamacpp import installed
 from llama3zh_local.quant import imatrix
 
 from . import models, ollama_parser
@@ -55,7 +55,7 @@ def _env(root: Path) -> dict[str, str]:
             "HF_HOME": str(root / "hf-home"),
             "MODELSCOPE_CACHE": str(root / "modelscope"),
             "HF_HUB_OFFLINE": "1",
-            tools.TOOLS_DIR_ENV: str(TOOLS_CACHE),
+            installed.TOOLS_DIR_ENV: str(TOOLS_CACHE),
             "COLUMNS": "200",
         }
     )
@@ -97,7 +97,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
 
 @pytest.fixture(autouse=True)
 def _tools_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(tools.TOOLS_DIR_ENV, str(TOOLS_CACHE))
+    monkeypatch.setenv(installed.TOOLS_DIR_ENV, str(TOOLS_CACHE))
 
 
 def _artifacts(proc: subprocess.CompletedProcess[str]) -> dict[str, Path]:

@@ -235,7 +235,7 @@ def test_disk_space_names_the_reserve(small_disk: Path) -> None:
 
 @pytest.mark.slow
 def test_context_overflow_hint(tiny_llama3_gguf: Path) -> None:
-    from llama3zh_local.chat.conversation import open_chat
+    from llama3zh_local.chat.session import open_chat
 
     for n_ctx, words in ((128, 200), (512, 400), (8192, 3000)):
         loaded = open_chat(tiny_llama3_gguf, n_ctx=n_ctx)

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from llama3zh_local.cli import app
 from llama3zh_local.errors import InvalidModelError
-from llama3zh_local.llamacpp import tools
+from llama3zh_local.llamacpp import installed, tools
 from llama3zh_local.quant import evaluate, imatrix, quantize, recommend
 from llama3zh_local.quant.options import ChunkOptions
 
@@ -37,13 +37,13 @@ EVAL_CTX, EVAL_CHUNKS = 128, 12  # eval: 768 scored tokens of the evaluation tex
 def toolenv() -> Iterator[None]:
     """The persistent tool cache for module fixtures (the autouse env is per test)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(tools.TOOLS_DIR_ENV, str(TOOLS_CACHE))
+        mp.setenv(installed.TOOLS_DIR_ENV, str(TOOLS_CACHE))
         yield
 
 
 @pytest.fixture(autouse=True)
 def _tools_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(tools.TOOLS_DIR_ENV, str(TOOLS_CACHE))
+    monkeypatch.setenv(installed.TOOLS_DIR_ENV, str(TOOLS_CACHE))
 
 
 @pytest.fixture(scope="module")

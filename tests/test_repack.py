@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from llama3zh_local.errors import BackendError, UsageError
-from llama3zh_local.llamacpp import repack, tools
+from llama3zh_local.llamacpp import installed, repack, tools
 from llama3zh_local.llamacpp.repack import ProbeResult, RepackDecision
 
 from . import models
@@ -140,7 +140,7 @@ def test_the_cache_key_names_the_libraries_and_the_cpu(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key = repack.cache_key()
-    assert key.startswith(tools.library_key()) and "-cpu" in key
+    assert key.startswith(installed.library_key()) and "-cpu" in key
     monkeypatch.setattr(repack, "cpu_identity", lambda: "Another CPU | amx_tile")
     assert repack.cache_key() != key
 
@@ -261,7 +261,7 @@ def test_run_tool_passes_the_verdict_on(
 @pytest.mark.slow
 def test_the_real_tools_take_the_option(monkeypatch: pytest.MonkeyPatch) -> None:
     """The options ToolSpec.no_repack mirrors exist in this llama.cpp (parity with its parsers)."""
-    monkeypatch.setenv(tools.TOOLS_DIR_ENV, str(TOOLS_CACHE))
+    monkeypatch.setenv(installed.TOOLS_DIR_ENV, str(TOOLS_CACHE))
     src = tools.ensure_source()
     arg_cpp = (src / "common" / "arg.cpp").read_text(encoding="utf-8")
     assert '{"-nr", "--no-repack"}' in arg_cpp
@@ -326,7 +326,7 @@ def test_the_cli_reports_a_crashed_tool_and_keeps_no_output(
     command: str, smollm2_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A cached llama-perplexity / llama-imatrix that dies by SIGSEGV: Error + Hint, exit 1."""
-    monkeypatch.setenv(tools.TOOLS_DIR_ENV, str(tmp_path / "tools"))
+    monkeypatch.setenv(installed.TOOLS_DIR_ENV, str(tmp_path / "tools"))
     tool = "llama-perplexity" if command == "eval" else "llama-imatrix"
     _script(tools.tool_binary(tool), CRASHING_TOOL)
     work = tmp_path / "work"
@@ -347,21 +347,21 @@ def test_the_cli_reports_a_crashed_tool_and_keeps_no_output(
 
 
 def test_library_key_hashes_folder_and_contents(tmp_path: Path) -> None:
-    real = tools.lib_dir()
+    real = installed.lib_dir()
     a, b = tmp_path / "a", tmp_path / "b"
     shutil.copytree(real, a, symlinks=True)
     shutil.copytree(real, b, symlinks=True)
-    key_a, key_b = tools.library_key(a), tools.library_key(b)
-    assert key_a != key_b != tools.library_key(real)  # same files, another folder
-    assert tools.library_key(a) == key_a
+    key_a, key_b = installed.library_key(a), installed.library_key(b)
+    assert key_a != key_b != installed.library_key(real)  # same files, another folder
+    assert installed.library_key(a) == key_a
     c = tmp_path / "c"
     shutil.copytree(real, c, symlinks=True)
-    key_c = tools.library_key(c)
-    tools._LIBRARY_KEYS.clear()  # another process: sees the changed file
+    key_c = installed.library_key(c)
+    installed._LIBRARY_KEYS.clear()  # another process: sees the changed file
     lib = next(p for p in sorted(c.iterdir()) if p.is_file() and ".so" in p.name)
     with open(lib, "ab") as f:
         f.write(b"\0")
-    assert tools.library_key(c) != key_c
+    assert installed.library_key(c) != key_c
 
 
 @pytest.mark.slow
@@ -370,8 +370,8 @@ def test_tools_are_relinked_for_another_library_folder(
 ) -> None:
     """Tools built against one copy of the libraries are not reused for another; deleting the
     first copy leaves the second working (the README walk-through's fresh virtualenv)."""
-    monkeypatch.setenv(tools.TOOLS_DIR_ENV, str(TOOLS_CACHE))  # object files are shared
-    real = tools.lib_dir()
+    monkeypatch.setenv(installed.TOOLS_DIR_ENV, str(TOOLS_CACHE))  # object files are shared
+    real = installed.lib_dir()
     first, second = tmp_path / "venv1-lib", tmp_path / "venv2-lib"
     shutil.copytree(real, first, symlinks=True)
     shutil.copytree(real, second, symlinks=True)
@@ -387,7 +387,7 @@ def test_tools_are_relinked_for_another_library_folder(
         rec1 = json.loads(exe1.with_name(exe1.name + ".json").read_text())
         rec2 = json.loads(exe2.with_name(exe2.name + ".json").read_text())
         assert (rec1["lib_dir"], rec2["lib_dir"]) == (str(first), str(second))
-        assert rec2["lib_key"] == tools.library_key(second) == exe2.parent.name
+        assert rec2["lib_key"] == installed.library_key(second) == exe2.parent.name
         shutil.rmtree(first)
         env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
         done = subprocess.run([str(exe2), "--help"], capture_output=True, text=True, env=env,
@@ -395,14 +395,14 @@ def test_tools_are_relinked_for_another_library_folder(
         assert done.returncode == 0 and "usage:" in done.stdout, done.stderr
         assert tools.run_tool(["llama-bench", "--help"]).returncode == 0
         # a changed library file in the same folder: a new key, relinked again
-        tools._LIBRARY_KEYS.clear()
+        installed._LIBRARY_KEYS.clear()
         with open(second / "libllama.so", "ab") as f:
             f.write(b"\0")
         exe3 = tools.ensure_tool("llama-bench")
         built.append(exe3.parent)
         assert exe3 != exe2
     finally:
-        tools._LIBRARY_KEYS.clear()
+        installed._LIBRARY_KEYS.clear()
         for folder in built:  # the cache is shared: drop what points into tmp_path
             shutil.rmtree(folder, ignore_errors=True)
 

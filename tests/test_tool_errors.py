@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from llama3zh_local.llamacpp.tools import _tail, without_debugger_noise
+from llama3zh_local.llamacpp.process import tail as _tail
+from llama3zh_local.llamacpp.process import without_debugger_noise
 
 from .ggufgen import write_model
 from .oneline import DEBUGGER_NOISE, assert_error, snapshot

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from llama3zh_local.errors import BackendError, UsageError
-from llama3zh_local.llamacpp import tools
+from llama3zh_local.llamacpp import installed, sdist, tools
 
 from . import models
 
@@ -37,13 +37,13 @@ TOOLS_CACHE = models.cache_root() / "tools"
     ],
 )
 def test_cache_key(version: str, key: str) -> None:
-    assert tools.cache_key(version) == key
+    assert installed.cache_key(version) == key
 
 
 @pytest.mark.parametrize("version", ["", "..", "."])
 def test_cache_key_rejects_non_versions(version: str) -> None:
     with pytest.raises(ValueError):
-        tools.cache_key(version)
+        installed.cache_key(version)
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,7 @@ def test_cache_key_rejects_non_versions(version: str) -> None:
     [("0.3.36", "llama-cpp-python==0.3.36"), ("0.3.36+cu124", "llama-cpp-python==0.3.36")],
 )
 def test_sdist_requirement_drops_local_label(version: str, req: str) -> None:
-    assert tools.sdist_requirement(version) == req
+    assert sdist.sdist_requirement(version) == req
 
 
 CHANGELOG = """# Changelog
@@ -85,7 +85,7 @@ CHANGELOG = """# Changelog
     ],
 )
 def test_commit_from_changelog(version: str, commit: str | None) -> None:
-    assert tools.commit_from_changelog(CHANGELOG, version) == commit
+    assert sdist.commit_from_changelog(CHANGELOG, version) == commit
 
 
 @pytest.mark.parametrize(
@@ -191,12 +191,12 @@ def test_undefined_symbols(output: str, undefined: bool) -> None:
 
 
 def test_tools_root_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(tools.TOOLS_DIR_ENV, raising=False)
-    assert tools.tools_root() == Path(os.environ["LLAMA3ZH_HOME"]) / "tools"
-    monkeypatch.setenv(tools.TOOLS_DIR_ENV, str(tmp_path / "t"))
-    assert tools.tools_root() == tmp_path / "t"
+    monkeypatch.delenv(installed.TOOLS_DIR_ENV, raising=False)
+    assert installed.tools_root() == Path(os.environ["LLAMA3ZH_HOME"]) / "tools"
+    monkeypatch.setenv(installed.TOOLS_DIR_ENV, str(tmp_path / "t"))
+    assert installed.tools_root() == tmp_path / "t"
     exe = tools.tool_binary("llama-bench", "0.3.36")
-    assert exe == tmp_path / "t" / "0.3.36" / tools.library_key() / "llama-bench"
+    assert exe == tmp_path / "t" / "0.3.36" / installed.library_key() / "llama-bench"
     assert exe.parent.name.startswith("libs-")
 
 
@@ -204,14 +204,14 @@ def test_lib_dir_honours_llama_cpp_lib_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("LLAMA_CPP_LIB_PATH", raising=False)
-    default = tools.lib_dir()
+    default = installed.lib_dir()
     assert default.name == "lib" and default.parent.name == "llama_cpp"
     monkeypatch.setenv("LLAMA_CPP_LIB_PATH", str(tmp_path))
-    assert tools.lib_dir() == tmp_path
+    assert installed.lib_dir() == tmp_path
     var = "DYLD_LIBRARY_PATH" if sys.platform == "darwin" else "LD_LIBRARY_PATH"
-    env = tools.tool_env({var: "/x"})
+    env = installed.tool_env({var: "/x"})
     assert env[var] == f"{tmp_path}{os.pathsep}/x"
-    assert tools.tool_env({})[var] == str(tmp_path)
+    assert installed.tool_env({})[var] == str(tmp_path)
 
 
 def test_no_compiler_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -262,8 +262,8 @@ def _sdist(path: Path, version: str = "0.3.36") -> Path:
 
 
 def test_ensure_source_from_sdist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(tools.TOOLS_DIR_ENV, str(tmp_path / "cache"))
-    monkeypatch.setenv(tools.SOURCE_ENV, str(_sdist(tmp_path / "s.tar.gz")))
+    monkeypatch.setenv(installed.TOOLS_DIR_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(sdist.SOURCE_ENV, str(_sdist(tmp_path / "s.tar.gz")))
     messages: list[str] = []
     src = tools.ensure_source(version="0.3.36", progress=messages.append)
     assert src == tmp_path / "cache" / "0.3.36" / "llama.cpp"
@@ -284,19 +284,19 @@ def test_ensure_source_from_sdist(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert messages and str(tmp_path / "s.tar.gz") in messages[0]
     # no temporary folders left, and the second call does nothing
     assert [p.name for p in (tmp_path / "cache" / "0.3.36").iterdir()] == ["llama.cpp"]
-    monkeypatch.setenv(tools.SOURCE_ENV, str(tmp_path / "gone.tar.gz"))
+    monkeypatch.setenv(sdist.SOURCE_ENV, str(tmp_path / "gone.tar.gz"))
     assert tools.ensure_source(version="0.3.36") == src
 
 
 def test_ensure_source_rejects_a_tree_without_llama_cpp(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(tools.TOOLS_DIR_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(installed.TOOLS_DIR_ENV, str(tmp_path / "cache"))
     (tmp_path / "empty").mkdir()
-    monkeypatch.setenv(tools.SOURCE_ENV, str(tmp_path / "empty"))
+    monkeypatch.setenv(sdist.SOURCE_ENV, str(tmp_path / "empty"))
     with pytest.raises(BackendError) as err:
         tools.ensure_source(version="0.3.36")
-    assert "has no llama.cpp" in str(err.value) and tools.SOURCE_ENV in (err.value.hint or "")
+    assert "has no llama.cpp" in str(err.value) and sdist.SOURCE_ENV in (err.value.hint or "")
     assert not (tmp_path / "cache" / "0.3.36" / "llama.cpp").exists()
 
 
@@ -368,7 +368,7 @@ def test_run_tool_timeout(stream: bool, tmp_path: Path, monkeypatch: pytest.Monk
 @pytest.fixture
 def tools_cache(monkeypatch: pytest.MonkeyPatch) -> Path:
     """The persistent tool cache (the first use downloads the sdist and compiles, ~1 minute)."""
-    monkeypatch.setenv(tools.TOOLS_DIR_ENV, str(TOOLS_CACHE))
+    monkeypatch.setenv(installed.TOOLS_DIR_ENV, str(TOOLS_CACHE))
     return TOOLS_CACHE
 
 
@@ -398,7 +398,7 @@ def test_llama_bench_builds_and_runs(tools_cache: Path) -> None:
     record = json.loads(exe.with_name(exe.name + ".json").read_text())
     # the ToolSpec's short list of common sources still links (no fallback to all of common)
     assert record["all_of_common"] is False
-    assert record["llama_cpp_python"] == tools.llama_cpp_version()
+    assert record["llama_cpp_python"] == installed.llama_cpp_version()
     done = tools.run_tool(["llama-bench", "--help"])
     assert "usage:" in done.stdout and "--n-prompt" in done.stdout
     assert tools.ensure_tool("llama-bench") == exe  # cached

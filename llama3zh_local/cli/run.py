@@ -1,4 +1,7 @@
-"""`llama3zh run`: one command from nothing to a (quantized) model in chat or in Ollama."""
+"""`llama3zh run`: one command from nothing to a (quantized) model in chat or in Ollama.
+
+Library modules are imported inside the functions: `llama3zh --help` starts without them.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..catalog import DEFAULT_ALIAS, DEFAULT_QUANT
+from ..errors import UsageError
 from . import _output
 from ._errors import handle_errors
 from ._options import GpuLayersOpt, SourceChoice, SourceOpt, ThreadsOpt, YesOpt
 from ._progress import Progress
+from .chat import talk
+from .modelfile import create_in_ollama
 
 if TYPE_CHECKING:
     from ..pipeline import RunPlan
@@ -77,7 +83,7 @@ def run(
     from ..pipeline import execute, plan_run
 
     check_threads(threads)
-    parse_gpu_layers(n_gpu_layers)
+    gpu_layers = parse_gpu_layers(n_gpu_layers)
     plan = plan_run(model, quant=quant, imatrix=imatrix, source=source.value, chunks=chunks)
     show_plan(plan)
     if dry_run:
@@ -85,8 +91,6 @@ def run(
         return
     if plan.todo and plan.needs_confirmation and not yes:
         if not sys.stdin.isatty():
-            from ..errors import UsageError
-
             raise UsageError(
                 f"this needs {plan.work_bytes / 1e9:.1f} GB of work and asks first, but stdin "
                 "is not a terminal",
@@ -94,21 +98,15 @@ def run(
             )
         typer.confirm("Go ahead?", default=True, abort=True, err=True)
     with Progress() as bar:
-        result = execute(
-            plan, progress=bar, threads=threads, n_gpu_layers=parse_gpu_layers(n_gpu_layers)
-        )
+        result = execute(plan, progress=bar, threads=threads, n_gpu_layers=gpu_layers)
     _output.note(f"{result.target} (sha256 {result.sha256[:12]}…)")
     if ollama is not None:
-        from .modelfile import ollama_create
-
-        ollama_create(name=ollama, model=str(result.target))
+        create_in_ollama(ollama, model=str(result.target))
         return
-    from .chat import chat
-
     if prompt is None and not sys.stdin.isatty():
         _output.result(str(result.target))
         return
-    chat(model=str(result.target), prompt=prompt, n_gpu_layers=n_gpu_layers, threads=threads)
+    talk(str(result.target), prompt=prompt, gpu_layers=gpu_layers, threads=threads)
 
 
 def show_plan(plan: RunPlan) -> None:

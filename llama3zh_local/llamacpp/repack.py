@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..files import atomic
+from . import installed, process
 
 OVERRIDE_ENV = "LLAMA3ZH_CPU_REPACK"
 CACHE_NAME = "cpu-repack.json"
@@ -102,9 +103,7 @@ def decide(
     """
     mode = parse_override(override)
     if mode != "auto":
-        return RepackDecision(
-            mode == "on", f"set by {OVERRIDE_ENV}={mode}", "override", amx
-        )
+        return RepackDecision(mode == "on", f"set by {OVERRIDE_ENV}={mode}", "override", amx)
     if not amx:
         return RepackDecision(True, "no AMX on this CPU or in this llama.cpp build", "no-amx",
                               amx)  # fmt: skip
@@ -188,10 +187,8 @@ def cpu_identity() -> str:
 
 def cache_key() -> str:
     """The llama.cpp libraries in use and this CPU, hashed."""
-    from . import tools
-
     cpu = hashlib.sha256(cpu_identity().encode()).hexdigest()[:12]
-    return f"{tools.library_key()}-cpu{cpu}"
+    return f"{installed.library_key()}-cpu{cpu}"
 
 
 _CURRENT: dict[str, RepackDecision] = {}
@@ -201,14 +198,12 @@ def current() -> RepackDecision:
     """This process's verdict (decided once per override value)."""
     mode = parse_override(os.environ.get(OVERRIDE_ENV))
     if mode not in _CURRENT:
-        from . import tools
-
         amx = amx_reported()
         _CURRENT[mode] = decide(
             amx=amx,
             override=mode,
             key=cache_key() if amx and mode == "auto" else "",
-            cache=tools.tools_root() / CACHE_NAME,
+            cache=installed.tools_root() / CACHE_NAME,
             probe=probe_amx,
         )
     return _CURRENT[mode]
@@ -235,22 +230,20 @@ def probe_amx(
 
     The scratch folder is removed here, also after a crash.
     """
-    from . import tools
-
     # the system's temporary folder: a few MB, removed here whatever the child did
     with tempfile.TemporaryDirectory(prefix="llama3zh-repack-probe-") as tmp:
         cmd = list(command) + [tmp] if command is not None else probe_command(Path(tmp))
         env = {k: v for k, v in os.environ.items() if k != OVERRIDE_ENV}
         try:
             # tools' runner: UTF-8 output kept, and the child dies with us
-            done = tools._run(cmd, timeout=timeout, env=env)
+            done = process.run(cmd, timeout=timeout, env=env)
         except subprocess.TimeoutExpired:
             return ProbeResult(False, None, f"timed out after {timeout:.0f} s")
     if done.returncode < 0:
         return ProbeResult(False, done.returncode, signal_name(-done.returncode))
     if done.returncode == 0 and PROBE_OK in done.stdout:
         return ProbeResult(True, 0, "")
-    last = tools._tail(done.stderr or done.stdout, 2)
+    last = process.tail(done.stderr or done.stdout, 2)
     return ProbeResult(False, done.returncode, last or f"exit {done.returncode}")
 
 

@@ -7,7 +7,7 @@ the llama.cpp source that the installed llama-cpp-python's sdist vendors, and li
 libraries that llama-cpp-python installed: a tool runs the same llama.cpp, with the same backend
 (CPU, CUDA, Metal), as the chat engine.
 
-Cache layout, one folder per llama-cpp-python version under ``tools_root()``::
+Cache layout, one folder per llama-cpp-python version under ``installed.tools_root()``::
 
     <version>/llama.cpp/          the needed sources, extracted from the sdist (+ source.json)
     <version>/build/obj-<hash>/   object files, shared by the tools; <hash> is of the flags
@@ -29,11 +29,8 @@ Environment:
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import hashlib
-import importlib.metadata
-import importlib.util
 import itertools
 import json
 import os
@@ -44,28 +41,20 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from .. import paths
 from ..errors import BackendError, UsageError
 from ..files import atomic
+from . import installed, process, repack, sdist
+from .installed import DIST
+from .process import Say
 
-Progress = Callable[[str], None]
-
-TOOLS_DIR_ENV = "LLAMA3ZH_TOOLS_DIR"
-SOURCE_ENV = "LLAMA3ZH_LLAMA_CPP_SOURCE"
-DIST = "llama-cpp-python"
-
-# Where the sdist keeps llama.cpp, and the parts of it a tool build reads.
-SDIST_LLAMA_CPP = "vendor/llama.cpp"
+# The parts of llama.cpp's tree a tool build reads.
 SOURCE_DIRS = ("include", "ggml/include", "common", "vendor/nlohmann", "vendor/cpp-httplib",
                "vendor/sheredom")  # fmt: skip
 SOURCE_FILES = ("LICENSE",)
@@ -123,63 +112,14 @@ TOOLS: dict[str, ToolSpec] = {
         # Only for checking quant/quantize.py against it (byte-identical output) and for the speed
         # bench: quantization itself goes through llama_model_quantize in-process.
         # It never multiplies with the weights it writes: nothing to repack.
-        ToolSpec("llama-quantize", "quantize", ("quantize.cpp", "main.cpp"), COMMON_ALL,
-                 no_repack=()),  # fmt: skip
+        ToolSpec(
+            "llama-quantize", "quantize", ("quantize.cpp", "main.cpp"), COMMON_ALL, no_repack=()
+        ),  # fmt: skip
     )
 }
 
 
 # -- where things are -------------------------------------------------------------------------
-
-
-def tools_root() -> Path:
-    """The tool cache: ``$LLAMA3ZH_TOOLS_DIR``, else ``paths.tools_dir()``."""
-    if env := os.environ.get(TOOLS_DIR_ENV):
-        return Path(env).expanduser()
-    return paths.tools_dir()
-
-
-def llama_cpp_version() -> str:
-    """The installed llama-cpp-python version (without importing it, which loads the libraries)."""
-    try:
-        return importlib.metadata.version(DIST)
-    except importlib.metadata.PackageNotFoundError:
-        raise BackendError(
-            "llama-cpp-python is not installed", hint=f"pip install {DIST}"
-        ) from None
-
-
-def lib_dir() -> Path:
-    """Where llama_cpp loads libllama and libggml from (``$LLAMA_CPP_LIB_PATH`` wins, as there)."""
-    if env := os.environ.get("LLAMA_CPP_LIB_PATH"):
-        return Path(env)
-    spec = importlib.util.find_spec("llama_cpp")
-    if spec is None or not spec.submodule_search_locations:
-        raise BackendError("llama-cpp-python is not installed", hint=f"pip install {DIST}")
-    return Path(list(spec.submodule_search_locations)[0]) / "lib"
-
-
-def cache_key(version: str) -> str:
-    """The cache folder name of a llama-cpp-python version (``0.3.36``, ``0.3.36+cu124``)."""
-    key = re.sub(r"[^A-Za-z0-9._+-]", "_", version.strip())
-    if not key.strip("."):
-        raise ValueError(f"not a version: {version!r}")
-    return key
-
-
-def sdist_requirement(version: str) -> str:
-    """The pip requirement of the sdist: a local version label (``+cu124``) is not on PyPI."""
-    return f"{DIST}=={version.split('+', 1)[0]}"
-
-
-def commit_from_changelog(text: str, version: str) -> str | None:
-    """The llama.cpp commit a llama-cpp-python release vendors, from its CHANGELOG.md."""
-    public = re.escape(version.split("+", 1)[0])
-    section = re.search(rf"^## \[{public}\].*?$(.*?)(?=^## \[|\Z)", text, re.M | re.S)
-    if section is None:
-        return None
-    found = re.search(r"llama\.cpp@([0-9a-f]{7,40})", section.group(1))
-    return found.group(1) if found else None
 
 
 def wanted_source(rel: str, tool_dirs: Iterable[str]) -> bool:
@@ -207,77 +147,49 @@ def common_sources(src: Path, spec: ToolSpec, *, everything: bool = False) -> li
     return out
 
 
-_LIBRARY_KEYS: dict[Path, str] = {}
-
-
-def library_key(libs: Path | None = None) -> str:
-    """``libs-<hash>`` of a folder of llama.cpp libraries: its path and its files' contents.
-
-    A tool's RUNPATH names the folder it was linked to, so the folder is part of the key; the
-    contents tell a rebuilt or reinstalled llama-cpp-python (same version, other flags) apart.
-    """
-    folder = (libs or lib_dir()).resolve()
-    if folder not in _LIBRARY_KEYS:
-        h = hashlib.sha256(str(folder).encode())
-        try:
-            files = sorted(p for p in folder.iterdir() if p.is_file() and _is_library(p.name))
-        except OSError:
-            files = []
-        for path in files:
-            h.update(b"\0" + path.name.encode() + b"\0")
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            h.update(digest.digest())
-        _LIBRARY_KEYS[folder] = f"libs-{h.hexdigest()[:16]}"
-    return _LIBRARY_KEYS[folder]
-
-
-def _is_library(name: str) -> bool:
-    return ".so" in name or name.endswith((".dylib", ".dll"))
-
-
 def tool_binary(name: str, version: str | None = None, libs: Path | None = None) -> Path:
     """Where ``name`` is (or will be) once built for the installed llama-cpp-python and the
     libraries in ``libs`` (default: the ones llama_cpp loads)."""
     exe = ".exe" if sys.platform == "win32" else ""
-    base = tools_root() / cache_key(version or llama_cpp_version())
-    return base / library_key(libs) / f"{name}{exe}"
+    base = installed.tools_root() / installed.cache_key(version or installed.llama_cpp_version())
+    return base / installed.library_key(libs) / f"{name}{exe}"
 
 
 # -- the source -------------------------------------------------------------------------------
 
 
-def ensure_source(*, version: str | None = None, progress: Progress | None = None) -> Path:
+def ensure_source(*, version: str | None = None, progress: Say | None = None) -> Path:
     """The llama.cpp tree of the installed llama-cpp-python's sdist, downloaded once (pip).
 
     Returns the folder that holds ``include/``, ``common/`` and ``tools/``.
     """
-    version = version or llama_cpp_version()
-    base = tools_root() / cache_key(version)
+    version = version or installed.llama_cpp_version()
+    base = installed.tools_root() / installed.cache_key(version)
     dest = base / "llama.cpp"
     tool_dirs = sorted({spec.folder for spec in TOOLS.values()})
     if _source_complete(dest, tool_dirs):
         return dest
-    say = progress or _quiet
+    say = progress or process.quiet
     base.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".source-", dir=base) as tmp:
-        origin = os.environ.get(SOURCE_ENV)
-        sdist = find_sdist(version, Path(tmp) / "download", progress=say)
+        origin = os.environ.get(sdist.SOURCE_ENV)
+        archive = sdist.find_sdist(version, Path(tmp) / "download", progress=say)
         staged = Path(tmp) / "llama.cpp"
-        changelog = copy_llama_cpp(sdist, staged, lambda rel: wanted_source(rel, tool_dirs))
+        changelog = sdist.copy_llama_cpp(archive, staged, lambda rel: wanted_source(rel, tool_dirs))
         missing = [d for d in ("include", "common", *(f"tools/{t}" for t in tool_dirs))
                    if not (staged / d).is_dir()]  # fmt: skip
         if missing:
             raise BackendError(
-                f"{sdist} has no llama.cpp {', '.join(missing)}",
-                hint=f"unset {SOURCE_ENV} or point it at the {sdist_requirement(version)} sdist",
+                f"{archive} has no llama.cpp {', '.join(missing)}",
+                hint=f"unset {sdist.SOURCE_ENV} or point it at the "
+                f"{sdist.sdist_requirement(version)} sdist",
             )
         info = {
             "llama_cpp_python": version,
-            "llama_cpp_commit": commit_from_changelog(changelog, version) if changelog else None,
-            "origin": str(sdist) if origin else sdist_requirement(version),
+            "llama_cpp_commit": sdist.commit_from_changelog(changelog, version)
+            if changelog
+            else None,
+            "origin": str(archive) if origin else sdist.sdist_requirement(version),
         }
         (staged / "source.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         if dest.exists():  # an older, incomplete extraction (fewer tools): replace it
@@ -294,69 +206,6 @@ def _source_complete(dest: Path, tool_dirs: Iterable[str]) -> bool:
     return (dest / "source.json").is_file() and all(
         (dest / "tools" / d).is_dir() for d in tool_dirs
     )
-
-
-def find_sdist(version: str, into: Path, *, progress: Progress | None = None) -> Path:
-    """The llama-cpp-python sdist (file or folder): ``$LLAMA3ZH_LLAMA_CPP_SOURCE``, else pip
-    downloads it into ``into``."""
-    say = progress or _quiet
-    if origin := os.environ.get(SOURCE_ENV):
-        say(f"llama.cpp source: {origin}")
-        return Path(origin).expanduser()
-    say(f"downloading the llama.cpp source ({sdist_requirement(version)} sdist, pip)")
-    return _pip_download_sdist(version, into)
-
-
-def _pip_download_sdist(version: str, into: Path) -> Path:
-    # --no-binary for this one package only: the sdist is the point, and pip may still take
-    # wheels for the build backend it installs to read the sdist's metadata.
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", DIST,
-           sdist_requirement(version), "-d", str(into)]  # fmt: skip
-    done = _run(cmd, timeout=1800)
-    found = sorted(into.glob("*.tar.gz")) if done.returncode == 0 else []
-    if not found:
-        raise BackendError(
-            f"pip could not download the {sdist_requirement(version)} sdist: "
-            f"{_tail(done.stdout + done.stderr)}",
-            hint=f"check the network to PyPI, or download it elsewhere and set {SOURCE_ENV}=<file>",
-        )
-    return found[0]
-
-
-def copy_llama_cpp(sdist: Path, dest: Path, wanted: Callable[[str], bool]) -> str | None:
-    """Copy the files of an sdist's (file or folder) llama.cpp tree for which ``wanted(path
-    inside the tree)`` holds to ``dest``; returns the sdist's CHANGELOG."""
-    if sdist.is_dir():
-        root = sdist / SDIST_LLAMA_CPP if (sdist / SDIST_LLAMA_CPP).is_dir() else sdist
-        for path in root.rglob("*"):
-            rel = path.relative_to(root).as_posix()
-            if path.is_file() and wanted(rel):
-                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, dest / rel)
-        changelog = sdist / "CHANGELOG.md"
-        return changelog.read_text("utf-8", errors="replace") if changelog.is_file() else None
-    if not tarfile.is_tarfile(sdist):
-        raise BackendError(f"{sdist} is not an sdist archive", hint=f"check {SOURCE_ENV}")
-    text = None
-    with tarfile.open(sdist) as tar:
-        for member in tar:
-            _top, _, inner = member.name.partition("/")
-            if inner == "CHANGELOG.md" and member.isfile():
-                f = tar.extractfile(member)
-                text = f.read().decode("utf-8", errors="replace") if f else None
-                continue
-            if not inner.startswith(SDIST_LLAMA_CPP + "/") or not member.isfile():
-                continue
-            rel = inner[len(SDIST_LLAMA_CPP) + 1 :]
-            if ".." in rel.split("/") or not wanted(rel):
-                continue
-            f = tar.extractfile(member)
-            if f is None:
-                continue
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            with f, open(dest / rel, "wb") as out:
-                shutil.copyfileobj(f, out)
-    return text
 
 
 # -- the build --------------------------------------------------------------------------------
@@ -411,7 +260,7 @@ def _flags_hash(cxx: str) -> str:
     ).hexdigest()[:10]
 
 
-def ensure_tool(name: str, *, progress: Progress | None = None, rebuild: bool = False) -> Path:
+def ensure_tool(name: str, *, progress: Say | None = None, rebuild: bool = False) -> Path:
     """The path of llama.cpp tool ``name``, compiled on first use for the installed llama_cpp.
 
     Raises:
@@ -421,18 +270,18 @@ def ensure_tool(name: str, *, progress: Progress | None = None, rebuild: bool = 
     spec = TOOLS.get(name)
     if spec is None:
         raise UsageError(f"unknown llama.cpp tool {name!r}", hint=f"one of: {', '.join(TOOLS)}")
-    version = llama_cpp_version()
-    libs = lib_dir()
+    version = installed.llama_cpp_version()
+    libs = installed.lib_dir()
     out = tool_binary(name, version, libs)
     if out.is_file() and not rebuild:
         return out
     with _build_lock(out.parent / f".{name}.lock"):
         if out.is_file() and not rebuild:  # built by whoever held the lock
             return out
-        return _build(spec, version, out, libs, progress or _quiet)
+        return _build(spec, version, out, libs, progress or process.quiet)
 
 
-def _build(spec: ToolSpec, version: str, out: Path, libs: Path, say: Progress) -> Path:
+def _build(spec: ToolSpec, version: str, out: Path, libs: Path, say: Say) -> Path:
     missing = [n for n in ("llama", "ggml", "ggml-base") if not _has_lib(libs, n)]
     if missing:
         raise BackendError(
@@ -464,18 +313,18 @@ def _build(spec: ToolSpec, version: str, out: Path, libs: Path, say: Progress) -
     _compile_all(cxx, src, units, say)
     tmp = atomic.temp_path(out)  # journaled: gc removes it after a kill
     say(f"linking {spec.name}")
-    done = _run(link_command(cxx, [o for o, _ in units.values()], tmp, libs))
+    done = process.run(link_command(cxx, [o for o, _ in units.values()], tmp, libs))
     if done.returncode != 0 and _undefined_symbols(done.stderr):
         # this llama.cpp needs more of common than ToolSpec.common lists: compile all of it
         fallback = True
         say(f"{spec.name} needs more of llama.cpp's common library; compiling all of it")
         add(common_sources(src, spec, everything=True))
         _compile_all(cxx, src, units, say)
-        done = _run(link_command(cxx, [o for o, _ in units.values()], tmp, libs))
+        done = process.run(link_command(cxx, [o for o, _ in units.values()], tmp, libs))
     if done.returncode != 0:
         tmp.unlink(missing_ok=True)
         raise BackendError(
-            f"linking {spec.name} failed: {_tail(done.stderr or done.stdout)}",
+            f"linking {spec.name} failed: {process.tail(done.stderr or done.stdout)}",
             hint=f"the libraries in {libs} may not match {DIST} {version}; reinstall it",
         )
     seconds = time.perf_counter() - t0
@@ -493,14 +342,14 @@ def _build(spec: ToolSpec, version: str, out: Path, libs: Path, say: Progress) -
         "compile_seconds": round(time.perf_counter() - t_compile, 1),
         "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write_atomic(out.with_name(out.name + ".json"), json.dumps(record, indent=2) + "\n")
+    atomic.write_text(out.with_name(out.name + ".json"), json.dumps(record, indent=2) + "\n")
     os.replace(tmp, out)
     say(f"built {spec.name} in {seconds:.0f} s: {out}")
     return out
 
 
 def _compile_all(
-    cxx: str, src: Path, units: Mapping[str, tuple[Path, list[Path]]], say: Progress
+    cxx: str, src: Path, units: Mapping[str, tuple[Path, list[Path]]], say: Say
 ) -> None:
     """Compile the units whose object file is missing, longest first, one job per core."""
     todo = [(rel, obj, inc) for rel, (obj, inc) in units.items() if not obj.is_file()]
@@ -515,11 +364,11 @@ def _compile_all(
 
     def one(rel: str, obj: Path, inc: list[Path]) -> None:
         tmp = atomic.temp_path(obj)
-        done = _run(compile_command(cxx, src, rel, tmp, extra_includes=inc))
+        done = process.run(compile_command(cxx, src, rel, tmp, extra_includes=inc))
         if done.returncode != 0:
             tmp.unlink(missing_ok=True)
             raise BackendError(
-                f"compiling {rel} failed: {_tail(done.stderr or done.stdout, 6)}",
+                f"compiling {rel} failed: {process.tail(done.stderr or done.stdout, 6)}",
                 hint=f"{Path(cxx).name} must support C++17 (gcc >= 9, clang >= 10)",
             )
         os.replace(tmp, obj)
@@ -538,7 +387,7 @@ def _compile_all(
 def _write_build_info(src: Path, build: Path, cxx: str, commit: str | None) -> Path:
     """common/build-info.cpp, which cmake configures from build-info.cpp.in."""
     template = (src / "common" / "build-info.cpp.in").read_text(encoding="utf-8")
-    version = _run([cxx, "--version"]).stdout.splitlines()
+    version = process.run([cxx, "--version"]).stdout.splitlines()
     values = {
         "LLAMA_BUILD_NUMBER": "0",
         "LLAMA_BUILD_COMMIT": commit or "unknown",
@@ -548,7 +397,7 @@ def _write_build_info(src: Path, build: Path, cxx: str, commit: str | None) -> P
     text = re.sub(r"@(\w+)@", lambda m: values.get(m.group(1), m.group(0)), template)
     out = build / "build-info.cpp"
     if not out.is_file() or out.read_text(encoding="utf-8") != text:
-        _write_atomic(out, text)
+        atomic.write_text(out, text)
         for stale in build.glob("build-info-*.o"):
             stale.unlink(missing_ok=True)
     return out
@@ -584,25 +433,13 @@ def _build_lock(path: Path) -> Iterator[None]:
 # -- running ----------------------------------------------------------------------------------
 
 
-def tool_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for a tool: llama_cpp's library dir first on the loader path.
-
-    The rpath points at the libraries the tool was linked with; this makes a tool follow
-    ``LLAMA_CPP_LIB_PATH`` and a reinstalled llama-cpp-python the way ``llama_cpp`` does.
-    """
-    env = dict(os.environ if base is None else base)
-    var = "DYLD_LIBRARY_PATH" if sys.platform == "darwin" else "LD_LIBRARY_PATH"
-    env[var] = os.pathsep.join(p for p in (str(lib_dir()), env.get(var, "")) if p)
-    return env
-
-
 def run_tool(
     args: Sequence[str],
     *,
     check: bool = True,
     timeout: float | None = None,
     cwd: str | Path | None = None,
-    progress: Progress | None = None,
+    progress: Say | None = None,
     on_output: Callable[[str, str], None] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run llama.cpp tool ``args[0]`` (built on first use) with ``args[1:]``; output captured.
@@ -621,14 +458,16 @@ def run_tool(
     cmd = [str(exe), *rest, *repack_args(args[0], rest)]
     try:
         if on_output is None:
-            done = _run(cmd, timeout=timeout, cwd=cwd, env=tool_env())
+            done = process.run(cmd, timeout=timeout, cwd=cwd, env=installed.tool_env())
         else:
-            done = _run_streaming(cmd, on_output, timeout=timeout, cwd=cwd, env=tool_env())
+            done = process.run_streaming(
+                cmd, on_output, timeout=timeout, cwd=cwd, env=installed.tool_env()
+            )
     except subprocess.TimeoutExpired as e:
         raw = e.stderr or e.stdout or b""  # bytes, whatever text= says
         out = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
         raise BackendError(
-            f"{args[0]} did not finish within {timeout:.0f} s: {_tail(out)}",
+            f"{args[0]} did not finish within {timeout:.0f} s: {process.tail(out)}",
             hint="give it more time, or a smaller model / fewer tokens",
         ) from None
     except OSError as e:
@@ -641,7 +480,7 @@ def run_tool(
     if check and done.returncode != 0:
         raise BackendError(
             f"{args[0]} failed (exit code {done.returncode}): "
-            f"{_tail(done.stderr or done.stdout) or 'no output'}",
+            f"{process.tail(done.stderr or done.stdout) or 'no output'}",
             hint=f"run it by hand to see all of its output: {shlex.join(cmd)}",
         )
     return done
@@ -654,8 +493,6 @@ def repack_args(name: str, args: Sequence[str] = ()) -> list[str]:
     spec = TOOLS.get(name)
     if spec is None or not spec.no_repack or any(a in REPACK_OPTIONS for a in args):
         return []
-    from . import repack
-
     return [] if repack.enabled() else list(spec.no_repack)
 
 
@@ -667,13 +504,11 @@ def _killed(
 ) -> BaseException:
     """The error for a tool that died from signal ``signum``: which signal, its last lines, and
     what to try next (the repack override after a crash, memory after a SIGKILL)."""
-    from . import repack
-
     if signum == signal.SIGINT:
         return KeyboardInterrupt()
     sig = repack.signal_name(signum)
     what = signal.strsignal(signum) or sig
-    last = _tail(done.stderr or done.stdout)
+    last = process.tail(done.stderr or done.stdout)
     message = f"{name} was killed by {sig} ({what})" + (f": {last}" if last else "")
     by_hand = f"run it by hand to see all of its output: {shlex.join(cmd)}"
     if sig in _CRASHES and TOOLS[name].no_repack and repack.enabled():
@@ -693,142 +528,8 @@ def _killed(
     return BackendError(message, hint=hint)
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGKILL when we die (Linux), even by SIGKILL.
-
-    Otherwise a killed run leaves llama-imatrix working on, and writing its output after the
-    rerun has already swept and replaced it.
-    """
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        pr_set_pdeathsig = 1
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
-
-
-def _run(
-    cmd: Sequence[str],
-    *,
-    timeout: float | None = None,
-    cwd: str | Path | None = None,
-    env: Mapping[str, str] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """A subprocess from an argument list, its output kept as UTF-8 (the tools print Chinese)."""
-    return subprocess.run(
-        list(cmd),
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=timeout,
-        cwd=cwd,
-        env=None if env is None else dict(env),
-        check=False,
-        preexec_fn=_die_with_parent,
-    )
-
-
-def _run_streaming(
-    cmd: Sequence[str],
-    on_output: Callable[[str, str], None],
-    *,
-    timeout: float | None = None,
-    cwd: str | Path | None = None,
-    env: Mapping[str, str] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """``_run``, with each piece of output passed to ``on_output`` as it arrives.
-
-    The child is killed when the caller is interrupted (Ctrl-C) or the timeout passes.
-    """
-    proc = subprocess.Popen(
-        list(cmd),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=cwd,
-        env=None if env is None else dict(env),
-        preexec_fn=_die_with_parent,
-    )
-    kept: dict[str, list[str]] = {"stdout": [], "stderr": []}
-    lock = threading.Lock()
-
-    def pump(name: str, pipe: Any) -> None:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        while True:
-            data = os.read(pipe.fileno(), 65536)
-            text = decoder.decode(data, final=not data)
-            if text:
-                kept[name].append(text)
-                with lock:  # one callback at a time: callers need no locking of their own
-                    with contextlib.suppress(Exception):
-                        on_output(name, text)
-            if not data:
-                break
-
-    threads = [
-        threading.Thread(target=pump, args=(name, pipe), daemon=True)
-        for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr))
-    ]
-    for t in threads:
-        t.start()
-    try:
-        proc.wait(timeout=timeout)
-    except BaseException as e:  # TimeoutExpired, KeyboardInterrupt: the tool must not outlive us
-        proc.kill()
-        proc.wait()
-        for t in threads:
-            t.join(timeout=5)
-        if isinstance(e, subprocess.TimeoutExpired):
-            raise subprocess.TimeoutExpired(
-                e.cmd, e.timeout, output="".join(kept["stdout"]), stderr="".join(kept["stderr"])
-            ) from None
-        raise
-    for t in threads:
-        t.join()
-    for pipe in (proc.stdout, proc.stderr):
-        if pipe is not None:
-            pipe.close()
-    return subprocess.CompletedProcess(
-        list(cmd), proc.returncode, "".join(kept["stdout"]), "".join(kept["stderr"])
-    )
-
-
-# What gdb prints into a dying tool's output when ggml's abort handler (ggml_print_backtrace)
-# attaches it: banners, thread notes, stack frames and echoed source lines. Never the tool's own
-# words (its GGML_ASSERT line, an exception's what() are kept).
-_DEBUGGER_NOISE = re.compile(
-    r"#\d+\s+|\d+\s+in\s|\d+\s+\S.*: No such file or directory\.?$|0x[0-9a-fA-F]+ in |"
-    r"\[New (LWP|Thread)|\[Thread debugging|\[Inferior \d|Using host libthread_db|warning: |"
-    r"To enable execution of this file|add-auto-load-safe-path|line to your configuration file|"
-    r"To completely disable this security|set auto-load safe-path|For more information about this "
-    r"security|\"Auto-loading safe path\"|info \"\(gdb\)|ptrace: |No stack\.|Could not attach|"
-    r"Attaching to |Detaching from |\(gdb\)"
-)
-
-
-def without_debugger_noise(text: str) -> list[str]:
-    """The non-empty lines of a tool's output, less what a debugger printed into it."""
-    lines = (ln.strip() for ln in text.splitlines())
-    return [ln for ln in lines if ln and not _DEBUGGER_NOISE.match(ln)]
-
-
-def _tail(text: str, n: int = 3) -> str:
-    return " | ".join(without_debugger_noise(text)[-n:])
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = atomic.temp_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _cpu_count() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS
         return max(1, os.cpu_count() or 1)
-
-
-def _quiet(_message: str) -> None:
-    pass

@@ -25,7 +25,7 @@ from .. import hardware, paths
 from ..errors import BackendError, InputError, UsageError
 from ..files import atomic, space
 from ..gguf.info import GGUFInfo, read_gguf_info
-from ..llamacpp import quant, tools
+from ..llamacpp import process, quant, tools
 from ..progress import DONE, FAILED, START, Callback, emitter
 from .options import ChunkOptions, check_token_count, read_text
 from .quantize import bits_per_weight
@@ -108,7 +108,7 @@ def parse_perplexity(stdout: str, stderr: str = "") -> PerplexityOutput:
             "tokens for this context",
             hint="use a longer --text or a smaller --ctx",
         )
-    lines = tools.without_debugger_noise(text)
+    lines = process.without_debugger_noise(text)
     raise BackendError(
         f"llama-perplexity printed no perplexity: {' | '.join(lines[-3:]) or 'no output'}",
         hint="rerun with LLAMA3ZH_DEBUG=1, or run the command by hand to see all of its output",

@@ -26,7 +26,7 @@ from ..errors import InputError, InvalidModelError, UsageError
 from ..files import atomic, guard
 from ..gguf.info import read_gguf_info
 from ..gguf.tensors import read_tensor_infos
-from ..llamacpp import quant, tools
+from ..llamacpp import installed, process, quant, tools
 from ..progress import Callback
 from .options import ChunkOptions, check_token_count, read_text
 from .tracker import ChunkTracker
@@ -341,7 +341,7 @@ def plan_imatrix(
         calibration_sha256=hashlib.sha256(raw).hexdigest(),
         ctx=options.ctx,
         n_chunks=n_chunks,
-        version=tools.llama_cpp_version(),
+        version=installed.llama_cpp_version(),
     )
     out = _output(model, calib, cache_path(model, key), output, force=force)
     ngl = options.gpu_layers(info)
@@ -451,4 +451,4 @@ def _final_ppl(out: str) -> float | None:
 
 
 def _tail(text: str, n: int = 3) -> str:
-    return " | ".join(tools.without_debugger_noise(text)[-n:])
+    return " | ".join(process.without_debugger_noise(text)[-n:])
