@@ -217,7 +217,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def test_disk_space_names_the_reserve(small_disk: Path) -> None:
     from llama3zh_local.convert import llama as convert
-    from llama3zh_local.quant import quantize
+    from llama3zh_local.files import space
 
     free = shutil.disk_usage(small_disk).free
     need = free - (16 << 20)  # fits, but eats into the space kept free
@@ -225,7 +225,7 @@ def test_disk_space_names_the_reserve(small_disk: Path) -> None:
         convert.check_space(small_disk / "m.gguf", need)
     assert "kept free" in str(e.value) and "GB" in (e.value.hint or "")
     with pytest.raises(DiskSpaceError) as e:
-        quantize._check_space(out_dir=small_disk, need=need)
+        space.check_space(small_disk, need, what="the outputs", hint="write elsewhere")
     assert "kept free" in str(e.value)
     convert.check_space(small_disk / "m.gguf", free - (80 << 20))  # and room is room
 

@@ -21,10 +21,12 @@ from llama3zh_local.errors import (
     InvalidModelError,
     UsageError,
 )
-from llama3zh_local.files import state
+from llama3zh_local.files import space, state
 from llama3zh_local.hardware import GIB, Device, Hardware
 from llama3zh_local.llamacpp import quant
 from llama3zh_local.quant import evaluate, imatrix, quantize, recommend
+from llama3zh_local.quant.options import ChunkOptions
+from llama3zh_local.quant.tracker import ChunkTracker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -253,32 +255,34 @@ def test_cache_key_follows_model_text_and_settings(synth: Path, tmp_path: Path) 
 def test_short_or_empty_calibration_says_what_is_needed(smollm2_gguf: Path, tmp_path: Path) -> None:
     (tmp_path / "empty.txt").write_text("  \n", encoding="utf-8")
     with pytest.raises(InputError, match="is empty"):
-        imatrix.plan_imatrix(model=smollm2_gguf, calibration=tmp_path / "empty.txt")
+        imatrix.plan_imatrix(model=smollm2_gguf, options=ChunkOptions(text=tmp_path / "empty.txt"))
     (tmp_path / "short.txt").write_text("你好，世界。Hello world. " * 20, encoding="utf-8")
     with pytest.raises(InputError, match=r"needs at least 2 chunks of 512 tokens \(1,024"):
-        imatrix.plan_imatrix(model=smollm2_gguf, calibration=tmp_path / "short.txt")
+        imatrix.plan_imatrix(model=smollm2_gguf, options=ChunkOptions(text=tmp_path / "short.txt"))
     with pytest.raises(InputError, match=r"too short for 50 chunks: they need 6,400 tokens"):
-        imatrix.plan_imatrix(model=smollm2_gguf, calibration=tmp_path / "short.txt", ctx=128,
-                             chunks=50)  # fmt: skip
+        imatrix.plan_imatrix(model=smollm2_gguf, options=ChunkOptions(
+            text=tmp_path / "short.txt", ctx=128, chunks=50))  # fmt: skip
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
     with pytest.raises(InputError, match="not UTF-8"):
-        imatrix.plan_imatrix(model=smollm2_gguf, calibration=tmp_path / "latin1.txt")
+        imatrix.plan_imatrix(model=smollm2_gguf, options=ChunkOptions(text=tmp_path / "latin1.txt"))
 
 
 def test_plan_counts_tokens_and_chunks(smollm2_gguf: Path) -> None:
-    plan = imatrix.plan_imatrix(model=smollm2_gguf, ctx=512, chunks=12)
+    plan = imatrix.plan_imatrix(model=smollm2_gguf, options=ChunkOptions(ctx=512, chunks=12))
     assert plan.n_chunks == 12 and plan.n_tokens > 100_000 and plan.n_gpu_layers == 0
     assert plan.command[:2] == ("llama-imatrix", "-m")
-    full = imatrix.plan_imatrix(model=smollm2_gguf, ctx=512)
+    full = imatrix.plan_imatrix(model=smollm2_gguf, options=ChunkOptions(ctx=512))
     assert full.n_chunks == full.n_tokens // 512
     with pytest.raises(UsageError, match="at least 1"):
-        imatrix.plan_imatrix(model=smollm2_gguf, chunks=0)
+        imatrix.plan_imatrix(model=smollm2_gguf, options=ChunkOptions(chunks=0))
 
 
 def test_eval_text_too_short(smollm2_gguf: Path, tmp_path: Path) -> None:
     (tmp_path / "t.txt").write_text("short text " * 10, encoding="utf-8")
     with pytest.raises(InputError, match="evaluation text is too short"):
-        evaluate.evaluate(models=[smollm2_gguf], text=tmp_path / "t.txt", record=False)
+        evaluate.evaluate(
+            models=[smollm2_gguf], options=ChunkOptions(text=tmp_path / "t.txt"), record=False
+        )
 
 
 def test_count_tokens_matches_the_engine(smollm2_gguf: Path) -> None:
@@ -295,7 +299,11 @@ def test_count_tokens_matches_the_engine(smollm2_gguf: Path) -> None:
 
 def test_types_that_need_an_imatrix_are_refused_without(synth: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="IQ2_XS, IQ3_XXS need an importance matrix") as err:
-        quantize.quantize(model=synth, types=["Q4_K_M", "IQ2_XS", "iq3_xxs"], output=tmp_path)
+        quantize.quantize(
+            quantize.plan_quantize(
+                model=synth, types=["Q4_K_M", "IQ2_XS", "iq3_xxs"], output=tmp_path
+            )
+        )
     assert "--imatrix" in (err.value.hint or "")
     assert not list(tmp_path.iterdir())
 
@@ -303,10 +311,10 @@ def test_types_that_need_an_imatrix_are_refused_without(synth: Path, tmp_path: P
 def test_quantize_writes_reads_back_and_names(synth: Path, tmp_path: Path) -> None:
     seen: list[tuple[str, int, int]] = []
     res = quantize.quantize(
-        model=synth,
-        types=["q4_k", "Q8_0"],
-        output=tmp_path,
-        progress=lambda p: seen.append((p.type_name, p.index, p.n_tensors)),
+        quantize.plan_quantize(model=synth, types=["q4_k", "Q8_0"], output=tmp_path),
+        progress=lambda e: (
+            seen.append((e.task.split()[0], e.done, e.total)) if e.kind == "advance" else None
+        ),
     )
     assert [o.path.name for o in res.outputs] == ["ggml-model-q4_k.gguf", "ggml-model-q8_0.gguf"]
     q4, q8 = res.outputs
@@ -325,9 +333,11 @@ def test_quantize_writes_reads_back_and_names(synth: Path, tmp_path: Path) -> No
     assert set(state.read_state(tmp_path)) == {q4.path.name, q8.path.name}
     # output exists
     with pytest.raises(UsageError, match="already exists") as err:
-        quantize.quantize(model=synth, types=["Q8_0"], output=tmp_path)
+        quantize.quantize(quantize.plan_quantize(model=synth, types=["Q8_0"], output=tmp_path))
     assert "--force" in (err.value.hint or "")
-    again = quantize.quantize(model=synth, types=["Q8_0"], output=tmp_path, force=True)
+    again = quantize.quantize(
+        quantize.plan_quantize(model=synth, types=["Q8_0"], output=tmp_path, force=True)
+    )
     assert again.outputs[0].path == q8.path
 
 
@@ -340,7 +350,9 @@ def test_quantize_with_imatrix_records_it_like_llama_quantize(synth: Path, tmp_p
                        datasets=("x" * 200,), chunks=9)  # fmt: skip
     out = tmp_path / "out"
     out.mkdir()
-    res = quantize.quantize(model=synth, types=["IQ3_XXS"], imatrix=im, output=out)
+    res = quantize.quantize(
+        quantize.plan_quantize(model=synth, types=["IQ3_XXS"], imatrix=im, output=out)
+    )
     (o,) = res.outputs
     assert o.path.name == "ggml-model-iq3_xxs-im.gguf" and o.imatrix == im
     kv = read_header(o.path).kv  # type: ignore[union-attr]
@@ -352,10 +364,15 @@ def test_quantize_with_imatrix_records_it_like_llama_quantize(synth: Path, tmp_p
 
 def test_requantize_needs_consent(smollm2_gguf: Path, tmp_path: Path) -> None:
     with pytest.raises(InvalidModelError, match=r"already quantized \(Q4_1\)") as err:
-        quantize.quantize(model=smollm2_gguf, types=["Q4_0"], output=tmp_path)
+        quantize.quantize(
+            quantize.plan_quantize(model=smollm2_gguf, types=["Q4_0"], output=tmp_path)
+        )
     assert "--allow-requantize" in (err.value.hint or "")
-    res = quantize.quantize(model=smollm2_gguf, types=["Q4_0"], output=tmp_path,
-                            allow_requantize=True)  # fmt: skip
+    res = quantize.quantize(
+        quantize.plan_quantize(
+            model=smollm2_gguf, types=["Q4_0"], output=tmp_path, allow_requantize=True
+        )
+    )
     assert res.outputs[0].file_type == "MOSTLY_Q4_0"
     assert res.warnings and "requantizing" in res.warnings[0]
 
@@ -363,16 +380,11 @@ def test_requantize_needs_consent(smollm2_gguf: Path, tmp_path: Path) -> None:
 def test_disk_too_small_is_refused_before_writing(
     synth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import shutil
-
-    real = shutil.disk_usage
-    monkeypatch.setattr(
-        shutil,
-        "disk_usage",
-        lambda p: real(p)._replace(free=10 << 20),  # 10 MiB
-    )
+    monkeypatch.setattr(space, "free_bytes", lambda p: 10 << 20)  # 10 MiB
     with pytest.raises(DiskSpaceError, match="not enough free space") as err:
-        quantize.quantize(model=synth, types=["Q8_0", "Q4_K_M"], output=tmp_path)
+        quantize.quantize(
+            quantize.plan_quantize(model=synth, types=["Q8_0", "Q4_K_M"], output=tmp_path)
+        )
     assert "-o" in (err.value.hint or "")
     assert not list(tmp_path.iterdir())
 
@@ -394,14 +406,16 @@ def test_output_paths(synth: Path, tmp_path: Path) -> None:
 def test_not_a_gguf(tmp_path: Path) -> None:
     (tmp_path / "model.gguf").write_bytes(b"PK\x03\x04 not a gguf")
     with pytest.raises(InvalidModelError, match="not a GGUF"):
-        quantize.quantize(model=tmp_path / "model.gguf", types=["Q8_0"])
+        quantize.quantize(quantize.plan_quantize(model=tmp_path / "model.gguf", types=["Q8_0"]))
     (tmp_path / "folder").mkdir()
     with pytest.raises(InvalidModelError, match="neither a GGUF file nor an HF checkpoint"):
-        quantize.quantize(model=tmp_path / "folder", types=["Q8_0"])
+        quantize.quantize(quantize.plan_quantize(model=tmp_path / "folder", types=["Q8_0"]))
 
 
 def test_dry_run_writes_nothing(synth: Path, tmp_path: Path) -> None:
-    res = quantize.quantize(model=synth, types=["Q4_K_M", "Q6_K"], output=tmp_path, dry_run=True)
+    res = quantize.quantize(
+        quantize.plan_quantize(model=synth, types=["Q4_K_M", "Q6_K"], output=tmp_path, dry_run=True)
+    )
     assert [o.dry_run for o in res.outputs] == [True, True]
     assert res.outputs[0].size < res.outputs[1].size < synth.stat().st_size
     assert not list(tmp_path.iterdir())
@@ -480,13 +494,20 @@ def test_parse_failures_say_why() -> None:
 
 def test_progress_trackers_handle_split_output() -> None:
     events: list[tuple[int, float | None]] = []
-    t = imatrix._ChunkTracker(4, lambda p: events.append((p.chunk, p.ppl)))
+    t = ChunkTracker(
+        lambda e: events.append((e.done, e.figures["ppl"])),
+        stage="imatrix",
+        task="imatrix",
+        total=4,
+    )
     for piece in ["0.2 min", "utes\n[1]5.9", "006,[2]8.8001,[3", "]10.3462,", "[4]10.5196,\n"]:
         t.feed("stdout", piece)
     t.feed("stderr", "[9]1.0,")  # logs are not results
     assert events == [(1, 5.9006), (2, 8.8001), (3, 10.3462), (4, 10.5196)]
     seen: list[int] = []
-    e = evaluate._Tracker("m", 1, 1, 2, lambda p: seen.append(p.chunk))
+    e = ChunkTracker(
+        lambda ev: seen.append(ev.done), stage="eval", task="m", total=2, rows=evaluate.KLD_ROW
+    )
     lines = KLD_OUT.splitlines(keepends=True)
     for ln in lines:
         for i in range(0, len(ln), 7):  # in pieces that cut numbers
@@ -739,8 +760,8 @@ def test_cli_recommend_default_model(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_cli_source_model_for_an_alias(synth: Path) -> None:
     from llama3zh_local import paths
-    from llama3zh_local.cli.quantize import source_model
     from llama3zh_local.errors import ModelNotFoundError
+    from llama3zh_local.quant.source import resolve_source as source_model
 
     with pytest.raises(ModelNotFoundError, match="no f16 GGUF or HF weights") as err:
         source_model("instruct-v3")

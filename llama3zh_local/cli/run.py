@@ -15,12 +15,12 @@ from ..errors import UsageError
 from . import _output
 from ._errors import handle_errors
 from ._options import GpuLayersOpt, SourceChoice, SourceOpt, ThreadsOpt, YesOpt
-from ._progress import Bar
+from ._progress import Progress
 from .chat import talk
 from .modelfile import create_in_ollama
 
 if TYPE_CHECKING:
-    from ..pipeline import RunEvent, RunPlan
+    from ..pipeline import RunPlan
 
 
 @handle_errors
@@ -97,7 +97,7 @@ def run(
                 hint="add -y to go ahead without asking (or --dry-run to see the plan only)",
             )
         typer.confirm("Go ahead?", default=True, abort=True, err=True)
-    with Steps() as bar:
+    with Progress() as bar:
         result = execute(plan, progress=bar, threads=threads, n_gpu_layers=gpu_layers)
     _output.note(f"{result.target} (sha256 {result.sha256[:12]}…)")
     if ollama is not None:
@@ -129,28 +129,3 @@ def show_plan(plan: RunPlan) -> None:
         )
     else:
         _output.note("nothing to do: every step is complete")
-
-
-class Steps:
-    """Draws pipeline events: a line per step, and a bar for the work inside it."""
-
-    def __enter__(self) -> Steps:
-        self.bar = Bar("").__enter__()
-        return self
-
-    def __call__(self, e: RunEvent) -> None:
-        head = f"[{e.index}/{e.steps}] {e.kind}"
-        if e.event in ("start", "reuse"):
-            self.bar.note(f"{head}: {e.message}")
-        elif e.event == "done":
-            self.bar.note(f"{head}: done ({e.message.split(' ', 1)[-1]})")
-        elif e.event == "work" and e.total:
-            done, total, unit = e.done, e.total, e.unit
-            if unit == "bytes":  # MB counts read better than byte counts in logs
-                done, total, unit = done // 1_000_000, max(1, total // 1_000_000), "MB"
-            self.bar.update((e.index, unit), f"{head} ({unit})", done, total)
-        elif e.event == "work" and e.message:
-            self.bar.note(f"{head}: {e.message}")
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(*exc)
