@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from typing import Any
 
+from .. import paths
 from ..catalog import LLAMA3_STOPS
 from ..errors import ChatTemplateError
 from ..llamacpp.engine import Model
@@ -26,7 +26,7 @@ __all__ = ["LLAMA3_STOPS", "ChatTemplate", "choose_template", "llama3_template"]
 def llama3_template() -> str:
     """The Llama-3-Instruct chat template (Meta's, as in its tokenizer_config.json)."""
     text = (
-        resources.files("llama3zh_local.data").joinpath("llama3_instruct.jinja").read_text("utf-8")
+        paths.data_file("llama3_instruct.jinja").read_text("utf-8")
     )
     return text.rstrip("\n")
 

@@ -48,6 +48,19 @@ CtxOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
+# -- every command that writes -------------------------------------------------------------------
+
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace existing outputs.")]
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Check the inputs and print what would be written (files, sizes, commands); "
+        "write nothing.",
+    ),
+]
+
+
 class FlashAttn(str, Enum):
     auto = "auto"
     on = "on"

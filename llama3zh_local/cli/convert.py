@@ -10,6 +10,7 @@ import typer
 
 from . import _output
 from ._errors import handle_errors
+from ._options import DryRunOpt, ForceOpt
 from ._progress import Progress
 
 # Library modules are imported inside the commands: `llama3zh --help` starts faster.
@@ -35,11 +36,6 @@ OutTypeOpt = Annotated[
         "--outtype",
         help="Tensor type: auto (bf16 for bf16 weights, else f16), f16, bf16, f32 or q8_0.",
     ),
-]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
-DryRunOpt = Annotated[
-    bool,
-    typer.Option("--dry-run", help="Check the inputs and print what would be written; no output."),
 ]
 
 

@@ -30,12 +30,7 @@ def list_models(as_json: JsonOpt = False) -> None:
             "alias": f.alias,
             "folder": f.folder,
             "file": f.name,
-            "variant": f.variant.value,
-            "quant": f.quant,
-            "size_bytes": f.size,
-            "source": f.source,
-            "repo": f.repo_id,
-            "date": f.date,
+            **f.provenance(),
             "path": str(f.path),
             "missing": f.missing,
         }

@@ -10,7 +10,7 @@ import typer
 
 from . import _format, _output
 from ._errors import handle_errors
-from ._options import GpuLayersOpt, JsonOpt, ThreadsOpt, chunk_options
+from ._options import DryRunOpt, ForceOpt, GpuLayersOpt, JsonOpt, ThreadsOpt, chunk_options
 from ._progress import Progress
 
 # Library modules are imported inside the commands: `llama3zh --help` stays quick.
@@ -41,11 +41,6 @@ ChunksOpt = Annotated[
 ]
 ImatrixCtxOpt = Annotated[
     int, typer.Option("--ctx", "-c", help="Tokens per chunk (llama-imatrix's -c).", min=16)
-]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace existing outputs.")]
-DryRunOpt = Annotated[
-    bool,
-    typer.Option("--dry-run", help="Check the inputs; print files, sizes and commands; no output."),
 ]
 
 

@@ -47,12 +47,7 @@ def show(model: HubModelArg, variant: VariantOpt = None, as_json: JsonOpt = Fals
     data["local"] = [
         {
             "path": str(f.path),
-            "variant": f.variant.value,
-            "quant": f.quant,
-            "size_bytes": f.size,
-            "source": f.source,
-            "repo": f.repo_id,
-            "date": f.date,
+            **f.provenance(),
             "sha256": f.entry.sha256 if f.entry else None,
             "missing": f.missing,
         }

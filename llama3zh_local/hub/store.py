@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from .. import catalog, paths
 from ..catalog import Source, Variant
@@ -225,6 +226,18 @@ class LocalFile:
     @property
     def quant(self) -> str | None:
         return gguf_quant_label(self.name) if self.name.endswith(".gguf") else None
+
+    def provenance(self) -> dict[str, Any]:
+        """What the file is and where it came from, as ``list --json`` and ``show --json``
+        print it (in this key order)."""
+        return {
+            "variant": self.variant.value,
+            "quant": self.quant,
+            "size_bytes": self.size,
+            "source": self.source,
+            "repo": self.repo_id,
+            "date": self.date,
+        }
 
     @property
     def alias(self) -> str | None:

@@ -17,7 +17,6 @@ import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,7 @@ _TOO_SHORT = re.compile(r"you need at least (\d+) tokens")
 
 def default_eval_text() -> Path:
     """The held-out evaluation text shipped with the package (not the calibration text)."""
-    return Path(str(resources.files("llama3zh_local.data").joinpath(EVAL_NAME)))
+    return paths.data_file(EVAL_NAME)
 
 
 # -- parsing llama-perplexity's output ------------------------------------------------------------

@@ -17,7 +17,6 @@ import shlex
 import struct
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,7 +47,7 @@ SUM_SUFFIX, COUNT_SUFFIX = ".in_sum2", ".counts"
 
 def default_calibration() -> Path:
     """The calibration text shipped with the package (composition: docs/quantization.md)."""
-    return Path(str(resources.files("llama3zh_local.data").joinpath(CALIBRATION_NAME)))
+    return paths.data_file(CALIBRATION_NAME)
 
 
 @dataclass(frozen=True)
