@@ -267,7 +267,7 @@ _RSS_SCRIPT = textwrap.dedent(
     """
     import re, sys, time
     from llama3zh_local.convert import llama as cv
-    from llama3zh_local.llamacpp import engine
+    from llama3zh_local.llamacpp import native
 
     def hwm():  # this process's peak RSS (ru_maxrss would include the parent's, before exec)
         status = open("/proc/self/status").read()
