@@ -15,9 +15,9 @@ from llama3zh_local.errors import DiskSpaceError, InputError
 
 from . import lorafix
 from .oneline import assert_error, snapshot
+from .quantfix import write_llama_gguf
 from .test_diskfull import tmpfs
 from .test_oneline_errors import cli
-from .test_quantize import write_llama_gguf
 
 
 @pytest.fixture(scope="module")
