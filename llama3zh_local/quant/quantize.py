@@ -38,7 +38,7 @@ FLOAT_TYPES = ("F32", "F16", "BF16")
 # File types llama.cpp refuses to write without an importance matrix: some of their tensors get
 # a type that tensor_requires_imatrix() names (llama.cpp src/llama-quant.cpp; IQ2_M's default is
 # IQ2_S, IQ3_XS puts IQ3_XXS in attention and most FFN layers). Parity test: llama.cpp's own
-# dry run in tests/test_quantize.py.
+# dry run in tests/test_quant_quantize.py.
 REQUIRES_IMATRIX = frozenset(
     {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "Q2_K_S"}
 )
