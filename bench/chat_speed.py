@@ -60,6 +60,7 @@ from llama3zh_local.llamacpp.engine import (  # noqa: E402
     SamplingParams,
     Session,
     default_threads,
+    lib,
 )
 
 N_PROMPT, N_GEN = 512, 128
@@ -166,9 +167,8 @@ class NoEOGSession(Session):
 
 def first_token(model: Model) -> int:
     """The token llama-bench starts with: BOS where the model adds one."""
-    ll = model._ll
     if model.add_bos:
-        return int(ll.llama_vocab_bos(model.vocab))
+        return model.bos_id
     return model.tokenize("Hello", add_special=False)[0]
 
 
@@ -189,7 +189,7 @@ def engine_pp(model: Model, threads: int) -> float:
         s.reset()
         t0 = time.perf_counter()
         s.evaluate(tokens)
-        s._ll.llama_synchronize(s.ptr)  # a GPU backend may still be computing
+        lib().llama_synchronize(s.ptr)  # a GPU backend may still be computing
         return N_PROMPT / (time.perf_counter() - t0)
 
 
@@ -199,10 +199,12 @@ def engine_tg(model: Model, threads: int, params: SamplingParams) -> float:
     with NoEOGSession(model, ContextSettings(n_ctx=N_GEN, n_threads=threads)) as s:
         s.evaluate(prompt)  # warm-up: one decode, as llama-bench's one-token generation run
         s.reset()
-        n = sum(1 for _ in s.generate(prompt, params, max_tokens=N_GEN))
-        st = s.last_stats
-        if st.generated_tokens != N_GEN:
-            raise RuntimeError(f"generated {st.generated_tokens} tokens ({n} pieces), not {N_GEN}")
+        records = list(s.generate(prompt, params, max_tokens=N_GEN))
+        st = records[-1]
+        if st.generation_tokens != N_GEN:
+            raise RuntimeError(
+                f"generated {st.generation_tokens} tokens ({len(records)} pieces), not {N_GEN}"
+            )
         return st.generation_tps
 
 
@@ -214,7 +216,7 @@ def profile(model: Model, threads: int, params: SamplingParams, reps: int = 5) -
 
     The best, not the median: these are costs of the code, and other work only adds to them.
     """
-    ll = model._ll
+    ll = lib()
     prompt = [first_token(model)]
     rows: dict[str, list[float]] = {}
 
@@ -263,14 +265,13 @@ def profile(model: Model, threads: int, params: SamplingParams, reps: int = 5) -
                     setattr(llama_cpp, name, timed(name, fn))
                 model.is_eog = timed("is_eog", Model.is_eog.__get__(model))  # type: ignore[method-assign]
                 model.token_bytes = timed("token_bytes", Model.token_bytes.__get__(model))  # type: ignore[method-assign]
-                for _ in s.generate(prompt, params, max_tokens=N_GEN):
-                    pass
+                *_, last = s.generate(prompt, params, max_tokens=N_GEN)
             finally:
                 for name, fn in originals.items():
                     setattr(llama_cpp, name, fn)
                 del model.is_eog, model.token_bytes
-            n = s.last_stats.generated_tokens - 1
-            total = s.last_stats.generation_seconds
+            n = last.generation_tokens - 1
+            total = last.generation_seconds
             parts = {
                 "  llama_decode": sum(spent["llama_decode"][1:]),  # [0]: the prompt's
                 "  llama_sampler_sample": sum(spent["llama_sampler_sample"][1:]),  # [0]: untimed
@@ -369,8 +370,11 @@ def report(
         f"- llama-cpp-python {installed.llama_cpp_version()} (llama.cpp "
         f"{build.get('llama_cpp_commit') or '?'}); llama-bench built by "
         f"`llama3zh_local.llamacpp.tools` in {build.get('seconds', '?')} s"
-        + (" (a relink: its object files were compiled before)"
-           if build.get("compile_seconds", 1) < 1 else ""),  # fmt: skip
+        + (
+            " (a relink: its object files were compiled before)"
+            if build.get("compile_seconds", 1) < 1
+            else ""
+        ),  # fmt: skip
         f"- Python {platform.python_version()}",
         "",
         "Raw runs (tokens/s, in the order they ran). *other*: CPUs that other processes kept busy"

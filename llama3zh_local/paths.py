@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
 
@@ -30,3 +31,8 @@ def config_dir() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
     return Path(base).expanduser() / "llama3zh"
+
+
+def data_file(name: str) -> Path:
+    """A file shipped in ``llama3zh_local/data`` (calibration and evaluation text, templates)."""
+    return Path(str(resources.files("llama3zh_local.data").joinpath(name)))

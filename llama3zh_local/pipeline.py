@@ -9,39 +9,36 @@ power cut reuses what is complete and redoes only the step that was cut short.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import re
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from . import catalog, paths
+from . import catalog
 from .catalog import Variant
+from .convert.llama import convert
 from .errors import Llama3zhError, ModelNotFoundError, NetworkError, UsageError
+from .estimates import (
+    bits_per_weight,
+    duration,
+    imatrix_seconds,
+    imatrix_tokens,
+    rates,
+    remember_imatrix_rate,
+    remember_rate,
+)
 from .files import atomic, state
+from .gguf.info import read_gguf_info
 from .hub import store
+from .hub.pull import PullPlan, plan_pull, pull
+from .progress import DONE, REUSE, START, Callback, emitter
+from .quant.imatrix import compute_imatrix, plan_imatrix
+from .quant.options import ChunkOptions
+from .quant.quantize import QuantType, parse_type, plan_quantize, quantize
+from .quant.recommend import default_quant
+from .quant.source import F16, store_source
 
-if TYPE_CHECKING:
-    from .hub.pull import PullPlan
-    from .quant.quantize import QuantType
-
-F16 = "ggml-model-f16.gguf"
 GB = 1e9
-
-# First guesses for the time estimate, replaced by what this machine measured (rates.json) after
-# each step. Disk-bound steps in bytes/s; imatrix in weights x tokens per second per CPU core.
-DEFAULT_RATES: dict[str, float] = {
-    "download": 20e6,
-    "convert": 150e6,
-    "quantize": 60e6,
-    "hash": 500e6,
-    "imatrix_cpu_core": 8e9,
-    "imatrix_gpu": 2e12,
-}
 ASK_ABOVE_BYTES = 1 << 30  # "multi-GB work" asks first
 FEWER_CHUNKS = 50  # suggested when an imatrix over the whole text would take hours
 
@@ -93,74 +90,12 @@ class RunPlan:
 
 
 @dataclass(frozen=True)
-class RunEvent:
-    """Progress: ``start``/``done``/``reuse`` of step ``index``, or ``work`` within it."""
-
-    index: int
-    steps: int
-    kind: str
-    event: str
-    message: str = ""
-    done: int = 0
-    total: int = 0
-    unit: str = ""
-
-
-@dataclass(frozen=True)
 class RunResult:
     plan: RunPlan
     target: Path
     sha256: str
     artifacts: tuple[state.Artifact, ...]
     seconds: float
-
-
-# -- estimates ------------------------------------------------------------------------------------
-
-
-def _rates_file() -> Path:
-    return paths.home() / "rates.json"
-
-
-def rates() -> dict[str, float]:
-    """Throughputs measured on this machine (falling back to first guesses)."""
-    out = dict(DEFAULT_RATES)
-    try:
-        data = json.loads(_rates_file().read_text(encoding="utf-8"))
-        out.update({k: float(v) for k, v in data.items() if k in out and float(v) > 0})
-    except (OSError, ValueError, TypeError, AttributeError):
-        pass
-    return out
-
-
-def _remember_rate(name: str, amount: float, seconds: float) -> None:
-    if seconds < 0.5 or amount <= 0:  # too short to say anything
-        return
-    path = _rates_file()
-    current = {k: v for k, v in rates().items() if v != DEFAULT_RATES.get(k)}
-    current[name] = amount / seconds
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(path, json.dumps(current, indent=1) + "\n")
-
-
-def _imatrix_seconds(n_weights: int, tokens: int) -> float:
-    from .hardware import detect
-
-    r = rates()
-    hw = detect()
-    if hw.gpu_offload and hw.devices:
-        return n_weights * tokens / r["imatrix_gpu"]
-    return n_weights * tokens / (r["imatrix_cpu_core"] * max(1, min(os.cpu_count() or 1, 16)))
-
-
-def _imatrix_tokens(calibration: Path | None, chunks: int | None, ctx: int) -> int:
-    if chunks is not None:
-        return chunks * ctx
-    from .quant.imatrix import default_calibration
-
-    text = calibration or default_calibration()
-    # ~3.3 bytes per Llama-3 token over the built-in mixed Chinese/English corpus
-    return int(text.stat().st_size / 3.3) // ctx * ctx
 
 
 # -- planning -------------------------------------------------------------------------------------
@@ -188,10 +123,6 @@ def _verified_pull(path: Path) -> store.StoreEntry | None:
     """The store's record of ``path`` when it is a pull whose checksum still holds."""
     entry = store.read_manifest(path.parent).get(path.name)
     return entry if entry is not None and entry.is_verified(Path(entry.cache_path)) else None
-
-
-def _present(path: Path) -> bool:
-    return path.is_file() and path.stat().st_size > 0
 
 
 def _foreign(path: Path, folder: Path | None = None) -> bool:
@@ -248,20 +179,18 @@ def plan_run(
         UsageError: an unknown quant type.
         NetworkError / HubAccessError: the hub could not be asked (and nothing local suffices).
     """
-    from .quant.quantize import parse_type
-
     spec = catalog.get_model(model)
     want = _Want(parse_type(quant), imatrix, chunks, ctx, calibration)
     _check_imatrix(want.qtype, imatrix)
     upstream = next((q for q in catalog.GGUF_QUANTS if q.ftype == want.qtype.name), None)
-    gguf_dir = store.repo_folder(spec.repo_id(Variant.GGUF))
-    f16 = gguf_dir / F16
-    target = gguf_dir / want.qtype.filename(imatrix=imatrix)
+    where = store_source(spec)
+    f16, hf_dir = where.f16, where.hf_dir
+    target = where.gguf_dir / want.qtype.filename(imatrix=imatrix)
 
     def finish(route: str, steps: list[Step], notes: list[str]) -> RunPlan:
         slow = [s for s in steps if s.kind == "imatrix" and s.seconds > 3600 and chunks is None]
         if slow:
-            part = FEWER_CHUNKS * ctx / max(1, _imatrix_tokens(calibration, None, ctx))
+            part = FEWER_CHUNKS * ctx / max(1, imatrix_tokens(calibration, None, ctx))
             notes.append(
                 f"the imatrix over all of the calibration text takes ~{duration(slow[0].seconds)} "
                 f"here; --chunks {FEWER_CHUNKS} would take ~{duration(slow[0].seconds * part)}"
@@ -286,7 +215,6 @@ def plan_run(
     if _ready(f16):  # recorded, made from what is here (an unrecorded f16 was refused above)
         steps = [_reuse("convert", f16), *_tail(f16, target, want)]
         return finish("local", _sized(steps, f16.stat().st_size, want), notes)
-    hf_dir = store.repo_folder(spec.repo_id(Variant.FULL))
     weights = sorted(hf_dir.glob("*.safetensors"))
     if (hf_dir / "config.json").is_file() and weights and all(_ready(p) for p in weights):
         steps = [_reuse("pull", hf_dir), _convert(hf_dir, f16, spec), *_tail(f16, target, want)]
@@ -335,8 +263,6 @@ def plan_folder(
         ModelNotFoundError: ``hf_dir`` is not an HF checkpoint.
         UsageError: an unknown quant type.
     """
-    from .quant.quantize import parse_type
-
     if not (hf_dir / "config.json").is_file():
         raise ModelNotFoundError(
             f"{hf_dir} is not an HF checkpoint (no config.json)",
@@ -370,9 +296,8 @@ def _reuse(kind: str, path: Path) -> Step:
 
 
 def _plan_pull(alias: str, variant: Variant, quant: str | None, source: str) -> PullPlan:
-    from .hub.pull import plan_pull
-
-    return plan_pull(alias, variant=variant, quants=[quant] if quant else (), source=source)
+    return plan_pull(alias, variant=variant, quants=[quant] if quant else (), source=source,
+                     default_quant=default_quant)  # fmt: skip
 
 
 def _pull_step(pull: PullPlan, output: Path) -> Step:
@@ -432,7 +357,7 @@ def _sized(steps: list[Step], f16_bytes: int, want: _Want) -> list[Step]:
     """Sizes and times of the steps after the pull, from the f16 size (2 bytes per weight)."""
     r = rates()
     n_weights = f16_bytes // 2
-    bpw = _bits_per_weight(want.qtype.name)
+    bpw = bits_per_weight(want.qtype.name)
     out = []
     for s in steps:
         if s.reuse or s.kind == "pull":
@@ -440,34 +365,16 @@ def _sized(steps: list[Step], f16_bytes: int, want: _Want) -> list[Step]:
         elif s.kind == "convert":
             out.append(replace(s, size=f16_bytes, seconds=f16_bytes / r["convert"]))
         elif s.kind == "imatrix":
-            tokens = _imatrix_tokens(want.calibration, want.chunks, want.ctx)
-            out.append(replace(s, size=0, seconds=_imatrix_seconds(n_weights, tokens)))
+            tokens = imatrix_tokens(want.calibration, want.chunks, want.ctx)
+            out.append(replace(s, size=0, seconds=imatrix_seconds(n_weights, tokens)))
         else:
             size = int(n_weights * bpw / 8)
             out.append(replace(s, size=size, seconds=f16_bytes / r["quantize"]))
     return out
 
 
-def _bits_per_weight(name: str) -> float:
-    """About how many bits a weight takes: the upstream table's ratio, else the name's digit."""
-    for q in catalog.GGUF_QUANTS:
-        if q.ftype == name:
-            return 16 * q.size_gib / catalog.GGUF_QUANTS[0].size_gib
-    m = re.search(r"(\d+)", name)
-    return float(m[1]) + 0.6 if m else 16.0
-
-
 def _total(steps: list[Step]) -> float:
     return sum(s.seconds for s in steps if not s.reuse)
-
-
-def duration(seconds: float) -> str:
-    """``42 s``, ``17 min``, ``3.5 h``."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 # -- carrying it out ------------------------------------------------------------------------------
@@ -476,71 +383,113 @@ def duration(seconds: float) -> str:
 def execute(
     plan: RunPlan,
     *,
-    progress: Callable[[RunEvent], None] | None = None,
+    progress: Callback | None = None,
     threads: int | None = None,
     n_gpu_layers: int | None = None,
+    first_step: int = 1,
+    n_steps: int | None = None,
 ) -> RunResult:
     """Do the steps of ``plan`` that are not complete; record each finished file.
+
+    ``progress`` gets each stage's own events, and "run" events for the steps: START, REUSE and
+    DONE of the task ``[2/4] convert``, with the line to show as the message. ``first_step`` /
+    ``n_steps``: how the steps are numbered when the plan is part of a longer run (the demo).
 
     Raises:
         whatever the stages raise: NetworkError, IntegrityError, DiskSpaceError, BackendError,
         InvalidModelError. A finished step stays finished: the next run goes on from there.
     """
-    emit = progress or (lambda _e: None)
+    emit = emitter(progress, "run")
     t0 = time.monotonic()
-    n = len(plan.steps)
-    folder = plan.target.parent
-    imatrix_file: Path | None = None
-    made: list[state.Artifact] = []
-    for i, step in enumerate(plan.steps, 1):
-
-        def work(done: int, total: int, unit: str, message: str = "", _i: int = i,
-                 _s: Step = step) -> None:  # fmt: skip
-            emit(RunEvent(_i, n, _s.kind, "work", message, done, total, unit))
-
+    n = n_steps or len(plan.steps)
+    run = _Run(plan, progress, threads, n_gpu_layers)
+    for i, step in enumerate(plan.steps, first_step):
+        head = f"[{i}/{n}] {step.kind}"
         if step.reuse:
-            emit(RunEvent(i, n, step.kind, "reuse", step.title))
+            emit(REUSE, head, message=f"{head}: {step.title.removeprefix(step.kind + ': ')}")
             continue
-        emit(RunEvent(i, n, step.kind, "start", step.title))
+        emit(START, head, message=f"{head}: {step.title}")
         t1 = time.monotonic()
-        if step.kind == "pull":
-            made += _pull(step, folder, work)
-        elif step.kind == "convert":
-            made.append(_convert_run(step, folder, work))
-        elif step.kind == "imatrix":
-            art = _imatrix_run(plan, step, folder, work, threads, n_gpu_layers)
-            imatrix_file = folder / art.name
-            made.append(art)
-        else:
-            made.append(_quantize_run(step, folder, imatrix_file, work, threads))
-        emit(RunEvent(i, n, step.kind, "done", f"{step.kind} {duration(time.monotonic() - t1)}"))
-    final = state.completed(plan.target, folder=folder)
+        run.step(step)
+        emit(DONE, head, message=f"{head}: done ({duration(time.monotonic() - t1)})")
+    final = state.completed(plan.target, folder=run.folder)
     if final is None:  # the plan reused a verified pull: record it once
-        final = _record_pulled(plan.target, folder)
-    return RunResult(plan, plan.target, final.sha256, tuple(made), time.monotonic() - t0)
+        final = _record_pulled(plan.target, run.folder)
+    return RunResult(plan, plan.target, final.sha256, tuple(run.made), time.monotonic() - t0)
 
 
-Work = Callable[..., None]
+class _Run:
+    """The steps of one plan, carried out in order; what they made, for the result."""
+
+    def __init__(self, plan: RunPlan, progress: Callback | None, threads: int | None,
+                 n_gpu_layers: int | None) -> None:  # fmt: skip
+        self.plan = plan
+        self.progress = progress
+        self.threads = threads
+        self.n_gpu_layers = n_gpu_layers
+        self.folder = plan.target.parent
+        self.imatrix: Path | None = None
+        self.made: list[state.Artifact] = []
+
+    def step(self, step: Step) -> None:
+        if step.kind == "pull":
+            self.made += _pull(step, self.folder, self.progress)
+        elif step.kind == "convert":
+            self.made.append(_convert_run(step, self.folder, self.progress))
+        elif step.kind == "imatrix":
+            art = self._imatrix(step)
+            self.imatrix = self.folder / art.name
+            self.made.append(art)
+        else:
+            self.made.append(self._quantize(step))
+
+    def _imatrix(self, step: Step) -> state.Artifact:
+        assert step.source is not None
+        options = ChunkOptions(text=self.plan.calibration, ctx=self.plan.ctx,
+                               chunks=self.plan.chunks, n_gpu_layers=self.n_gpu_layers,
+                               threads=self.threads)  # fmt: skip
+        result = compute_imatrix(plan_imatrix(model=step.source, options=options),
+                                 progress=self.progress)  # fmt: skip
+        if not result.cached:
+            remember_imatrix_rate(
+                f16_bytes=step.source.stat().st_size,
+                threads=self.threads,
+                tokens=result.n_chunks * result.ctx,
+                seconds=result.seconds,
+            )
+        inputs = {step.source.name: _sha_of(step.source, self.folder)}
+        done = state.completed(result.path, inputs=inputs, folder=self.folder)
+        return done or state.record(result.path, step="imatrix", inputs=inputs, folder=self.folder)
+
+    def _quantize(self, step: Step) -> state.Artifact:
+        assert step.source is not None
+        folder = self.folder
+        inputs = {step.source.name: _sha_of(step.source, folder)}
+        if self.imatrix is not None:
+            inputs[os.path.relpath(self.imatrix, folder)] = _sha_of(self.imatrix, folder)
+        done = state.completed(step.output, inputs=inputs, folder=folder)
+        if done is not None:
+            return done
+        refuse_foreign(step.output, folder, made_from=step.source.name)
+        t = time.monotonic()
+        with atomic.replacing(step.output) as staging:
+            plan = plan_quantize(model=step.source, types=[step.quant], imatrix=self.imatrix,
+                                 output=staging, force=True, threads=self.threads)  # fmt: skip
+            result = quantize(plan, progress=self.progress)
+            assert result.outputs[0].path == staging
+            # recorded before the rename (see _convert_run)
+            step.output.unlink(missing_ok=True)  # ours (refused above otherwise)
+            entry = state.record(step.output, step="quantize", inputs=inputs, folder=folder,
+                                 measure=staging)  # fmt: skip
+        remember_rate("quantize", step.source.stat().st_size, time.monotonic() - t)
+        return entry
 
 
-def _pull(step: Step, folder: Path, work: Work) -> list[state.Artifact]:
-    from .hub.pull import PullEvent, pull
-
+def _pull(step: Step, folder: Path, progress: Callback | None) -> list[state.Artifact]:
     assert step.pull is not None
-    total = step.pull.download_bytes
-    got = 0
-
-    def on_event(e: PullEvent) -> None:
-        nonlocal got
-        if e.kind == "bytes":
-            got += e.n
-            work(got, total, "bytes", e.name)
-        elif e.kind == "verify":
-            work(got, total, "bytes", f"verifying {e.name}")
-
     t = time.monotonic()
-    result = pull(step.pull, progress=on_event)
-    _remember_rate("download", result.downloaded, time.monotonic() - t)
+    result = pull(step.pull, progress=progress)
+    remember_rate("download", result.downloaded, time.monotonic() - t)
     out = []
     for f in result.files:
         if f.path.suffix == ".gguf" and f.path.parent == folder:
@@ -566,9 +515,7 @@ def _inputs_of(hf_dir: Path) -> dict[str, str]:
     return out
 
 
-def _convert_run(step: Step, folder: Path, work: Work) -> state.Artifact:
-    from .convert.llama import ConvertProgress, convert
-
+def _convert_run(step: Step, folder: Path, progress: Callback | None) -> state.Artifact:
     assert step.source is not None
     inputs = _inputs_of(step.source)
     done = state.completed(step.output, inputs=inputs, folder=folder)
@@ -577,20 +524,16 @@ def _convert_run(step: Step, folder: Path, work: Work) -> state.Artifact:
     # Only a file llama3zh recorded is replaced; one without a record (copied in, another
     # model's, changed since) is never adopted: its header may say F16 and its weights be others.
     refuse_foreign(step.output, folder, made_from=str(step.source))
-
-    def on_progress(p: ConvertProgress) -> None:
-        work(p.bytes_done, p.bytes_total, "bytes", p.tensor)
-
     step.output.parent.mkdir(parents=True, exist_ok=True)
     t = time.monotonic()
-    with _staged(step.output) as staging:
+    with atomic.replacing(step.output) as staging:
         result = convert(
             source=step.source,
             output=staging,
             outtype="f16",
             force=True,
             repo=step.note or None,
-            progress=on_progress,
+            progress=progress,
         )
         # recorded before the rename (which keeps size and mtime): never in place unrecorded;
         # the old file (llama3zh's: refused above otherwise) goes first, so that a kill in
@@ -598,111 +541,18 @@ def _convert_run(step: Step, folder: Path, work: Work) -> state.Artifact:
         step.output.unlink(missing_ok=True)
         entry = state.record(step.output, step="convert", inputs=inputs, folder=folder,
                              measure=staging)  # fmt: skip
-        os.replace(staging, step.output)
-    _remember_rate("convert", result.size, time.monotonic() - t)
+    remember_rate("convert", result.size, time.monotonic() - t)
     return entry
-
-
-@contextlib.contextmanager
-def _staged(final: Path) -> Iterator[Path]:
-    """A temporary name beside ``final`` for a stage to write to; removed unless renamed."""
-    atomic.sweep(final)
-    staging = atomic.temp_path(final)
-    try:
-        yield staging
-    finally:
-        staging.unlink(missing_ok=True)
 
 
 def _header_is(path: Path, file_type: str) -> bool:
     """A cheap look at a recorded file's header: still a model of that file type."""
-    from .gguf.info import read_gguf_info
-
     try:
         return read_gguf_info(path).file_type == file_type
     except Llama3zhError:
         return False
 
 
-def _imatrix_run(
-    plan: RunPlan,
-    step: Step,
-    folder: Path,
-    work: Work,
-    threads: int | None,
-    n_gpu_layers: int | None,
-) -> state.Artifact:
-    from .quant.imatrix import ImatrixProgress, compute_imatrix
-
-    assert step.source is not None
-
-    def on_progress(p: ImatrixProgress) -> None:
-        if p.message:  # building the tool, loading the model: a line of its own
-            work(0, 0, "", p.message)
-        elif p.chunk:
-            work(p.chunk, p.n_chunks, "chunks")
-
-    result = compute_imatrix(
-        model=step.source,
-        calibration=plan.calibration,
-        chunks=plan.chunks,
-        ctx=plan.ctx,
-        n_gpu_layers=n_gpu_layers,
-        threads=threads,
-        progress=on_progress,
-    )
-    if not result.cached:
-        from .hardware import detect
-
-        hw = detect()
-        weights_tokens = step.source.stat().st_size / 2 * result.n_chunks * result.ctx
-        if hw.gpu_offload and hw.devices:
-            _remember_rate("imatrix_gpu", weights_tokens, result.seconds)
-        else:
-            cores = max(1, min(threads or os.cpu_count() or 1, 16))
-            _remember_rate("imatrix_cpu_core", weights_tokens / cores, result.seconds)
-    inputs = {step.source.name: _sha_of(step.source, folder)}
-    done = state.completed(result.path, inputs=inputs, folder=folder)
-    return done or state.record(result.path, step="imatrix", inputs=inputs, folder=folder)
-
-
 def _sha_of(path: Path, folder: Path) -> str:
     entry = state.completed(path, folder=folder)
     return entry.sha256 if entry is not None else state.record(path, step="input").sha256
-
-
-def _quantize_run(
-    step: Step, folder: Path, imatrix_file: Path | None, work: Work, threads: int | None
-) -> state.Artifact:
-    from .quant.quantize import QuantizeProgress, quantize
-
-    assert step.source is not None
-    inputs = {step.source.name: _sha_of(step.source, folder)}
-    if imatrix_file is not None:
-        inputs[os.path.relpath(imatrix_file, folder)] = _sha_of(imatrix_file, folder)
-    done = state.completed(step.output, inputs=inputs, folder=folder)
-    if done is not None:
-        return done
-    refuse_foreign(step.output, folder, made_from=step.source.name)
-
-    def on_progress(p: QuantizeProgress) -> None:
-        work(p.index, p.n_tensors, "tensors", p.tensor)
-
-    t = time.monotonic()
-    with _staged(step.output) as staging:
-        result = quantize(
-            model=step.source,
-            types=[step.quant],
-            imatrix=imatrix_file,
-            output=staging,
-            force=True,
-            threads=threads,
-            progress=on_progress,
-        )
-        assert result.outputs[0].path == staging
-        step.output.unlink(missing_ok=True)  # ours (refused above otherwise): see _convert_run
-        entry = state.record(step.output, step="quantize", inputs=inputs, folder=folder,
-                             measure=staging)  # fmt: skip
-        os.replace(staging, step.output)
-    _remember_rate("quantize", step.source.stat().st_size, time.monotonic() - t)
-    return entry

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from . import models
+from . import models, quantfix
 
 # tests marked ``isolated`` (llama.cpp compute in-process) run in a child pytest: tests/isolate.py
 pytest_plugins = ["tests.isolate"]
@@ -64,6 +64,12 @@ def tiny_llama3_gguf() -> Path:
 def smollm2_hf() -> Path:
     """Dir of SmolLM2-135M-Instruct dequantized from its GGUF to an HF checkpoint (float16)."""
     return models.cached("smollm2-hf", models.build_smollm2_hf, root=CACHE_ROOT)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic Llama GGUF (F16) whose rows suit every quant type: ``tests/quantfix.py``."""
+    return quantfix.write_llama_gguf(tmp_path_factory.mktemp("synth") / "ggml-model-f16.gguf")
 
 
 @pytest.fixture

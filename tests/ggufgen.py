@@ -1,6 +1,6 @@
 """A small Llama GGUF that llama.cpp loads and chats with, with any metadata key overridden.
 
-Unlike test_quantize's synthetic model, this one has a complete SentencePiece vocabulary (the 256
+Unlike quantfix's synthetic model, this one has a complete SentencePiece vocabulary (the 256
 byte tokens included), so llama.cpp can tokenize any text with it. ``meta`` replaces or adds
 keys (``{key: value}`` with the value's GGUF type inferred, or ``(GGUFValueType, value)``);
 ``None`` as a value drops the key. ``shapes`` changes a tensor's shape (its data follows).

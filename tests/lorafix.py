@@ -100,18 +100,7 @@ def build_lora(
 
 def read_lora(lora_dir: Path) -> dict[str, np.ndarray]:
     """The LoRA's tensors as float32, by PEFT key."""
-    from gguf.utility import SafetensorsLocal
-
-    out: dict[str, np.ndarray] = {}
-    with SafetensorsLocal(lora_dir / "adapter_model.safetensors") as tensors:
-        for name, t in tensors.items():
-            raw = t.mmap_bytes()
-            if t.dtype == "BF16":
-                a = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-            else:
-                a = raw.view({"F32": np.float32, "F16": np.float16}[t.dtype])
-            out[name] = a.reshape(t.shape).astype(np.float32)
-    return out
+    return models.read_safetensors(lora_dir / "adapter_model.safetensors")
 
 
 def merge_by_hand(base_dir: Path, lora_dir: Path) -> dict[str, np.ndarray]:

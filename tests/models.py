@@ -200,21 +200,42 @@ def _prune(root: Path, name: str, *, keep: Path, max_age_s: float = 7 * 86400) -
 # -- safetensors ----------------------------------------------------------------------------------
 
 
-def read_hf_weights(model_dir: Path) -> dict[str, np.ndarray]:
-    """Every tensor of an HF checkpoint as float32 (F32, F16 and BF16; sharded or not)."""
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of one safetensors file as float32 (F32, F16 and BF16), by its key."""
     from gguf.utility import SafetensorsLocal
 
     out: dict[str, np.ndarray] = {}
-    for path in sorted(model_dir.glob("*.safetensors")):
-        with SafetensorsLocal(path) as tensors:
-            for name, t in tensors.items():
-                raw = t.mmap_bytes()
-                if t.dtype == "BF16":
-                    a = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-                else:
-                    a = raw.view({"F32": np.float32, "F16": np.float16}[t.dtype])
-                out[name] = a.reshape(t.shape).astype(np.float32)
+    with SafetensorsLocal(path) as tensors:
+        for name, t in tensors.items():
+            raw = t.mmap_bytes()
+            if t.dtype == "BF16":
+                a = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+            else:
+                a = raw.view({"F32": np.float32, "F16": np.float16}[t.dtype])
+            out[name] = a.reshape(t.shape).astype(np.float32)
     return out
+
+
+def read_hf_weights(model_dir: Path) -> dict[str, np.ndarray]:
+    """Every tensor of an HF checkpoint as float32 (sharded or not)."""
+    out: dict[str, np.ndarray] = {}
+    for path in sorted(model_dir.glob("*.safetensors")):
+        out.update(read_safetensors(path))
+    return out
+
+
+def llamacpp_logits(gguf_path: Path, ids: Sequence[int], *, n_ctx: int) -> np.ndarray:
+    """llama.cpp's logits for every position of ``ids`` (the reference's counterpart)."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(
+        model_path=str(gguf_path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=2
+    )
+    try:
+        llm.eval(list(ids))
+        return np.array(llm.scores[: len(ids)])
+    finally:
+        llm.close()
 
 
 # -- tiny Llama-3 ---------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 from llama3zh_local.cli import app
 from llama3zh_local.convert import llama as cv
 from llama3zh_local.convert import lora as lr
+from llama3zh_local.convert import peft
 from llama3zh_local.errors import InvalidModelError, ModelNotFoundError, UsageError
+from llama3zh_local.llamacpp import native
 
 from . import ggufraw, lorafix, models
 
@@ -42,7 +44,7 @@ def lora_attn(tiny_llama3_hf: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def test_open_lora_reads_peft_layout(lora_full: Path) -> None:
-    a = lr.open_lora(lora_full)
+    a = peft.open_lora(lora_full)
     try:
         assert (a.r, a.alpha, a.scale) == (8, 16.0, 2.0)
         assert len(a.pairs) == 2 * 7 and set(a.full) == {
@@ -196,10 +198,10 @@ def test_adapter_loads_in_llama_cpp_and_equals_the_merge(
         lora=lora_attn, base=tiny_llama3_hf, output=tmp_path / "m.gguf", outtype="f32"
     ).path
     # the C API directly: llama_adapter_lora_init accepts it
-    ll = engine.lib()
+    ll = native.lib()
     with engine.Model(base) as model:
         ptr = ll.llama_adapter_lora_init(model.ptr, str(adapter).encode())
-        assert ptr, engine.last_log_lines()
+        assert ptr, native.last_log_lines()
         ll.llama_adapter_lora_free(ptr)
     ids = [128000, 9906, 1917, 11, 220, 57668, 53901, 1811, 220, 4513]
 
@@ -320,23 +322,23 @@ def test_find_base(lora_attn: Path, tiny_llama3_hf: Path, tmp_path: Path) -> Non
     from llama3zh_local import catalog
     from llama3zh_local.hub import store
 
-    assert lr.find_base(lora_attn, str(tiny_llama3_hf)) == tiny_llama3_hf
+    assert peft.find_base(lora_attn, str(tiny_llama3_hf)) == tiny_llama3_hf
     # base_model_name_or_path names a repo that is in the store
     d = shutil.copytree(lora_attn, tmp_path / "l")
     cfg = json.loads((d / "adapter_config.json").read_text(encoding="utf-8"))
     cfg["base_model_name_or_path"] = "someone/tiny-base"
     (d / "adapter_config.json").write_text(json.dumps(cfg), encoding="utf-8")
     with pytest.raises(ModelNotFoundError, match="someone/tiny-base") as e:
-        lr.find_base(d, None)
+        peft.find_base(d, None)
     assert "--base" in (e.value.hint or "")
     _install(tiny_llama3_hf, store.repo_folder("someone/tiny-base"))
-    assert lr.find_base(d, None) == store.repo_folder("someone/tiny-base")
+    assert peft.find_base(d, None) == store.repo_folder("someone/tiny-base")
     # an alias: the catalog says which base
     spec = catalog.get_model("instruct-v2")
     with pytest.raises(ModelNotFoundError, match="Meta-Llama-3-8B-Instruct"):
-        lr.find_base(d, None, alias="instruct-v2")
+        peft.find_base(d, None, alias="instruct-v2")
     _install(tiny_llama3_hf, store.repo_folder(spec.lora_base or ""))
-    assert lr.find_base(d, None, alias="instruct-v2") == store.repo_folder(spec.lora_base or "")
+    assert peft.find_base(d, None, alias="instruct-v2") == store.repo_folder(spec.lora_base or "")
 
 
 def test_cli_merge_lora_paths(lora_full: Path, tiny_llama3_hf: Path, tmp_path: Path) -> None:

@@ -252,7 +252,9 @@ def test_rerun_in_process_reuses_every_step(demo_run: DemoRun) -> None:
     events: list[Any] = []
     result = demo.run_demo(out_dir=demo_run.out, progress=events.append)
     assert result.reused == demo.STEPS
-    assert [(e.index, e.event) for e in events] == [(i, "reuse") for i in range(1, 8)]
+    assert [(e.task, e.kind) for e in events] == [
+        (f"[{i}/7] {kind}", "reuse") for i, kind in enumerate(demo.STEPS, 1)
+    ]
     assert result.answer_ok and result.answer in demo_run.proc.stdout
     assert [label for label, _, _ in result.ppl] == ["f16", "q4_k-im"]
     assert dict(result.artifacts) == _artifacts(demo_run.proc)

@@ -200,11 +200,11 @@ def test_tiny_llama3_hf_bf16_sharded(tiny_llama3_hf_bf16: Path, tiny_llama3_hf: 
 
 
 def test_tiny_llama3_gguf_header(tiny_llama3_gguf: Path) -> None:
-    from llama3zh_local.llamacpp import engine
+    from llama3zh_local.gguf.reader import read_header
 
-    header = engine.read_gguf_header(tiny_llama3_gguf)
+    header = read_header(tiny_llama3_gguf)
     assert header is not None
-    kv, tensors = header
+    kv, tensors = header.kv, header.tensors
     expected = {
         gguf.Keys.General.ARCHITECTURE: "llama",
         gguf.Keys.General.FILE_TYPE: int(gguf.LlamaFileType.MOSTLY_F16),
@@ -247,14 +247,14 @@ def test_tiny_llama3_gguf_is_the_hf_checkpoint_converted(
     tiny_llama3_gguf: Path, tiny_llama3_hf: Path
 ) -> None:
     """Tensor by tensor, byte for byte: Q/K permuted, 2-D in F16, norms in F32, shapes reversed."""
-    from llama3zh_local.llamacpp import engine
+    from llama3zh_local.gguf.reader import read_header
 
-    header = engine.read_gguf_header(tiny_llama3_gguf)  # gguf.GGUFReader takes 10 s on this vocab
+    header = read_header(tiny_llama3_gguf)  # gguf.GGUFReader takes 10 s on this vocab
     assert header is not None
     hf = models.read_hf_weights(tiny_llama3_hf)
     names = models.gguf_to_hf_names(2)
     with open(tiny_llama3_gguf, "rb") as fh:
-        for name, offset, size in header[1]:
+        for name, offset, size in ((t.name, t.offset, t.size) for t in header.tensors):
             want = hf[names[name]]
             if names[name].endswith("q_proj.weight"):
                 want = models.permute_qk(want, 4)
@@ -296,12 +296,10 @@ def test_tiny_llama3_gguf_generates(tiny_llama3_gguf: Path) -> None:
             LLAMA3_TURN + "<|start_header_id|>assistant<|end_header_id|>\n\n", add_special=True
         )
         greedy = SamplingParams(temperature=0.0, repeat_penalty=1.0)
-        first = "".join(session.generate(prompt, greedy, max_tokens=8))
-        assert (
-            session.last_stats.generated_tokens == 8
-            and session.last_stats.finish_reason == "length"
-        )
-        again = "".join(session.generate(prompt, greedy, max_tokens=8))
+        records = list(session.generate(prompt, greedy, max_tokens=8))
+        first = "".join(r.text for r in records)
+        assert records[-1].generation_tokens == 8 and records[-1].finish_reason == "length"
+        again = "".join(r.text for r in session.generate(prompt, greedy, max_tokens=8))
         assert again == first  # greedy on the cached prompt is deterministic
 
 
@@ -310,21 +308,13 @@ def test_tiny_llama3_gguf_logits_match_hf_reference(
     tiny_llama3_gguf: Path, tiny_llama3_hf: Path, llama3_tokenizer_json: Path
 ) -> None:
     """llama.cpp on the GGUF computes what transformers computes on the HF checkpoint."""
-    import llama_cpp
 
     ids = (
         Tokenizer.from_file(str(llama3_tokenizer_json))
         .encode("<|begin_of_text|>" + LLAMA3_TURN + "Hello world, how are you today? 今天怎么样？")
         .ids
     )
-    llm = llama_cpp.Llama(
-        model_path=str(tiny_llama3_gguf), n_ctx=128, logits_all=True, verbose=False, n_threads=2
-    )
-    try:
-        llm.eval(ids)
-        got = np.array(llm.scores[: len(ids)])
-    finally:
-        llm.close()
+    got = models.llamacpp_logits(tiny_llama3_gguf, ids, n_ctx=128)
     ref = models.llama_reference_logits(tiny_llama3_hf, ids)
     assert np.abs(ref).max() > 0.5  # the logits are not all ~0 (random weights, but not tiny)
     assert np.abs(got - ref).max() < 0.02  # measured 2.4e-3

@@ -2,6 +2,7 @@
 
 ``tests/hub_server.py`` speaks the Hugging Face and ModelScope protocols; ``huggingface_hub`` and
 ``modelscope`` are pointed at it with ``HF_ENDPOINT`` / ``MODELSCOPE_ENDPOINT`` and run unchanged.
+At the end, the plan's pure logic (hub/pull.py): which files of a repo, and the disk check.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from llama3zh_local import paths
+from llama3zh_local.catalog import Source, Variant
 from llama3zh_local.cli import app
+from llama3zh_local.errors import DiskSpaceError, ModelNotFoundError, UsageError
+from llama3zh_local.hub import pull as hub
 from llama3zh_local.hub import sources
 
 from .hub_server import HubServer, client_env, online
@@ -31,6 +35,7 @@ V3_HF = "hfl/llama-3-chinese-8b-instruct-v3-gguf"
 V3_MS = "ChineseAlpacaGroup/llama-3-chinese-8b-instruct-v3-gguf"
 Q8 = os.urandom(300_000)  # a stand-in q8_0 file: pull does not parse GGUFs
 SMALL = os.urandom(3 * 1024 * 1024)
+GIB = 1024**3
 
 
 @pytest.fixture(scope="module")
@@ -459,3 +464,129 @@ def test_pull_in_a_real_process(hub_env: HubServer, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"{paths.models_dir() / 'tiny-gguf' / 'ggml-model-q8_0.gguf'}\n"
+
+
+# -- which files ---------------------------------------------------------------------------------
+
+
+def listing(*names: str, source: Source = Source.HF) -> sources.Listing:
+    files = tuple(sources.RemoteFile(n, 100 + i) for i, n in enumerate(names))
+    return sources.Listing(source, "org/repo", "main", "c" * 40, files, True)
+
+
+def test_full_repo_prefers_safetensors_and_skips_the_rest() -> None:
+    names = [
+        "config.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+        "pytorch_model.bin.index.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+        "README.md",
+        ".gitattributes",
+        "original/consolidated.00.pth",
+        "original/tokenizer.model",
+    ]
+    variant, files, _ = hub.select_files(listing(*names), variant=None)
+    assert variant is Variant.FULL
+    assert [f.name for f in files] == sorted(
+        [
+            "config.json",
+            "generation_config.json",
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+            "model.safetensors.index.json",
+            "special_tokens_map.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ]
+    )
+
+
+def test_pickles_only_when_there_are_no_safetensors() -> None:
+    _, files, _ = hub.select_files(
+        listing("config.json", "pytorch_model.bin", "tokenizer.model"), variant=None
+    )
+    assert [f.name for f in files] == ["config.json", "pytorch_model.bin", "tokenizer.model"]
+
+
+def test_lora_repo() -> None:
+    variant, files, _ = hub.select_files(
+        listing(
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "adapter_model.bin",
+            "tokenizer.json",
+        ),
+        variant=None,
+    )
+    assert variant is Variant.LORA
+    assert [f.name for f in files] == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+    ]
+
+
+def test_gguf_quants() -> None:
+    ls = listing(
+        "ggml-model-q4_k.gguf", "ggml-model-q4_k-im.gguf", "ggml-model-q8_0.gguf", "README.md"
+    )
+    pick = lambda *q: [f.name for f in hub.select_files(ls, variant=None, quants=q)[1]]  # noqa: E731
+    assert pick("Q4_K_M") == ["ggml-model-q4_k.gguf"]
+    assert pick("q4_k-im", "q8_0") == ["ggml-model-q4_k-im.gguf", "ggml-model-q8_0.gguf"]
+    assert sorted(pick("all")) == sorted(f.name for f in ls.files if f.name.endswith(".gguf"))
+    with pytest.raises(
+        ModelNotFoundError,
+        match=r"no q2_k GGUF file \(quants in the repo: "
+        r"q4_k, q4_k-im, q8_0\)",
+    ):
+        pick("q2_k")
+    offered: list[dict[str, int]] = []
+
+    def largest(sizes: Mapping[str, int]) -> tuple[str, str]:
+        offered.append(dict(sizes))
+        return max(sizes, key=lambda q: sizes[q]), "the caller's choice"
+
+    _, files, notes = hub.select_files(ls, variant=None, default_quant=largest)
+    assert [f.name for f in files] == ["ggml-model-q8_0.gguf"] and notes == ["the caller's choice"]
+    assert sorted(offered[0]) == ["q4_k", "q8_0"]  # -im files are never the default
+    with pytest.raises(UsageError, match="none was chosen"):
+        hub.select_files(ls, variant=None)
+
+
+def test_quant_for_a_full_repo_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="--quant applies to GGUF repos"):
+        hub.select_files(listing("config.json", "model.safetensors"), variant=None, quants=["q4_k"])
+    with pytest.raises(ModelNotFoundError, match="no GGUF files"):
+        hub.select_files(listing("config.json", "model.safetensors"), variant=Variant.GGUF)
+    with pytest.raises(ModelNotFoundError, match="neither GGUF files nor model weights"):
+        hub.select_files(listing("README.md"), variant=None)
+
+
+# -- disk space ----------------------------------------------------------------------------------
+
+
+def test_disk_check_message(tmp_path: Path) -> None:
+    plan = hub.PullPlan(
+        model="m",
+        decision=sources.SourceDecision(Source.HF, True, "x"),
+        source=Source.HF,
+        repo_id="org/repo",
+        revision="main",
+        commit=None,
+        variant=Variant.GGUF,
+        files=(),
+        store_dir=tmp_path,
+        disk=(hub.DiskNeed(tmp_path, 5 * GIB, 2 * GIB),),
+        notes=(),
+    )
+    needle = r"5.00 GiB to download plus 0.05 GiB kept free, 2.00 GiB free in"
+    with pytest.raises(DiskSpaceError, match=needle) as e:
+        hub.check_disk(plan)
+    assert "HF_HOME" in (e.value.hint or "")
+    assert hub.DiskNeed(tmp_path, 100, 101).fits and not hub.DiskNeed(tmp_path, 100, 99).fits

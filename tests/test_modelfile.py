@@ -22,26 +22,28 @@ import pytest
 from typer.testing import CliRunner
 
 from llama3zh_local import catalog, paths
-from llama3zh_local.chat.conversation import llama3_template
+from llama3zh_local.chat.template import llama3_template
 from llama3zh_local.cli import app
-from llama3zh_local.errors import InputError, InvalidModelError, UsageError
+from llama3zh_local.errors import InputError, InvalidModelError, OllamaError, UsageError
+from llama3zh_local.ollama.client import ollama_create
 from llama3zh_local.ollama.modelfile import (
     COMPLETION_TEMPLATE,
     DEFAULT_STORE_REF,
     LLAMA3_OLLAMA_TEMPLATE,
-    OLLAMA_DEPRECATED_PARAMETERS,
-    OLLAMA_OPTION_TYPES,
     OLLAMA_STOPS,
-    OllamaError,
     build_modelfile,
-    check_ollama_name,
-    check_param,
-    ollama_create,
-    parse_param,
-    quote,
     ready_modelfile,
     write_ready_modelfiles,
 )
+from llama3zh_local.ollama.quoting import (
+    OLLAMA_DEPRECATED_PARAMETERS,
+    OLLAMA_OPTION_TYPES,
+    check_ollama_name,
+    check_param,
+    parse_param,
+    quote,
+)
+from llama3zh_local.progress import Event
 
 from . import ollama_parser
 from .fake_ollama import FakeOllama
@@ -751,13 +753,13 @@ def test_ollama_create_through_the_client(
 
 def test_ollama_create_library_with_adapter(ggufs: dict[str, Path]) -> None:
     mf = build_modelfile(model=str(ggufs["chat"]), adapter=ggufs["lora"])
-    seen: list[str] = []
+    seen: list[Event] = []
     with FakeOllama() as fake:
         result = ollama_create(
             name="user/llama3-zh-lora",
             modelfile=mf,
             host=fake.url,
-            progress=lambda p: seen.append(p.stage),
+            progress=seen.append,
         )
         (create,) = fake.find("POST", "/api/create")
     assert result.files == (
@@ -767,7 +769,11 @@ def test_ollama_create_library_with_adapter(ggufs: dict[str, Path]) -> None:
     assert set(result.uploaded) == {sha256(ggufs["chat"]), sha256(ggufs["lora"])}
     assert create.json["adapters"] == {"lora.gguf": sha256(ggufs["lora"])}
     assert result.server_version == "0.6.5" and result.host == fake.url
-    assert {"hash", "upload", "create"} <= set(seen)
+    # hashing (a byte count), uploading and the server's create statuses were all reported
+    assert {e.stage for e in seen} == {"create"}
+    assert any(e.unit == "bytes" and e.task.startswith("checking") for e in seen)
+    assert any(e.message.startswith("upload") for e in seen)
+    assert any(e.message == "success" for e in seen)
 
 
 @pytest.mark.parametrize(

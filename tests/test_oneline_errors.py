@@ -15,7 +15,7 @@ import pexpect
 import pytest
 
 from .oneline import assert_error, assert_no_crash_output, snapshot
-from .test_quantize import write_imatrix, write_llama_gguf
+from .quantfix import write_imatrix, write_llama_gguf
 from .test_repl import PROMPT, spawn
 
 CLI = [sys.executable, "-m", "llama3zh_local"]

@@ -15,9 +15,9 @@ from llama3zh_local.errors import DiskSpaceError, InputError
 
 from . import lorafix
 from .oneline import assert_error, snapshot
+from .quantfix import write_llama_gguf
 from .test_diskfull import tmpfs
 from .test_oneline_errors import cli
-from .test_quantize import write_llama_gguf
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +217,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def test_disk_space_names_the_reserve(small_disk: Path) -> None:
     from llama3zh_local.convert import llama as convert
-    from llama3zh_local.quant import quantize
+    from llama3zh_local.files import space
 
     free = shutil.disk_usage(small_disk).free
     need = free - (16 << 20)  # fits, but eats into the space kept free
@@ -225,7 +225,7 @@ def test_disk_space_names_the_reserve(small_disk: Path) -> None:
         convert.check_space(small_disk / "m.gguf", need)
     assert "kept free" in str(e.value) and "GB" in (e.value.hint or "")
     with pytest.raises(DiskSpaceError) as e:
-        quantize._check_space(out_dir=small_disk, need=need)
+        space.check_space(small_disk, need, what="the outputs", hint="write elsewhere")
     assert "kept free" in str(e.value)
     convert.check_space(small_disk / "m.gguf", free - (80 << 20))  # and room is room
 
@@ -235,7 +235,7 @@ def test_disk_space_names_the_reserve(small_disk: Path) -> None:
 
 @pytest.mark.slow
 def test_context_overflow_hint(tiny_llama3_gguf: Path) -> None:
-    from llama3zh_local.chat.conversation import open_chat
+    from llama3zh_local.chat.session import open_chat
 
     for n_ctx, words in ((128, 200), (512, 400), (8192, 3000)):
         loaded = open_chat(tiny_llama3_gguf, n_ctx=n_ctx)

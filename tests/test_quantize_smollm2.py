@@ -22,6 +22,7 @@ from llama3zh_local.cli import app
 from llama3zh_local.errors import InvalidModelError
 from llama3zh_local.llamacpp import installed, tools
 from llama3zh_local.quant import evaluate, imatrix, quantize, recommend
+from llama3zh_local.quant.options import ChunkOptions
 
 from . import models
 
@@ -60,7 +61,9 @@ def f16(work: Path, smollm2_hf: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def ours(f16: Path, toolenv: None) -> imatrix.ImatrixResult:
-    return imatrix.compute_imatrix(model=f16, chunks=CHUNKS, ctx=CTX)
+    return imatrix.compute_imatrix(
+        imatrix.plan_imatrix(model=f16, options=ChunkOptions(chunks=CHUNKS, ctx=CTX))
+    )
 
 
 def run_tool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -85,9 +88,11 @@ def test_imatrix_equals_llama_imatrix(ours: imatrix.ImatrixResult, f16: Path, wo
 
 
 def test_imatrix_is_reused_from_the_cache(ours: imatrix.ImatrixResult, f16: Path) -> None:
-    again = imatrix.compute_imatrix(model=f16, chunks=CHUNKS, ctx=CTX)
+    again = imatrix.compute_imatrix(
+        imatrix.plan_imatrix(model=f16, options=ChunkOptions(chunks=CHUNKS, ctx=CTX))
+    )
     assert again.cached and again.path == ours.path and again.seconds < 5
-    other = imatrix.plan_imatrix(model=f16, chunks=CHUNKS - 1, ctx=CTX)
+    other = imatrix.plan_imatrix(model=f16, options=ChunkOptions(chunks=CHUNKS - 1, ctx=CTX))
     assert other.output != ours.path and not other.cached  # other settings, other key
 
 
@@ -99,7 +104,9 @@ def test_q4_k_m_im_is_byte_identical_to_llama_quantize(
 ) -> None:
     out = work / "ours"
     out.mkdir()
-    res = quantize.quantize(model=f16, types=["Q4_K_M"], imatrix=ours.path, output=out)
+    res = quantize.quantize(
+        quantize.plan_quantize(model=f16, types=["Q4_K_M"], imatrix=ours.path, output=out)
+    )
     (q,) = res.outputs
     assert q.path == out / "ggml-model-q4_k-im.gguf"
     assert q.file_type == "MOSTLY_Q4_K_M" and q.size == q.path.stat().st_size
@@ -117,9 +124,13 @@ def quants(f16: Path, ours: imatrix.ImatrixResult, work: Path) -> dict[str, Path
     """The issue's eight files: f16 and seven quants, -im ones with our imatrix."""
     out = work / "quants"
     out.mkdir()
-    plain = quantize.quantize(model=f16, types=["q4_k", "q3_k", "q2_k"], output=out)
+    plain = quantize.quantize(
+        quantize.plan_quantize(model=f16, types=["q4_k", "q3_k", "q2_k"], output=out)
+    )
     im = quantize.quantize(
-        model=f16, types=["q4_k", "q3_k", "q2_k", "IQ3_XXS"], imatrix=ours.path, output=out
+        quantize.plan_quantize(
+            model=f16, types=["q4_k", "q3_k", "q2_k", "IQ3_XXS"], imatrix=ours.path, output=out
+        )
     )
     files = {"f16": f16} | {o.path.stem.removeprefix("ggml-model-"): o.path for o in plain.outputs}
     files |= {o.path.stem.removeprefix("ggml-model-"): o.path for o in im.outputs}
@@ -134,7 +145,9 @@ def table(quants: dict[str, Path], toolenv: None, tmp_path_factory: pytest.TempP
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LLAMA3ZH_HOME", str(tmp_path_factory.mktemp("home")))
         return evaluate.evaluate(
-            models=list(quants.values()), ctx=EVAL_CTX, chunks=EVAL_CHUNKS, kld_base=quants["f16"]
+            models=list(quants.values()),
+            options=ChunkOptions(ctx=EVAL_CTX, chunks=EVAL_CHUNKS),
+            kld_base=quants["f16"],
         )
 
 
@@ -222,8 +235,11 @@ def test_imatrix_of_another_model_is_refused(
     ours: imatrix.ImatrixResult, tiny_llama3_gguf: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(InvalidModelError, match="computed on a different model") as err:
-        quantize.quantize(model=tiny_llama3_gguf, types=["Q8_0"], imatrix=ours.path,
-                          output=tmp_path)  # fmt: skip
+        quantize.quantize(
+            quantize.plan_quantize(
+                model=tiny_llama3_gguf, types=["Q8_0"], imatrix=ours.path, output=tmp_path
+            )
+        )
     assert "llama3zh imatrix" in (err.value.hint or "")
     assert not list(tmp_path.iterdir())
 
@@ -233,7 +249,7 @@ def test_hf_checkpoint_is_converted_first(smollm2_hf: Path, tmp_path: Path) -> N
     ckpt.mkdir()
     for f in smollm2_hf.iterdir():  # the shared fixture is read-only: link its files
         (ckpt / f.name).symlink_to(f)
-    res = quantize.quantize(model=ckpt, types=["Q8_0"])
+    res = quantize.quantize(quantize.plan_quantize(model=ckpt, types=["Q8_0"]))
     assert res.source == ckpt / "ggml-model-f16.gguf" and res.source.is_file()
     assert res.outputs[0].path == ckpt / "ggml-model-q8_0.gguf"
     assert any("converted the HF checkpoint" in n for n in res.notes)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from llama3zh_local.errors import BackendError, UsageError
-from llama3zh_local.llamacpp import installed, repack, tools
+from llama3zh_local.llamacpp import installed, native, repack, repack_probe, tools
 from llama3zh_local.llamacpp.repack import ProbeResult, RepackDecision
 
 from . import models
@@ -230,18 +230,18 @@ def test_the_engine_loads_with_the_verdict(
     from llama3zh_local.llamacpp import engine, quant
 
     monkeypatch.setenv(repack.OVERRIDE_ENV, setting)
-    f32 = repack.write_probe_model(tmp_path / "f32.gguf")
+    f32 = repack_probe.write_probe_model(tmp_path / "f32.gguf")
     q4 = tmp_path / "q4_0.gguf"
-    quant.quantize_file(source=f32, output=q4, ftype=engine.lib().LLAMA_FTYPE_MOSTLY_Q4_0)
+    quant.quantize_file(source=f32, output=q4, ftype=native.lib().LLAMA_FTYPE_MOSTLY_Q4_0)
     lines: list[str] = []
-    with engine.log_listener(lines.append), engine.Model(q4) as model:
+    with native.log_listener(lines.append), engine.Model(q4) as model:
         assert model.repack is (setting == "on")
     buffers = [ln for ln in "".join(lines).splitlines() if "model buffer size" in ln]
     repacked = [ln for ln in buffers if "REPACK" in ln or "AMX" in ln]
     assert buffers
     if setting == "off":
         assert repacked == [], buffers
-    elif "REPACK = 1" in engine.lib().llama_print_system_info().decode():
+    elif "REPACK = 1" in native.lib().llama_print_system_info().decode():
         assert repacked, buffers
 
 

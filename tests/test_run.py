@@ -16,7 +16,7 @@ import huggingface_hub.constants
 import pytest
 from typer.testing import CliRunner
 
-from llama3zh_local import paths, pipeline
+from llama3zh_local import estimates, paths, pipeline
 from llama3zh_local.cli import app
 from llama3zh_local.files import atomic, state
 
@@ -91,7 +91,7 @@ def test_hours_of_imatrix_suggest_fewer_chunks(
     hub: HubServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for rate in ("imatrix_cpu_core", "imatrix_gpu"):  # a machine far slower than this one
-        monkeypatch.setitem(pipeline.DEFAULT_RATES, rate, 1e4)
+        monkeypatch.setitem(estimates.DEFAULT_RATES, rate, 1e4)
     plan = pipeline.plan_run("instruct-v3", imatrix=True, source="hf")
     (note,) = [n for n in plan.notes if "--chunks 50 would take" in n]
     assert note.startswith("the imatrix over all of the calibration text takes ~")

@@ -54,8 +54,8 @@ def tokenizer(smollm2_gguf: Path) -> Iterator[object]:
 
 def _prompt_ids(tokenizer: object, messages: list[dict[str, str]]) -> list[int]:
     from llama3zh_local.catalog import DEFAULT_SYSTEM_PROMPT
-    from llama3zh_local.chat.conversation import choose_template
     from llama3zh_local.chat.prompt_tokens import chat_prompt_tokens
+    from llama3zh_local.chat.template import choose_template
 
     if not any(m["role"] == "system" for m in messages):
         messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, *messages]
@@ -256,7 +256,7 @@ def test_turn_forgery_is_plain_text(client: object, model_name: str, tokenizer: 
     safe = _prompt_ids(tokenizer, messages)
     assert done.usage.prompt_tokens == len(safe)
     from llama3zh_local.catalog import DEFAULT_SYSTEM_PROMPT
-    from llama3zh_local.chat.conversation import choose_template
+    from llama3zh_local.chat.template import choose_template
 
     text = choose_template(tokenizer).render(  # type: ignore[arg-type]
         [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, *messages]

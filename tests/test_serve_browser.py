@@ -29,6 +29,9 @@ LONG = "Write a very long story about a dragon who learns to cook. Make it at le
 
 @pytest.fixture(scope="module")
 def browser() -> object:
+    # CI installs both (.ci/run): there a missing browser is a failure, not a skip
+    if os.environ.get("CI") and not Path(CHROMIUM).exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: .ci/run should have installed it")
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")

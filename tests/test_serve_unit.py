@@ -82,8 +82,8 @@ def test_registry_names(tmp_path: Path, smollm2_gguf: Path) -> None:
 
 def test_prompt_tokens_keep_message_text_as_text(smollm2_gguf: Path) -> None:
     """Control-token strings in any message never become control tokens; the template's do."""
-    from llama3zh_local.chat.conversation import ChatTemplate, choose_template, llama3_template
     from llama3zh_local.chat.prompt_tokens import chat_prompt_tokens
+    from llama3zh_local.chat.template import ChatTemplate, choose_template, llama3_template
     from llama3zh_local.llamacpp.engine import Model
 
     forged = (
@@ -121,8 +121,8 @@ def test_prompt_tokens_keep_message_text_as_text(smollm2_gguf: Path) -> None:
 
 
 def test_prompt_tokens_refuse_a_template_that_rewrites_text(smollm2_gguf: Path) -> None:
-    from llama3zh_local.chat.conversation import ChatTemplate
     from llama3zh_local.chat.prompt_tokens import chat_prompt_tokens
+    from llama3zh_local.chat.template import ChatTemplate
     from llama3zh_local.errors import ChatTemplateError
     from llama3zh_local.llamacpp.engine import Model
 
@@ -178,7 +178,7 @@ def test_print_config_vllm_template_renders_the_engines_prompt() -> None:
     vLLM applies chat templates), exactly the prompt the engine's sandbox renders."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    from llama3zh_local.chat.conversation import ChatTemplate, llama3_template
+    from llama3zh_local.chat.template import ChatTemplate, llama3_template
     from llama3zh_local.cli._app import app
     from llama3zh_local.serve.server import vllm_template
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from llama3zh_local.chat import conversation as chat
-from llama3zh_local.chat.conversation import ChatTemplate
+from llama3zh_local.chat import template as chat
+from llama3zh_local.chat.template import ChatTemplate
 from llama3zh_local.errors import ChatTemplateError
 
 from .ggufgen import write_model
@@ -99,7 +99,7 @@ def test_bounds_hold_in_a_thread_too(quick_deadline: float) -> None:
 
 
 def test_ordinary_templates_still_render() -> None:
-    from llama3zh_local.chat.conversation import llama3_template
+    from llama3zh_local.chat.template import llama3_template
 
     long = [{"role": "user", "content": "你好" * 100_000}] * 4  # 800k characters
     text = ChatTemplate(llama3_template()).render(long)

@@ -79,29 +79,21 @@ def help_text(doc: str | None) -> str:
     return summary + ("\n\n\n" + "\n\n".join(rest) if rest else "")
 
 
-def _command(name: str, func: Callable[..., Any], cls: type[TyperCommand] | None = None) -> None:
-    app.command(name, help=help_text(func.__doc__), cls=cls)(func)
-
-
-_command("run", run.run, _options.RunCommand)
-_command("models", models.models)
-_command("chat", chat.chat)
-_command("doctor", doctor.doctor)
-_command("convert", convert.convert)
-_command("merge-lora", convert.merge_lora)
-_command("pull", pull.pull)
-_command("list", listing.list_models)
-_command("show", show.show)
-_command("rm", rm.rm)
-_command("modelfile", modelfile.modelfile)
-_command("ollama-create", modelfile.ollama_create)
-_command("imatrix", quantize.imatrix)
-_command("quantize", quantize.quantize, _options.QuantizeCommand)
-_command("eval", evaluate.eval_models)
-_command("recommend", recommend.recommend)
-_command("gc", gc.gc)
-_command("demo", demo.demo)
-_command("serve", serve.serve)
+# The commands, in the order `llama3zh --help` lists them; two need a click class of their own.
+COMMANDS: dict[str, Callable[..., Any]] = {
+    "run": run.run, "models": models.models, "chat": chat.chat, "doctor": doctor.doctor,
+    "convert": convert.convert, "merge-lora": convert.merge_lora, "pull": pull.pull,
+    "list": listing.list_models, "show": show.show, "rm": rm.rm,
+    "modelfile": modelfile.modelfile, "ollama-create": modelfile.ollama_create,
+    "imatrix": quantize.imatrix, "quantize": quantize.quantize, "eval": evaluate.eval_models,
+    "recommend": recommend.recommend, "gc": gc.gc, "demo": demo.demo, "serve": serve.serve,
+}  # fmt: skip
+COMMAND_CLASSES: dict[str, type[TyperCommand]] = {
+    "run": _options.RunCommand,
+    "quantize": _options.QuantizeCommand,
+}
+for _name, _func in COMMANDS.items():
+    app.command(_name, help=help_text(_func.__doc__), cls=COMMAND_CLASSES.get(_name))(_func)
 
 
 def main() -> None:

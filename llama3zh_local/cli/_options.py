@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import shlex
 from enum import Enum
-from typing import Annotated, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperCommand
+
+if TYPE_CHECKING:
+    from ..quant.options import ChunkOptions
 
 ModelArg = Annotated[
     str,
@@ -42,6 +46,19 @@ CtxOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+# -- every command that writes -------------------------------------------------------------------
+
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace existing outputs.")]
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Check the inputs and print what would be written (files, sizes, commands); "
+        "write nothing.",
+    ),
+]
 
 
 class FlashAttn(str, Enum):
@@ -151,3 +168,15 @@ class RunCommand(FlagHintCommand):
         "--imatrix": "run computes its own imatrix; to quantize with a file, use "
         "llama3zh quantize MODEL -q TYPE --imatrix-file {value}"
     }
+
+
+def chunk_options(
+    *, text: Path | None, ctx: int, chunks: int | None, n_gpu_layers: str, threads: int | None
+) -> ChunkOptions:
+    """The options of a llama-imatrix / llama-perplexity run (imatrix, quantize --imatrix,
+    eval), parsed once."""
+    from ..hardware import parse_gpu_layers
+    from ..quant.options import ChunkOptions
+
+    return ChunkOptions(text=text, ctx=ctx, chunks=chunks,
+                        n_gpu_layers=parse_gpu_layers(n_gpu_layers), threads=threads)  # fmt: skip

@@ -1,4 +1,7 @@
-"""`llama3zh chat`: interactive or one-shot chat through llama.cpp."""
+"""`llama3zh chat`: interactive or one-shot chat through llama.cpp.
+
+Library modules are imported inside the functions: `llama3zh --help` starts without them.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from .. import catalog
 from ..catalog import DEFAULT_ALIAS, DEFAULT_SYSTEM_PROMPT
+from ..chat.conversation import Conversation, check_text, decode_input, quoted
+from ..errors import InputError, Llama3zhError
+from ..paths import config_dir
 from . import _output
 from ._errors import handle_errors
 from ._options import (
@@ -24,8 +31,8 @@ from ._options import (
 from ._signals import Terminated
 
 if TYPE_CHECKING:
-    from ..chat.conversation import Chat
-    from ..errors import Llama3zhError
+    from ..chat.session import Chat
+    from ..llamacpp.engine import GenerationRecord, SamplingParams
 
 HELP = """Commands:
   /help          this list
@@ -83,11 +90,35 @@ def chat(
 
       echo "What is GGUF?" | llama3zh chat instruct-v3 --temp 0 --stats
     """
-    from .. import catalog, hardware
-    from ..chat.conversation import Conversation, check_text, decode_input, format_stats, open_chat
-    from ..errors import InputError
-    from ..hub import store
+    from ..hardware import parse_gpu_layers
     from ..llamacpp.engine import SamplingParams
+
+    talk(
+        model,
+        prompt=prompt,
+        system=system,
+        template=template,
+        quant=quant,
+        ctx=ctx,
+        gpu_layers=parse_gpu_layers(n_gpu_layers),
+        threads=threads,
+        flash_attn=flash_attn,
+        sampling=SamplingParams(
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            seed=seed,
+        ),
+        max_tokens=max_tokens,
+        stats=stats,
+        load=load,
+    )
+
+
+def _question(prompt: str | None, system: str) -> str | None:
+    """The one question to answer (-p or stdin), or None for the REPL; checked before loading."""
 
     if prompt is not None:
         check_text(prompt, "-p")
@@ -102,32 +133,49 @@ def chat(
             "no question: standard input is closed",
             hint='ask with -p "…", or pipe a question in (echo 你好 | llama3zh chat)',
         )
-    interactive = prompt is None and sys.stdin.isatty()
-    question = prompt
-    if prompt is None and not interactive:
-        question = decode_input(sys.stdin.buffer.read(), "the question on stdin")
-        if not question.strip():
-            raise InputError(
-                "no question on stdin (it was empty)",
-                hint='pipe a question in (echo 你好 | llama3zh chat) or use -p "…"',
-            )
+    if prompt is not None or sys.stdin.isatty():
+        return prompt
+    question = decode_input(sys.stdin.buffer.read(), "the question on stdin")
+    if not question.strip():
+        raise InputError(
+            "no question on stdin (it was empty)",
+            hint='pipe a question in (echo 你好 | llama3zh chat) or use -p "…"',
+        )
+    return question
+
+
+def talk(
+    model: str,
+    *,
+    prompt: str | None = None,
+    system: str = DEFAULT_SYSTEM_PROMPT,
+    template: TemplateChoice = TemplateChoice.auto,
+    quant: str | None = None,
+    ctx: int | None = None,
+    gpu_layers: int | None = None,
+    threads: int | None = None,
+    flash_attn: FlashAttn = FlashAttn.auto,
+    sampling: SamplingParams | None = None,
+    max_tokens: int = -1,
+    stats: bool = False,
+    load: Path | None = None,
+) -> None:
+    """Open a chat on ``model`` and run the REPL, or answer one question (-p or stdin).
+
+    Shared by ``chat`` and ``run``; ``gpu_layers`` is parsed already (None: auto).
+    """
+    from ..chat.session import format_stats, open_chat
+    from ..hub import store
+
+    question = _question(prompt, system)
     # a saved conversation is checked before gigabytes are loaded
     conversation = Conversation.load(load) if load is not None else None
-    gpu_layers = hardware.parse_gpu_layers(n_gpu_layers)
     path = store.resolve_gguf(model, quant=quant)
     if not store.looks_like_path(model) and not catalog.get_model(model).chat:
         _output.warn(
             f"{model} is a base model, not trained to chat: expect rambling answers "
             "(use instruct-v3 for chat)"
         )
-    sampling = SamplingParams(
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        min_p=min_p,
-        repeat_penalty=repeat_penalty,
-        seed=seed,
-    )
     loaded = open_chat(
         path,
         n_ctx=ctx,
@@ -153,27 +201,37 @@ def chat(
         f" · ctx {loaded.n_ctx} · {loaded.n_threads} threads · template: {chat.template.origin}"
     )
     try:
-        if interactive:
+        if question is None:
             _repl(chat, show_stats=stats)
         else:
-            assert question is not None
-            _answer(chat, question.strip())
-            if stats and chat.last_stats:
-                _output.note(format_stats(chat.last_stats))
+            last = _answer(chat, question.strip())
+            if stats and last is not None:
+                _output.note(format_stats(last))
     finally:
         chat.session.close()
         chat.model.close()
 
 
-def _answer(chat: Chat, text: str) -> None:
-    """Stream one answer to stdout."""
+def _answer(
+    chat: Chat, text: str, last: list[GenerationRecord] | None = None
+) -> GenerationRecord | None:
+    """Stream one answer to stdout; returns its last record (the answer's figures).
+
+    ``last`` holds the latest record as it comes, so that an answer stopped by Ctrl-C still
+    has its figures up to there (the REPL's /stats).
+    """
     write, flush = sys.stdout.write, sys.stdout.flush
-    with contextlib.closing(chat.ask(text)) as pieces:
-        for piece in pieces:
-            write(piece)
-            flush()
+    record = None
+    with contextlib.closing(chat.ask(text)) as records:
+        for record in records:
+            if last is not None:
+                last[:] = [record]
+            if record.text:
+                write(record.text)
+                flush()
     write("\n")
     flush()
+    return record
 
 
 def _read_message(prompt: str) -> str:
@@ -193,8 +251,6 @@ def _history() -> None:
     try:
         import atexit
         import readline
-
-        from ..paths import config_dir
     except ImportError:
         return
     hist = config_dir() / "chat_history"
@@ -217,10 +273,9 @@ def _warn_error(err: Llama3zhError) -> None:
 
 
 def _repl(chat: Chat, *, show_stats: bool) -> None:
-    from ..chat.conversation import Conversation, check_text, format_stats, quoted
-    from ..errors import Llama3zhError
-    from ..llamacpp.engine import GenerationStats
+    from ..chat.session import format_stats
 
+    last: list[GenerationRecord] = []  # the last answer's last record, for /stats
     _history()
     _output.note('Type a message; /help for commands, """ for multi-line, Ctrl-D to exit.')
     while True:
@@ -246,53 +301,15 @@ def _repl(chat: Chat, *, show_stats: bool) -> None:
             continue
         if stripped.startswith("/"):
             cmd, _, arg = stripped.partition(" ")
-            arg = arg.strip()
             if cmd in ("/exit", "/bye", "/quit"):
                 return
-            if cmd == "/help":
-                _output.err().print(HELP, markup=False)
-            elif cmd == "/clear":
-                chat.conversation.clear()
-                chat.session.reset()
-                _output.note("Conversation cleared.")
-            elif cmd == "/system":
-                try:
-                    check_text(arg, "the system prompt")
-                except Llama3zhError as err:
-                    _warn_error(err)
-                    continue
-                chat.conversation.system = arg or None
-                _output.note(f"System prompt {'set' if arg else 'removed'}.")
-            elif cmd == "/save":
-                if not arg:
-                    _output.warn("usage: /save FILE")
-                    continue
-                try:
-                    saved = chat.conversation.save(arg)
-                except Llama3zhError as err:
-                    _warn_error(err)
-                    continue
-                _output.note(f"Saved to {quoted(saved)}.")
-            elif cmd == "/load":
-                if not arg:
-                    _output.warn("usage: /load FILE")
-                    continue
-                try:
-                    chat.conversation = Conversation.load(arg)
-                except Llama3zhError as err:
-                    _warn_error(err)
-                    continue
-                _output.note(f"Loaded {len(chat.conversation.turns)} messages from {quoted(arg)}.")
-            elif cmd == "/stats":
-                show_stats = not show_stats
-                if chat.last_stats:
-                    _output.note(format_stats(chat.last_stats))
-                _output.note(f"Timings after each answer: {'on' if show_stats else 'off'}.")
-            else:
-                _output.warn(f"unknown command {cmd}; /help lists them")
+            try:
+                show_stats = _command(chat, cmd, arg.strip(), show_stats=show_stats, last=last)
+            except Llama3zhError as err:  # a failed command should not end the session
+                _warn_error(err)
             continue
         try:
-            _answer(chat, text)
+            _answer(chat, text, last)
         except KeyboardInterrupt as e:
             if isinstance(e, Terminated):
                 raise
@@ -301,5 +318,39 @@ def _repl(chat: Chat, *, show_stats: bool) -> None:
         except Llama3zhError as err:  # a failed answer should not end the session
             _warn_error(err)
             continue
-        if show_stats and isinstance(chat.last_stats, GenerationStats):
-            _output.note(format_stats(chat.last_stats))
+        if show_stats and last:
+            _output.note(format_stats(last[0]))
+
+
+def _command(
+    chat: Chat, cmd: str, arg: str, *, show_stats: bool, last: list[GenerationRecord]
+) -> bool:
+    """Run one REPL command (not /exit); returns whether timings show after each answer."""
+    from ..chat.session import format_stats
+
+    if cmd == "/help":
+        _output.err().print(HELP, markup=False)
+    elif cmd == "/clear":
+        chat.conversation.clear()
+        chat.session.reset()
+        _output.note("Conversation cleared.")
+    elif cmd == "/system":
+        check_text(arg, "the system prompt")
+        chat.conversation.system = arg or None
+        _output.note(f"System prompt {'set' if arg else 'removed'}.")
+    elif cmd in ("/save", "/load") and not arg:
+        _output.warn(f"usage: {cmd} FILE")
+    elif cmd == "/save":
+        saved = chat.conversation.save(arg)
+        _output.note(f"Saved to {quoted(saved)}.")
+    elif cmd == "/load":
+        chat.conversation = Conversation.load(arg)
+        _output.note(f"Loaded {len(chat.conversation.turns)} messages from {quoted(arg)}.")
+    elif cmd == "/stats":
+        show_stats = not show_stats
+        if last:
+            _output.note(format_stats(last[0]))
+        _output.note(f"Timings after each answer: {'on' if show_stats else 'off'}.")
+    else:
+        _output.warn(f"unknown command {cmd}; /help lists them")
+    return show_stats

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from . import _output
 from ._errors import handle_errors
+from ._options import DryRunOpt, ForceOpt
+from ._progress import Progress
 
-if TYPE_CHECKING:
-    from ..convert.llama import ConvertProgress
+# Library modules are imported inside the commands: `llama3zh --help` starts faster.
 
 
 class OutType(str, Enum):
@@ -35,11 +36,6 @@ OutTypeOpt = Annotated[
         "--outtype",
         help="Tensor type: auto (bf16 for bf16 weights, else f16), f16, bf16, f32 or q8_0.",
     ),
-]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
-DryRunOpt = Annotated[
-    bool,
-    typer.Option("--dry-run", help="Check the inputs and print what would be written; no output."),
 ]
 
 
@@ -90,7 +86,7 @@ def convert(
         output = paths.models_dir() / (spec.name + catalog.Variant.GGUF.suffix)
         if not dry_run:
             output.mkdir(parents=True, exist_ok=True)
-    with _Progress(enabled=not dry_run) as bar:
+    with Progress(enabled=not dry_run) as bar:
         result = run(
             source=src,
             output=output,
@@ -171,8 +167,8 @@ def merge_lora(
       llama3zh merge-lora ./my-lora --base ./base --format adapter -o my-lora.gguf
     """
     from .. import catalog, paths
-    from ..convert.lora import find_base
     from ..convert.lora import merge_lora as run
+    from ..convert.peft import find_base
     from ..hub import store
 
     alias = None if store.looks_like_path(lora) else lora
@@ -188,7 +184,7 @@ def merge_lora(
                 output.mkdir(parents=True, exist_ok=True)
         elif output is None and fmt is MergeFormat.hf:
             output = paths.models_dir() / f"{spec.name}-merged"
-    with _Progress(enabled=not dry_run) as bar:
+    with Progress(enabled=not dry_run) as bar:
         result = run(
             lora=lora_dir,
             base=base_dir,
@@ -212,46 +208,3 @@ def merge_lora(
         f"{result.size / 1e9:.2f} GB): {what}"
     )
     _output.result(str(result.path))
-
-
-class _Progress:
-    """A byte bar on stderr for convert / merge-lora, labelled with the current tensor."""
-
-    def __init__(self, *, enabled: bool = True) -> None:
-        # a bar only on a terminal: piped stderr gets the summary line, not redraws
-        self.enabled = enabled and _output.err().is_terminal
-
-    def __enter__(self) -> _Progress:
-        if not self.enabled:
-            return self
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("{task.description}", style="dim"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=_output.err(),
-            transient=True,
-        )
-        self.bar.start()
-        self.task = self.bar.add_task("converting", total=None)
-        return self
-
-    def __call__(self, p: ConvertProgress) -> None:
-        if not self.enabled:
-            return
-        desc = f"[{p.index}/{p.n_tensors}] {p.tensor}"
-        self.bar.update(self.task, completed=p.bytes_done, total=p.bytes_total, description=desc)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.bar.stop()

@@ -7,11 +7,14 @@ from typing import Annotated
 
 import typer
 
-from ..demo import DEFAULT_CHUNKS, DEFAULT_CTX, HF_NAME, QUANT, STEPS
+from .. import paths
+from ..demo import DEFAULT_CHUNKS, DEFAULT_CTX, HF_NAME, PROMPT, QUANT, STEPS, run_demo
+from ..hardware import check_threads
 from . import _output
 from ._errors import handle_errors
 from ._options import ThreadsOpt
-from .run import Steps, show_plan
+from ._progress import Progress
+from .run import show_plan
 
 
 @handle_errors
@@ -51,17 +54,13 @@ def demo(
 
       llama3zh demo --out ./smollm2-demo --chunks 16 --threads 4
     """
-    from .. import paths
-    from ..demo import PROMPT, run_demo
-    from ..hardware import check_threads
-
     check_threads(threads)
     out_dir = out if out is not None else paths.home() / "demo"
     _output.note(
         f"demo: {HF_NAME} -> HF checkpoint -> f16 GGUF -> imatrix -> {QUANT}-im -> eval -> "
         f"Modelfile -> chat, in {out_dir}"
     )
-    with Steps() as bar:
+    with Progress() as bar:
         result = run_demo(out_dir=out_dir, chunks=chunks, threads=threads, progress=bar,
                           on_plan=show_plan)  # fmt: skip
     say = _output.result

@@ -1,8 +1,12 @@
-"""`llama3zh doctor`: what llama.cpp was built with and what this machine has."""
+"""`llama3zh doctor`: what llama.cpp was built with and what this machine has.
+
+Library modules are imported inside the function: `llama3zh --help` starts without them.
+"""
 
 from __future__ import annotations
 
 import json
+import platform
 
 from . import _output
 from ._errors import handle_errors
@@ -19,8 +23,6 @@ def doctor(as_json: JsonOpt = False) -> None:
 
       llama3zh doctor --json
     """
-    import platform
-
     from .. import __version__, hardware
     from ..llamacpp import repack
 

@@ -10,11 +10,12 @@ import typer
 
 from . import _format, _output
 from ._errors import handle_errors
-from ._options import GpuLayersOpt, JsonOpt, ThreadsOpt
-from ._progress import Bar
+from ._options import GpuLayersOpt, JsonOpt, ThreadsOpt, chunk_options
+from ._progress import Progress
 
+# Library modules are imported inside the command: `llama3zh --help` stays quick.
 if TYPE_CHECKING:
-    from ..quant.evaluate import EvalProgress, EvalResult
+    from ..quant.evaluate import EvalResult
 
 
 @handle_errors
@@ -61,32 +62,14 @@ def eval_models(
 
       llama3zh eval ggml-model-q4_k-im.gguf --text wiki.zh.txt --ctx 512 --chunks 100
     """
-    from ..hardware import parse_gpu_layers
     from ..hub import store
     from ..quant.evaluate import evaluate
 
     paths = [store.resolve_gguf(m) for m in models]
-    with Bar("chunks") as bar:
-
-        def on_progress(p: EvalProgress) -> None:
-            if p.message:
-                bar.note(p.message)
-                return
-            label = f"[{p.index}/{p.n_models}] {p.model}"
-            if p.ppl is not None:
-                label += f" (PPL {p.ppl:.3f})"
-            bar.update(p.index, label, p.chunk, p.n_chunks)
-
-        result = evaluate(
-            models=paths,
-            text=text,
-            ctx=ctx,
-            chunks=chunks,
-            kld_base=kld_base,
-            n_gpu_layers=parse_gpu_layers(n_gpu_layers),
-            threads=threads,
-            progress=on_progress,
-        )
+    options = chunk_options(text=text, ctx=ctx, chunks=chunks, n_gpu_layers=n_gpu_layers,
+                            threads=threads)  # fmt: skip
+    with Progress() as bar:
+        result = evaluate(models=paths, options=options, kld_base=kld_base, progress=bar)
     if as_json:
         _output.result(json.dumps(result.to_json(), ensure_ascii=False, indent=2))
         return

@@ -11,6 +11,8 @@ from . import _format, _output
 from ._errors import handle_errors
 from ._options import JsonOpt
 
+# Library modules are imported inside the command: `llama3zh --help` starts faster.
+
 
 @handle_errors
 def gc(
@@ -40,8 +42,11 @@ def gc(
       llama3zh gc --partial --dry-run
     """
     from ..files.cleanup import collect
+    from ..hub import store
 
-    result = collect(partial=partial, dry_run=dry_run)
+    result = collect(
+        caches=store.caches(), keep=store.pulled_files(), partial=partial, dry_run=dry_run
+    )
     if as_json:
         _output.result(
             json.dumps(

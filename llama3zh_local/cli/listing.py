@@ -9,6 +9,8 @@ from . import _format, _output
 from ._errors import handle_errors
 from ._options import JsonOpt
 
+# Library modules are imported inside the command: `llama3zh --help` starts faster.
+
 
 @handle_errors
 def list_models(as_json: JsonOpt = False) -> None:
@@ -20,20 +22,15 @@ def list_models(as_json: JsonOpt = False) -> None:
 
       llama3zh list --json | jq -r '.[] | select(.quant == "q4_k") | .path'
     """
-    from ..hub import pull as hub
+    from ..hub import store
 
-    files = hub.list_local()
+    files = store.local_files()
     rows: list[dict[str, Any]] = [
         {
             "alias": f.alias,
             "folder": f.folder,
             "file": f.name,
-            "variant": f.variant.value,
-            "quant": f.quant,
-            "size_bytes": f.size,
-            "source": f.source,
-            "repo": f.repo_id,
-            "date": f.date,
+            **f.provenance(),
             "path": str(f.path),
             "missing": f.missing,
         }

@@ -1,22 +1,26 @@
-"""`llama3zh modelfile` and `llama3zh ollama-create`: run the models in Ollama."""
+"""`llama3zh modelfile` and `llama3zh ollama-create`: run the models in Ollama.
+
+Library modules are imported inside the functions: `llama3zh --help` starts without them.
+"""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..catalog import DEFAULT_ALIAS
+from ..errors import UsageError
 from . import _output
 from ._errors import handle_errors
 from ._options import ModelArg, QuantOpt
+from ._progress import Progress
 
 if TYPE_CHECKING:
-    from rich.progress import TaskID
-
-    from ..ollama.modelfile import CreateProgress
+    from ..ollama.modelfile import Modelfile
 
 SystemOpt = Annotated[
     str | None,
@@ -84,8 +88,7 @@ def modelfile(
 
       llama3zh modelfile instruct-v3 --quant q4_k-im -o models/ --relative
     """
-    from ..errors import UsageError
-    from ..ollama.modelfile import build_modelfile, modelfile_path, write_modelfile
+    from ..ollama.modelfile import modelfile_path, write_modelfile
 
     if relative and output is None:
         raise UsageError(
@@ -93,7 +96,7 @@ def modelfile(
             hint="add -o PATH, or leave out --relative for an absolute FROM path",
         )
     target = modelfile_path(output, force=force) if output is not None else None
-    mf = build_modelfile(
+    mf = _built(
         model=model,
         quant=quant,
         system=system,
@@ -102,8 +105,6 @@ def modelfile(
         chat=chat,
         relative_to=target.parent if relative and target is not None else None,
     )
-    for warning in mf.warnings:
-        _output.warn(warning)
     if target is None or output is None:
         sys.stdout.write(mf.text)
         sys.stdout.flush()
@@ -142,22 +143,40 @@ def ollama_create(
 
       OLLAMA_HOST=gpu-box:11434 llama3zh ollama-create llama3-zh ./ggml-model-q8_0.gguf
     """
-    from ..ollama.modelfile import build_modelfile, check_ollama_name
-    from ..ollama.modelfile import ollama_create as create
-
-    check_ollama_name(name)
-    mf = build_modelfile(
+    create_in_ollama(
+        name,
         model=model,
         quant=quant,
         system=system,
         params=param or (),
         adapter=adapter,
         chat=chat,
+        host=host,
     )
-    for warning in mf.warnings:
-        _output.warn(warning)
-    with _Progress() as progress:
-        result = create(name=name, modelfile=mf, host=host, progress=progress)
+
+
+def create_in_ollama(
+    name: str,
+    *,
+    model: str,
+    quant: str | None = None,
+    system: str | None = None,
+    params: Sequence[str] = (),
+    adapter: Path | None = None,
+    chat: bool | None = None,
+    host: str | None = None,
+) -> None:
+    """Build the Modelfile for ``model`` and create ``name`` in Ollama, with progress on stderr.
+
+    Shared by ``ollama-create`` and ``run --ollama``.
+    """
+    from ..ollama.client import ollama_create
+    from ..ollama.quoting import check_ollama_name
+
+    check_ollama_name(name)
+    mf = _built(model=model, quant=quant, system=system, params=params, adapter=adapter, chat=chat)
+    with Progress() as progress:
+        result = ollama_create(name=name, modelfile=mf, host=host, progress=progress)
     _output.note(
         f"Created {result.name} on Ollama {result.server_version} at {result.host}. "
         f"Run it: ollama run {result.name}"
@@ -165,48 +184,11 @@ def ollama_create(
     _output.result(result.name)
 
 
-class _Progress:
-    """Draws ollama_create's steps on stderr: a byte bar for hashing, one line per status."""
+def _built(**options: Any) -> Modelfile:
+    """``build_modelfile(**options)``, its warnings shown on stderr."""
+    from ..ollama.modelfile import build_modelfile
 
-    def __enter__(self) -> _Progress:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TimeRemainingColumn(),
-            console=_output.err(),
-            transient=True,
-            disable=not _output.err().is_terminal,  # no bar in logs: the status lines suffice
-        )
-        self.bar.start()
-        self.tasks: dict[str, TaskID] = {}
-        self.said: set[str] = set()
-        return self
-
-    def __call__(self, p: CreateProgress) -> None:
-        if p.stage == "hash" and p.total:
-            task = self.tasks.get(p.message)
-            if task is None:
-                task = self.tasks[p.message] = self.bar.add_task(p.message, total=p.total)
-            self.bar.update(task, completed=p.completed or 0)
-            return
-        if p.message not in self.said:
-            self.said.add(p.message)
-            self.bar.console.print(f"[dim]{_escape(p.message)}[/dim]", soft_wrap=True)
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.stop()
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
+    mf = build_modelfile(**options)
+    for warning in mf.warnings:
+        _output.warn(warning)
+    return mf

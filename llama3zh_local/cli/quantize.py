@@ -10,12 +10,14 @@ import typer
 
 from . import _format, _output
 from ._errors import handle_errors
-from ._options import GpuLayersOpt, JsonOpt, ThreadsOpt
-from ._progress import Bar
+from ._options import DryRunOpt, ForceOpt, GpuLayersOpt, JsonOpt, ThreadsOpt, chunk_options
+from ._progress import Progress
 
+# Library modules are imported inside the commands: `llama3zh --help` stays quick.
 if TYPE_CHECKING:
-    from ..quant.imatrix import ImatrixProgress, ImatrixResult
-    from ..quant.quantize import QuantizeProgress
+    from ..quant.imatrix import ImatrixResult
+    from ..quant.options import ChunkOptions
+    from ..quant.quantize import QuantizeResult
 
 SourceModelArg = Annotated[
     str,
@@ -40,37 +42,6 @@ ChunksOpt = Annotated[
 ImatrixCtxOpt = Annotated[
     int, typer.Option("--ctx", "-c", help="Tokens per chunk (llama-imatrix's -c).", min=16)
 ]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace existing outputs.")]
-DryRunOpt = Annotated[
-    bool,
-    typer.Option("--dry-run", help="Check the inputs; print files, sizes and commands; no output."),
-]
-
-
-def source_model(model: str) -> Path:
-    """MODEL as a path: itself, or for a pulled alias its f16/bf16/f32 GGUF, else its HF folder.
-
-    Raises:
-        ModelNotFoundError: the alias has neither in the store (the hint says how to get one).
-    """
-    from .. import catalog
-    from ..errors import ModelNotFoundError
-    from ..hub import store
-
-    if store.looks_like_path(model):
-        return Path(model).expanduser()
-    spec = catalog.get_model(model)
-    for p in store.local_ggufs(spec):
-        if p.name in ("ggml-model-f16.gguf", "ggml-model-bf16.gguf", "ggml-model-f32.gguf"):
-            return p
-    try:
-        return store.resolve_hf_dir(model)
-    except ModelNotFoundError:
-        raise ModelNotFoundError(
-            f"{spec.alias} has no f16 GGUF or HF weights on this machine to quantize from",
-            hint=f"llama3zh pull {spec.alias} --quant f16   (or: llama3zh pull {spec.alias} "
-            f"--variant full && llama3zh convert {spec.alias})",
-        ) from None
 
 
 @handle_errors
@@ -107,36 +78,18 @@ def imatrix(
 
       llama3zh imatrix ./my-finetune --calibration my-domain.txt --ctx 512
     """
-    from ..hardware import parse_gpu_layers
-    from ..quant.imatrix import compute_imatrix
-    from ..quant.quantize import source_gguf
+    from ..quant.imatrix import compute_imatrix, plan_imatrix
+    from ..quant.source import resolve_source, source_gguf
 
-    notes: list[str] = []
-    src = source_gguf(source_model(model), notes=notes, dry_run=dry_run)
-    for line in notes:
-        _output.note(line)
-    with Bar("chunks", enabled=not dry_run) as bar:
-        result = compute_imatrix(
-            model=src,
-            calibration=calibration,
-            chunks=chunks,
-            ctx=ctx,
-            output=output,
-            n_gpu_layers=parse_gpu_layers(n_gpu_layers),
-            threads=threads,
-            force=force,
-            dry_run=dry_run,
-            progress=lambda p: _imatrix_progress(bar, p),
-        )
+    src = source_gguf(resolve_source(model), dry_run=dry_run)
+    if src.note:
+        _output.note(src.note)
+    options = chunk_options(text=calibration, ctx=ctx, chunks=chunks, n_gpu_layers=n_gpu_layers,
+                            threads=threads)  # fmt: skip
+    plan = plan_imatrix(model=src.path, options=options, output=output, force=force)
+    with Progress(enabled=not dry_run) as bar:
+        result = compute_imatrix(plan, dry_run=dry_run, progress=bar)
     _report_imatrix(result, as_json=as_json)
-
-
-def _imatrix_progress(bar: Bar, p: ImatrixProgress) -> None:
-    if p.message:
-        bar.note(p.message)
-    elif p.chunk:
-        ppl = f" (PPL {p.ppl:.2f})" if p.ppl is not None else ""
-        bar.update("imatrix", f"imatrix{ppl}", p.chunk, p.n_chunks)
 
 
 def _report_imatrix(r: ImatrixResult, *, as_json: bool) -> None:
@@ -235,61 +188,64 @@ def quantize(
 
       llama3zh quantize ggml-model-f16.gguf -q Q2_K,Q3_K_M --dry-run
     """
-    from ..hardware import parse_gpu_layers
+    from ..quant.quantize import plan_quantize
     from ..quant.quantize import quantize as run
+    from ..quant.source import resolve_source
 
-    im: Path | bool | None = imatrix_file if imatrix_file is not None else (use_imatrix or None)
-    with Bar("tensors", enabled=not dry_run) as bar:
-
-        def on_tensor(p: QuantizeProgress) -> None:
-            bar.update(p.type_index, f"{p.type_name} [{p.type_index}/{p.n_types}]", p.index,
-                       p.n_tensors)  # fmt: skip
-
-        result = run(
-            model=source_model(model),
-            types=_format.split_list(types),
-            imatrix=im,
-            output=output,
-            force=force,
-            allow_requantize=allow_requantize,
-            threads=threads,
-            dry_run=dry_run,
-            calibration=calibration,
-            chunks=chunks,
-            ctx=ctx,
-            n_gpu_layers=parse_gpu_layers(n_gpu_layers),
-            progress=on_tensor,
-            imatrix_progress=lambda p: _imatrix_progress(bar, p),
-        )
+    source = resolve_source(model)
+    options = chunk_options(text=calibration, ctx=ctx, chunks=chunks, n_gpu_layers=n_gpu_layers,
+                            threads=threads)  # fmt: skip
+    im: Path | ChunkOptions | None = imatrix_file
+    if imatrix_file is None and use_imatrix:
+        im = options
+    plan = plan_quantize(
+        model=source,
+        types=_format.split_list(types),
+        imatrix=im,
+        output=output,
+        force=force,
+        allow_requantize=allow_requantize,
+        threads=threads,
+        dry_run=dry_run,
+    )
+    with Progress(enabled=not dry_run) as bar:
+        result = run(plan, progress=bar)
     for line in result.notes:
         _output.note(line)
     for line in result.warnings:
         _output.warn(line)
     if as_json:
-        data = {
-            "source": str(result.source),
-            "source_file_type": result.source_file_type,
-            "imatrix": str(result.imatrix) if result.imatrix else None,
-            "dry_run": dry_run,
-            "outputs": [
-                {
-                    "path": str(o.path),
-                    "type": o.type,
-                    "file_type": o.file_type,
-                    "size_bytes": o.size,
-                    "bpw": round(o.bpw, 4),
-                    "tensors": o.tensor_count,
-                    "fallback_tensors": o.fallback_tensors,
-                    "seconds": round(o.seconds, 2),
-                }
-                for o in result.outputs
-            ],
-        }
-        _output.result(json.dumps(data, ensure_ascii=False, indent=2))
-        return
-    if not result.outputs:
+        _output.result(json.dumps(_quantize_json(result, dry_run=dry_run), ensure_ascii=False,
+                                  indent=2))  # fmt: skip
+    elif not result.outputs:
         _output.note("nothing to quantize yet: run without --dry-run to convert first")
-        return
+    else:
+        _quantize_table(result, dry_run=dry_run)
+
+
+def _quantize_json(result: QuantizeResult, *, dry_run: bool) -> dict[str, object]:
+    return {
+        "source": str(result.source),
+        "source_file_type": result.source_file_type,
+        "imatrix": str(result.imatrix) if result.imatrix else None,
+        "dry_run": dry_run,
+        "outputs": [
+            {
+                "path": str(o.path),
+                "type": o.type,
+                "file_type": o.file_type,
+                "size_bytes": o.size,
+                "bpw": round(o.bpw, 4),
+                "tensors": o.tensor_count,
+                "fallback_tensors": o.fallback_tensors,
+                "seconds": round(o.seconds, 2),
+            }
+            for o in result.outputs
+        ],
+    }
+
+
+def _quantize_table(result: QuantizeResult, *, dry_run: bool) -> None:
     from rich.table import Table
 
     verb = "Would write" if dry_run else "Wrote"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from enum import Enum
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -13,6 +12,7 @@ from . import _format, _output
 from ._errors import handle_errors
 from ._options import JsonOpt
 
+# Library modules are imported inside the command: `llama3zh --help` stays quick.
 if TYPE_CHECKING:
     from ..quant.recommend import Candidate, Fit, Recommendation
 
@@ -74,49 +74,21 @@ def recommend(
 
       llama3zh recommend ./ggml-model-f16.gguf --json
     """
-    from .. import catalog, hardware
-    from ..hub import store
-    from ..quant.recommend import (
-        DEFAULT_CTX,
-        RAM_RESERVE,
-        VRAM_RESERVE,
-        Prefer,
-        alias_candidates,
-        file_candidates,
-        kv_cache_bytes,
-    )
+    from .. import hardware
+    from ..quant.recommend import Prefer, model_candidates
     from ..quant.recommend import recommend as run
 
-    name = model or catalog.DEFAULT_ALIAS
-    notes: list[str] = []
-    if store.looks_like_path(name):
-        info, candidates, notes = file_candidates(Path(name).expanduser())
-        n_ctx = ctx or min(DEFAULT_CTX, info.n_ctx_train or DEFAULT_CTX)
-        kv = info.kv_bytes_per_token * n_ctx
-        label = info.path.name
-    else:
-        spec, candidates = alias_candidates(name)
-        n_ctx = ctx or min(DEFAULT_CTX, spec.n_ctx)
-        kv = kv_cache_bytes(
-            n_layer=spec.n_layer, n_head_kv=spec.n_head_kv, head_dim=spec.head_dim, n_ctx=n_ctx
-        )
-        label = spec.alias
-    rec = run(
-        candidates,
-        model=label,
-        kv_bytes=kv,
-        n_ctx=n_ctx,
-        hw=hardware.detect(),
-        prefer=Prefer(prefer.value),
-    )
+    about = model_candidates(model, ctx=ctx)
+    rec = run(about.candidates, model=about.label, kv_bytes=about.kv_bytes, n_ctx=about.n_ctx,
+              hw=hardware.detect(), prefer=Prefer(prefer.value))  # fmt: skip
     if as_json:
         _output.result(json.dumps(_to_json(rec), ensure_ascii=False, indent=2))
         return
-    for line in (*notes, *rec.notes):
+    for line in (*about.notes, *rec.notes):
         _output.note(line)
     out = _output.out()
     out.print(
-        f"{rec.model}: {n_ctx}-token context, KV cache {_format.size(rec.kv_bytes)}",
+        f"{rec.model}: {rec.n_ctx}-token context, KV cache {_format.size(rec.kv_bytes)}",
         markup=False,
     )
     out.print(f"Rule (--prefer {rec.prefer.value}): {rec.rule}.", markup=False, soft_wrap=True)
@@ -127,7 +99,23 @@ def recommend(
     no_gpu = "no usable GPU" if not rec.gpu_name else "none fits"
     out.print(_line(gpu_where, rec.gpu, none=no_gpu), markup=False, soft_wrap=True)
     out.print(_line(ram_where, rec.ram, none="none fits"), markup=False, soft_wrap=True)
+    out.print(_candidates_table(rec))
+    bw = rec.bandwidth
+    if bw is not None:
+        estimates = [f"CPU {bw.cpu_basis}"] + ([f"GPU {bw.gpu_basis}"] if rec.gpu_speed else [])
+        out.print(
+            "tok/s = memory bandwidth / file size, at the start of an answer; ~ marks an "
+            f"estimate ({'; '.join(estimates)}). Figures without ~ were measured by llama3zh chat "
+            "with that file on this machine.",
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def _candidates_table(rec: Recommendation) -> Any:
     from rich.table import Table
+
+    from ..quant.recommend import RAM_RESERVE, VRAM_RESERVE
 
     table = Table(title="All candidates, best quality first", title_justify="left")
     cols = ["quant", "size", "GPU", "RAM", "GPU tok/s", "CPU tok/s", "expected quality", "file"]
@@ -144,17 +132,7 @@ def recommend(
             row.append(rec.gpu_speed[c.label].text)
         row += [rec.cpu_speed[c.label].text, c.quality_short, c.path.name if c.path else "-"]
         table.add_row(*row)
-    out.print(table)
-    bw = rec.bandwidth
-    if bw is not None:
-        estimates = [f"CPU {bw.cpu_basis}"] + ([f"GPU {bw.gpu_basis}"] if rec.gpu_speed else [])
-        out.print(
-            "tok/s = memory bandwidth / file size, at the start of an answer; ~ marks an "
-            f"estimate ({'; '.join(estimates)}). Figures without ~ were measured by llama3zh chat "
-            "with that file on this machine.",
-            markup=False,
-            soft_wrap=True,
-        )
+    return table
 
 
 def _line(where: str, fit: Fit | None, *, none: str) -> str:

@@ -10,6 +10,8 @@ from . import _format, _output
 from ._errors import handle_errors
 from ._options import HubModelArg, QuantsOpt, VariantOpt, YesOpt
 
+# Library modules are imported inside the command: `llama3zh --help` starts faster.
+
 
 @handle_errors
 def rm(
@@ -30,9 +32,9 @@ def rm(
     """
     from ..catalog import Variant
     from ..errors import UsageError
-    from ..hub import pull as hub
+    from ..hub import store
 
-    plan = hub.plan_remove(
+    plan = store.plan_remove(
         model,
         quants=_format.split_list(quant),
         variant=Variant(variant.value) if variant else None,
@@ -49,7 +51,7 @@ def rm(
                 f"{question} (no terminal to ask on)", hint="pass -y to remove without asking"
             )
         typer.confirm(question, abort=True, err=True)
-    result = hub.remove(plan)
+    result = store.remove(plan)
     for p in result.removed:
         _output.result(str(p))
     _output.note(f"Removed {len(plan.items)} file(s); freed {_format.size(result.freed)}.")

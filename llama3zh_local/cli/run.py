@@ -1,4 +1,7 @@
-"""`llama3zh run`: one command from nothing to a (quantized) model in chat or in Ollama."""
+"""`llama3zh run`: one command from nothing to a (quantized) model in chat or in Ollama.
+
+Library modules are imported inside the functions: `llama3zh --help` starts without them.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +11,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..catalog import DEFAULT_ALIAS, DEFAULT_QUANT
+from ..errors import UsageError
 from . import _output
 from ._errors import handle_errors
 from ._options import GpuLayersOpt, SourceChoice, SourceOpt, ThreadsOpt, YesOpt
-from ._progress import Bar
+from ._progress import Progress
+from .chat import talk
+from .modelfile import create_in_ollama
 
 if TYPE_CHECKING:
-    from ..pipeline import RunEvent, RunPlan
+    from ..pipeline import RunPlan
 
 
 @handle_errors
@@ -77,7 +83,7 @@ def run(
     from ..pipeline import execute, plan_run
 
     check_threads(threads)
-    parse_gpu_layers(n_gpu_layers)
+    gpu_layers = parse_gpu_layers(n_gpu_layers)
     plan = plan_run(model, quant=quant, imatrix=imatrix, source=source.value, chunks=chunks)
     show_plan(plan)
     if dry_run:
@@ -85,30 +91,22 @@ def run(
         return
     if plan.todo and plan.needs_confirmation and not yes:
         if not sys.stdin.isatty():
-            from ..errors import UsageError
-
             raise UsageError(
                 f"this needs {plan.work_bytes / 1e9:.1f} GB of work and asks first, but stdin "
                 "is not a terminal",
                 hint="add -y to go ahead without asking (or --dry-run to see the plan only)",
             )
         typer.confirm("Go ahead?", default=True, abort=True, err=True)
-    with Steps() as bar:
-        result = execute(
-            plan, progress=bar, threads=threads, n_gpu_layers=parse_gpu_layers(n_gpu_layers)
-        )
+    with Progress() as bar:
+        result = execute(plan, progress=bar, threads=threads, n_gpu_layers=gpu_layers)
     _output.note(f"{result.target} (sha256 {result.sha256[:12]}…)")
     if ollama is not None:
-        from .modelfile import ollama_create
-
-        ollama_create(name=ollama, model=str(result.target))
+        create_in_ollama(ollama, model=str(result.target))
         return
-    from .chat import chat
-
     if prompt is None and not sys.stdin.isatty():
         _output.result(str(result.target))
         return
-    chat(model=str(result.target), prompt=prompt, n_gpu_layers=n_gpu_layers, threads=threads)
+    talk(str(result.target), prompt=prompt, gpu_layers=gpu_layers, threads=threads)
 
 
 def show_plan(plan: RunPlan) -> None:
@@ -131,28 +129,3 @@ def show_plan(plan: RunPlan) -> None:
         )
     else:
         _output.note("nothing to do: every step is complete")
-
-
-class Steps:
-    """Draws pipeline events: a line per step, and a bar for the work inside it."""
-
-    def __enter__(self) -> Steps:
-        self.bar = Bar("").__enter__()
-        return self
-
-    def __call__(self, e: RunEvent) -> None:
-        head = f"[{e.index}/{e.steps}] {e.kind}"
-        if e.event in ("start", "reuse"):
-            self.bar.note(f"{head}: {e.message}")
-        elif e.event == "done":
-            self.bar.note(f"{head}: done ({e.message.split(' ', 1)[-1]})")
-        elif e.event == "work" and e.total:
-            done, total, unit = e.done, e.total, e.unit
-            if unit == "bytes":  # MB counts read better than byte counts in logs
-                done, total, unit = done // 1_000_000, max(1, total // 1_000_000), "MB"
-            self.bar.update((e.index, unit), f"{head} ({unit})", done, total)
-        elif e.event == "work" and e.message:
-            self.bar.note(f"{head}: {e.message}")
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(*exc)

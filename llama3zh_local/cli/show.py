@@ -10,6 +10,8 @@ from . import _format, _output
 from ._errors import handle_errors
 from ._options import HubModelArg, JsonOpt, VariantOpt
 
+# Library modules are imported inside the command: `llama3zh --help` starts faster.
+
 
 @handle_errors
 def show(model: HubModelArg, variant: VariantOpt = None, as_json: JsonOpt = False) -> None:
@@ -22,9 +24,9 @@ def show(model: HubModelArg, variant: VariantOpt = None, as_json: JsonOpt = Fals
       llama3zh show hf:hfl/llama-3-chinese-8b-instruct-v3-gguf --json
     """
     from ..catalog import Variant
-    from ..hub import pull as hub
+    from ..hub import store
 
-    d = hub.show(model, variant=Variant(variant.value) if variant else None)
+    d = store.show(model, variant=Variant(variant.value) if variant else None)
     data: dict[str, Any] = {"model": model}
     if d.spec is not None:
         s = d.spec
@@ -45,12 +47,7 @@ def show(model: HubModelArg, variant: VariantOpt = None, as_json: JsonOpt = Fals
     data["local"] = [
         {
             "path": str(f.path),
-            "variant": f.variant.value,
-            "quant": f.quant,
-            "size_bytes": f.size,
-            "source": f.source,
-            "repo": f.repo_id,
-            "date": f.date,
+            **f.provenance(),
             "sha256": f.entry.sha256 if f.entry else None,
             "missing": f.missing,
         }

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import math
 import mmap
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidModelError, ModelNotFoundError
+from ..files import guard
 
 if TYPE_CHECKING:
     import numpy as np
@@ -222,9 +222,7 @@ def load_config(model_dir: Path) -> dict[str, Any]:
             hint="give the folder of an HF checkpoint (config.json, *.safetensors, tokenizer.json)"
             " or a pulled model alias",
         )
-    from ..files.guard import require_regular
-
-    require_regular(model_dir)  # a FIFO for a file would block the first read forever
+    guard.require_regular(model_dir)  # a FIFO for a file would block the first read forever
     cfg = load_json(model_dir / "config.json", what="the model's config.json")
     if isinstance(cfg.get("text_config"), dict):
         cfg = {**cfg, **cfg["text_config"]}
@@ -304,12 +302,3 @@ def iter_row_chunks(
     step = max(1, budget // max(row_size, 1))
     for start in range(0, n_rows, step):
         yield start, min(n_rows, start + step)
-
-
-def free_bytes(path: Path) -> int:
-    """Free space on the file system that holds ``path`` (or its nearest existing parent)."""
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    st = os.statvfs(probe)
-    return st.f_bavail * st.f_frsize

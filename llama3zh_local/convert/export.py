@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,9 @@ import numpy as np
 
 from ..errors import InvalidModelError, Llama3zhError, ModelNotFoundError, UsageError
 from ..files import guard
+from ..gguf.reader import GGUFArray, Header, read_header, tensor_data
+from ..llamacpp.engine import last_log_lines
+from ..progress import ADVANCE, DONE, FAILED, START, Callback, emitter
 from .vocab import LLAMA3_REGEX
 
 HF_DTYPES = ("float32", "float16", "bfloat16")
@@ -191,9 +194,9 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
 # -- the tokenizer --------------------------------------------------------------------------------
 
 
-def _field(reader: Any, key: str, default: Any = None) -> Any:
-    f = reader.fields.get(key)
-    return default if f is None else f.contents()
+def _field(header: Header, key: str, default: Any = None) -> Any:
+    value = header.kv.get(key, default)
+    return value.items if isinstance(value, GGUFArray) else value
 
 
 def tokenizer_from_gguf_vocab(
@@ -259,15 +262,6 @@ def tokenizer_from_gguf_vocab(
 
 
 @dataclass(frozen=True)
-class ExportProgress:
-    """Tensor ``index`` of ``n_tensors`` dequantized (the files are written after the last)."""
-
-    index: int
-    n_tensors: int
-    tensor: str
-
-
-@dataclass(frozen=True)
 class HFExport:
     """An HF checkpoint made from a GGUF."""
 
@@ -288,7 +282,7 @@ def export_hf(
     force: bool = False,
     records: Path | None = None,
     inputs: Mapping[str, str] | None = None,
-    progress: Callable[[ExportProgress], None] | None = None,
+    progress: Callback | None = None,
 ) -> HFExport:
     """A Llama GGUF dequantized to an HF Llama checkpoint in ``dtype``, written to ``dest``.
 
@@ -299,6 +293,7 @@ def export_hf(
 
     Args:
         inputs: what the files were made from, recorded with them (``state.record``).
+        progress: ``export`` events, one per tensor dequantized (its name as the message).
 
     Raises:
         ModelNotFoundError: no file at ``source``.
@@ -321,19 +316,22 @@ def export_hf(
     require("tokenizers", what="rebuilding the tokenizer")
     if dtype != "bfloat16":
         require("safetensors.numpy", what="writing safetensors")
-    try:
-        reader = gguf.GGUFReader(source)
-    except (ValueError, OSError) as err:
+    k = gguf.Keys
+    reader = read_header(
+        source, whole=(k.Tokenizer.LIST, k.Tokenizer.MERGES, k.Tokenizer.TOKEN_TYPE)
+    )
+    if reader is None:
         raise InvalidModelError(
-            f"{source} is not a readable GGUF file ({err})", hint="check or download it again"
-        ) from None
+            f"{source} is not a readable GGUF file "
+            f"({last_log_lines(1) or 'llama.cpp gave no reason'})",
+            hint="check or download it again",
+        )
     arch = _field(reader, gguf.Keys.General.ARCHITECTURE)
     if arch != "llama":
         raise InvalidModelError(
             f"{source.name}: architecture {arch!r}, expected 'llama'",
             hint="only Llama-architecture GGUFs can be exported to an HF Llama checkpoint",
         )
-    k = gguf.Keys
     if (model := _field(reader, k.Tokenizer.MODEL)) != "gpt2":
         raise InvalidModelError(
             f"{source.name}: tokenizer model {model!r}, expected a BPE ('gpt2') vocab"
@@ -343,7 +341,7 @@ def export_hf(
     tmp = guard.temp_folder(dest)
     try:
         tmp.mkdir(parents=True)
-        n_tensors, n_params = _write_checkpoint(reader, arch, tmp, dtype, progress)
+        n_tensors, n_params = _write_checkpoint(reader, source, tmp, dtype, progress)
         files = guard.install_folder(
             tmp, dest, force=force, inputs=[source], records=records,
             step="export" if records is not None else None, record_inputs=inputs,
@@ -362,53 +360,77 @@ def export_hf(
 
 
 def _write_checkpoint(
-    reader: Any,
-    arch: str,
-    dest: Path,
-    dtype: str,
-    progress: Callable[[ExportProgress], None] | None,
+    header: Header, source: Path, dest: Path, dtype: str, progress: Callback | None
 ) -> tuple[int, int]:
     """Weights, config and tokenizer files into ``dest``: (tensors, parameters)."""
     import gguf
 
+    arch = str(_field(header, gguf.Keys.General.ARCHITECTURE))
+
     def hp(key: str) -> Any:
-        return _field(reader, key.format(arch=arch))
+        return _field(header, key.format(arch=arch))
 
     k = gguf.Keys
-    n_layer, n_embd = hp(k.LLM.BLOCK_COUNT), hp(k.LLM.EMBEDDING_LENGTH)
     n_head, n_head_kv = hp(k.Attention.HEAD_COUNT), hp(k.Attention.HEAD_COUNT_KV)
-    tokens = _field(reader, k.Tokenizer.LIST)
+    weights = _dequantized(header, source, n_layer=hp(k.LLM.BLOCK_COUNT), heads=(n_head, n_head_kv),
+                           progress=progress)  # fmt: skip
+    save_hf_weights(dest, weights, dtype=dtype)
+    config = _hf_config(header, arch, dtype=dtype, tied="lm_head.weight" not in weights)
+    write_json(dest / "config.json", config)
+    ids = {key: config[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    write_json(dest / "generation_config.json", ids)
+    _write_tokenizer(header, dest, model_max_length=config["max_position_embeddings"])
+    return len(header.tensors), sum(int(a.size) for a in weights.values())
+
+
+def _dequantized(
+    header: Header, source: Path, *, n_layer: int, heads: tuple[int, int],
+    progress: Callback | None,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Every tensor as float32 under its HF name, Q and K un-permuted (``heads``: query and
+    key/value head counts)."""
+    import gguf
+
     names = gguf_to_hf_names(n_layer)
     weights: dict[str, np.ndarray] = {}
-    say = progress or (lambda _p: None)
-    n = len(reader.tensors)
-    for i, t in enumerate(reader.tensors, 1):
+    emit = emitter(progress, "export")
+    n = len(header.tensors)
+    emit(START, source.name, total=n, unit="tensors")
+    for i, t in enumerate(header.tensors, 1):
         hf_name = names.get(t.name)
         if hf_name is None:
+            emit(FAILED, source.name)
             raise InvalidModelError(f"tensor {t.name!r} has no HF Llama name")
-        a = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        data = tensor_data(source, t)
+        a = gguf.quants.dequantize(data, gguf.GGMLQuantizationType(t.type)).astype(np.float32)
         if hf_name.endswith("q_proj.weight"):
-            a = unpermute_qk(a, n_head)
+            a = unpermute_qk(a, heads[0])
         elif hf_name.endswith("k_proj.weight"):
-            a = unpermute_qk(a, n_head_kv)
+            a = unpermute_qk(a, heads[1])
         weights[hf_name] = a
-        say(ExportProgress(i, n, t.name))
-    tied = "lm_head.weight" not in weights
-    save_hf_weights(dest, weights, dtype=dtype)
+        emit(ADVANCE, source.name, done=i, total=n, unit="tensors", message=t.name)
+    emit(DONE, source.name, done=n, total=n, unit="tensors")
+    return weights
 
-    bos_id = _field(reader, k.Tokenizer.BOS_ID)
-    eos_id = _field(reader, k.Tokenizer.EOS_ID)
-    pad_id = _field(reader, k.Tokenizer.PAD_ID)
-    unk_id = _field(reader, k.Tokenizer.UNK_ID)
-    config = {
+
+def _hf_config(header: Header, arch: str, *, dtype: str, tied: bool) -> dict[str, Any]:
+    """config.json of the checkpoint, from the GGUF's ``{arch}.*`` and token-id keys."""
+    import gguf
+
+    def hp(key: str) -> Any:
+        return _field(header, key.format(arch=arch))
+
+    k = gguf.Keys
+    n_embd, n_head = hp(k.LLM.EMBEDDING_LENGTH), hp(k.Attention.HEAD_COUNT)
+    return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "vocab_size": len(tokens),
+        "vocab_size": len(header.kv[k.Tokenizer.LIST]),
         "hidden_size": n_embd,
         "intermediate_size": hp(k.LLM.FEED_FORWARD_LENGTH),
-        "num_hidden_layers": n_layer,
+        "num_hidden_layers": hp(k.LLM.BLOCK_COUNT),
         "num_attention_heads": n_head,
-        "num_key_value_heads": n_head_kv,
+        "num_key_value_heads": hp(k.Attention.HEAD_COUNT_KV),
         "head_dim": hp(k.Rope.DIMENSION_COUNT) or n_embd // n_head,
         "max_position_embeddings": hp(k.LLM.CONTEXT_LENGTH),
         "rope_theta": float(hp(k.Rope.FREQ_BASE)),
@@ -421,24 +443,29 @@ def _write_checkpoint(
         "mlp_bias": False,
         "initializer_range": 0.02,
         "pretraining_tp": 1,
-        "bos_token_id": bos_id,
-        "eos_token_id": eos_id,
-        "pad_token_id": pad_id,
+        "bos_token_id": _field(header, k.Tokenizer.BOS_ID),
+        "eos_token_id": _field(header, k.Tokenizer.EOS_ID),
+        "pad_token_id": _field(header, k.Tokenizer.PAD_ID),
         "tie_word_embeddings": tied,
         "torch_dtype": dtype,
         "use_cache": True,
     }
-    write_json(dest / "config.json", config)
-    write_json(
-        dest / "generation_config.json",
-        {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id},
-    )
 
-    types = [int(t) for t in _field(reader, k.Tokenizer.TOKEN_TYPE)]
-    merges = _field(reader, k.Tokenizer.MERGES)
-    tok = tokenizer_from_gguf_vocab(tokens, types, merges, _field(reader, k.Tokenizer.PRE))
+
+def _write_tokenizer(header: Header, dest: Path, *, model_max_length: int) -> None:
+    """tokenizer.json (rebuilt from the vocab and merges), tokenizer_config.json and
+    special_tokens_map.json."""
+    import gguf
+
+    k = gguf.Keys
+    tokens = _field(header, k.Tokenizer.LIST)
+    types = [int(t) for t in _field(header, k.Tokenizer.TOKEN_TYPE)]
+    merges = _field(header, k.Tokenizer.MERGES)
+    tok = tokenizer_from_gguf_vocab(tokens, types, merges, _field(header, k.Tokenizer.PRE))
     tok.save(str(dest / "tokenizer.json"))
     control = [i for i, t in enumerate(types) if t == int(gguf.TokenType.CONTROL)]
+    bos_id, eos_id = _field(header, k.Tokenizer.BOS_ID), _field(header, k.Tokenizer.EOS_ID)
+    pad_id, unk_id = _field(header, k.Tokenizer.PAD_ID), _field(header, k.Tokenizer.UNK_ID)
     specials = {
         "bos_token": tokens[bos_id],
         "eos_token": tokens[eos_id],
@@ -447,7 +474,7 @@ def _write_checkpoint(
     }
     specials = {name: text for name, text in specials.items() if text is not None}
     tokenizer_config = {
-        "add_bos_token": bool(_field(reader, k.Tokenizer.ADD_BOS, False)),
+        "add_bos_token": bool(_field(header, k.Tokenizer.ADD_BOS, False)),
         "add_prefix_space": False,
         "added_tokens_decoder": {
             str(i): {
@@ -464,12 +491,11 @@ def _write_checkpoint(
             tokens[i] for i in control if tokens[i] not in specials.values()
         ],
         **specials,
-        "chat_template": _field(reader, k.Tokenizer.CHAT_TEMPLATE),
+        "chat_template": _field(header, k.Tokenizer.CHAT_TEMPLATE),
         "clean_up_tokenization_spaces": False,
-        "model_max_length": hp(k.LLM.CONTEXT_LENGTH),
+        "model_max_length": model_max_length,
         "tokenizer_class": "GPT2Tokenizer",
         "vocab_size": len(tokens),
     }
     write_json(dest / "tokenizer_config.json", tokenizer_config)
     write_json(dest / "special_tokens_map.json", specials)
-    return n, sum(int(a.size) for a in weights.values())

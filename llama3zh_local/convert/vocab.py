@@ -189,84 +189,16 @@ def _load_vocab(model_dir: Path, *, vocab_size: int | None = None) -> GGUFVocab:
     import gguf
 
     path = model_dir / "tokenizer.json"
-    if not path.is_file():
-        spm = (model_dir / "tokenizer.model").is_file()
-        raise ModelNotFoundError(
-            f"no tokenizer.json in {model_dir}",
-            hint="this looks like a SentencePiece (Llama-2 style) tokenizer, which this converter "
-            "does not handle"
-            if spm
-            else "copy the tokenizer files (tokenizer.json, tokenizer_config.json) of the model "
-            "into the folder",
-        )
-    try:
-        tok = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidModelError(f"{path} is not valid JSON ({e})", hint=TOKENIZER_HINT) from None
-    if not isinstance(tok, dict) or not isinstance(tok.get("model") or {}, dict):
-        raise InvalidModelError(f"{path} is not a tokenizers file", hint=TOKENIZER_HINT)
-    model = tok.get("model") or {}
-    if model.get("type") != "BPE" or (tok.get("decoder") or {}).get("type") != "ByteLevel":
-        raise InvalidModelError(
-            f"{path}: a {model.get('type')} tokenizer with a "
-            f"{(tok.get('decoder') or {}).get('type')} decoder, not a byte-level BPE one",
-            hint="only byte-level BPE tokenizers (Llama-3, SmolLM, GPT-2) are supported",
-        )
-    pre = detect_pre(tok, where=path)
-    added_list = tok.get("added_tokens") or []
-    del tok, model  # parsed again by BpeVocab and SpecialVocab: keep one copy alive at a time
+    pre, added_list = _read_tokenizer(path, model_dir)
     try:
         bpe = gguf.BpeVocab(model_dir)  # checks the vocab and the added-token ids
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise InvalidModelError(f"{path}: {e}", hint=TOKENIZER_HINT) from None
-
-    config_path = model_dir / "tokenizer_config.json"
-    tok_config: dict[str, Any] = {}
-    if config_path.is_file():
-        try:
-            tok_config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InvalidModelError(
-                f"{config_path} is not valid JSON ({e})", hint=TOKENIZER_HINT
-            ) from None
-
-    # added tokens: tokenizer_config.json's added_tokens_decoder wins, as in transformers
-    added: dict[int, tuple[str, bool]] = {
-        int(t["id"]): (str(t["content"]), bool(t.get("special", False))) for t in added_list
-    }
-    for sid, t in (tok_config.get("added_tokens_decoder") or {}).items():
-        if isinstance(t, dict) and "content" in t and str(sid).isdigit():
-            added[int(sid)] = (str(t["content"]), bool(t.get("special", False)))
-
+    tok_config = _tokenizer_config(model_dir / "tokenizer_config.json")
+    added = _added_tokens(added_list, tok_config)
     by_id = {i: text for text, i in bpe.vocab.items()}
     del bpe
-    for i, (text, _) in added.items():
-        by_id[i] = text
-    n_tok = max(by_id) + 1 if by_id else 0
-    size = n_tok if vocab_size is None else vocab_size
-    if n_tok > size:
-        raise InvalidModelError(
-            f"{path} has token ids up to {n_tok - 1}, but config.json says vocab_size {size}",
-            hint="the tokenizer does not belong to these weights",
-        )
-    tokens: list[str] = []
-    types: list[int] = []
-    for i in range(size):
-        found = by_id.get(i)
-        if found is None:
-            tokens.append(f"[PAD{i}]")
-            types.append(int(gguf.TokenType.UNUSED))
-        elif i in added:
-            text = found
-            if added[i][1] or looks_special(text):
-                types.append(int(gguf.TokenType.CONTROL))
-            else:
-                text = text.replace("\u2581", " ")  # pre-normalized user-defined spaces
-                types.append(int(gguf.TokenType.USER_DEFINED))
-            tokens.append(text)
-        else:
-            tokens.append(found)
-            types.append(int(gguf.TokenType.NORMAL))
+    tokens, types = _token_table(by_id, added, vocab_size=vocab_size, where=path)
 
     sv = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=len(tokens))
     if not sv.merges:
@@ -303,6 +235,98 @@ def _load_vocab(model_dir: Path, *, vocab_size: int | None = None) -> GGUFVocab:
         chat_template=sv.chat_template,  # type: ignore[arg-type]
         notes=tuple(notes),
     )
+
+
+def _read_tokenizer(path: Path, model_dir: Path) -> tuple[str, list[Any]]:
+    """Check ``tokenizer.json`` is a byte-level BPE one: its pre-tokenizer name and added
+    tokens (the parsed file is dropped: BpeVocab and SpecialVocab parse it again)."""
+    if not path.is_file():
+        spm = (model_dir / "tokenizer.model").is_file()
+        raise ModelNotFoundError(
+            f"no tokenizer.json in {model_dir}",
+            hint="this looks like a SentencePiece (Llama-2 style) tokenizer, which this converter "
+            "does not handle"
+            if spm
+            else "copy the tokenizer files (tokenizer.json, tokenizer_config.json) of the model "
+            "into the folder",
+        )
+    try:
+        tok = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidModelError(f"{path} is not valid JSON ({e})", hint=TOKENIZER_HINT) from None
+    if not isinstance(tok, dict) or not isinstance(tok.get("model") or {}, dict):
+        raise InvalidModelError(f"{path} is not a tokenizers file", hint=TOKENIZER_HINT)
+    model = tok.get("model") or {}
+    if model.get("type") != "BPE" or (tok.get("decoder") or {}).get("type") != "ByteLevel":
+        raise InvalidModelError(
+            f"{path}: a {model.get('type')} tokenizer with a "
+            f"{(tok.get('decoder') or {}).get('type')} decoder, not a byte-level BPE one",
+            hint="only byte-level BPE tokenizers (Llama-3, SmolLM, GPT-2) are supported",
+        )
+    return detect_pre(tok, where=path), tok.get("added_tokens") or []
+
+
+def _tokenizer_config(config_path: Path) -> dict[str, Any]:
+    if not config_path.is_file():
+        return {}
+    try:
+        return json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidModelError(
+            f"{config_path} is not valid JSON ({e})", hint=TOKENIZER_HINT
+        ) from None
+
+
+def _added_tokens(added_list: list[Any], tok_config: dict[str, Any]) -> dict[int, tuple[str, bool]]:
+    """id -> (text, special); tokenizer_config.json's added_tokens_decoder wins, as in
+    transformers."""
+    added: dict[int, tuple[str, bool]] = {
+        int(t["id"]): (str(t["content"]), bool(t.get("special", False))) for t in added_list
+    }
+    for sid, t in (tok_config.get("added_tokens_decoder") or {}).items():
+        if isinstance(t, dict) and "content" in t and str(sid).isdigit():
+            added[int(sid)] = (str(t["content"]), bool(t.get("special", False)))
+    return added
+
+
+def _token_table(
+    by_id: dict[int, str],
+    added: dict[int, tuple[str, bool]],
+    *,
+    vocab_size: int | None,
+    where: Path,
+) -> tuple[list[str], list[int]]:
+    """Token texts and GGUF token types by id, padded to ``vocab_size`` with ``[PADn]``."""
+    import gguf
+
+    for i, (text, _) in added.items():
+        by_id[i] = text
+    n_tok = max(by_id) + 1 if by_id else 0
+    size = n_tok if vocab_size is None else vocab_size
+    if n_tok > size:
+        raise InvalidModelError(
+            f"{where} has token ids up to {n_tok - 1}, but config.json says vocab_size {size}",
+            hint="the tokenizer does not belong to these weights",
+        )
+    tokens: list[str] = []
+    types: list[int] = []
+    for i in range(size):
+        found = by_id.get(i)
+        if found is None:
+            tokens.append(f"[PAD{i}]")
+            types.append(int(gguf.TokenType.UNUSED))
+        elif i in added:
+            text = found
+            if added[i][1] or looks_special(text):
+                types.append(int(gguf.TokenType.CONTROL))
+            else:
+                text = text.replace("\u2581", " ")  # pre-normalized user-defined spaces
+                types.append(int(gguf.TokenType.USER_DEFINED))
+            tokens.append(text)
+        else:
+            tokens.append(found)
+            types.append(int(gguf.TokenType.NORMAL))
+    return tokens, types
 
 
 def _json_field(path: Path, key: str) -> Any:

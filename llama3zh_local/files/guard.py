@@ -306,6 +306,8 @@ def install_folder(
             else:
                 state.record(dest / rel, step=step, inputs=record_inputs,
                              folder=records or dest, measure=tmp / rel)  # fmt: skip
+    # folders, not atomic.replacing's single file: ``tmp`` is the caller's temp_folder, and
+    # into an existing ``dest`` only the new files move, each renamed whole
     if fresh:
         os.replace(tmp, dest)
     else:

@@ -7,11 +7,11 @@ Keys a user may set by hand: ``source`` (``hf`` or ``modelscope``: always use th
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from .. import paths
+from . import atomic
 
 
 def config_file() -> Path:
@@ -37,6 +37,4 @@ def update(**values: Any) -> None:
             data[key] = value
     path = config_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")

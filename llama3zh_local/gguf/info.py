@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidModelError, ModelNotFoundError
+from ..files.guard import require_regular_file
+from ..llamacpp.engine import last_log_lines
+from .reader import GGUFArray, TensorInfo, read_header
 
 GGUF_MAGIC = b"GGUF"
 DAMAGED_HINT = (
@@ -95,8 +98,6 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
         InvalidModelError: not a GGUF, truncated, or missing the keys llama.cpp needs.
     """
     path = Path(path)
-    from ..files.guard import require_regular_file
-
     require_regular_file(path, what=".gguf file")  # a FIFO or device: refused, never read
     if not path.is_file():
         raise ModelNotFoundError(
@@ -113,18 +114,15 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
         )
     import gguf
 
-    from ..llamacpp import engine
-
-    types: dict[str, tuple[int, int | None]] = {}
-    header = engine.read_gguf_header(path, types=types, strings=(gguf.Keys.Tokenizer.LIST,))
+    header = read_header(path, whole=(gguf.Keys.Tokenizer.LIST,))
     if header is None:
         raise InvalidModelError(
             f"{path} is damaged or truncated: its GGUF header cannot be read "
-            f"({engine.last_log_lines(1) or 'llama.cpp gave no reason'})",
+            f"({last_log_lines(1) or 'llama.cpp gave no reason'})",
             hint="download the file again (`llama3zh pull` resumes and verifies)",
         )
-    kv, tensors = header
-    end = max((off + n for _, off, n in tensors), default=0)
+    kv, types, tensors = header.kv, header.types, header.tensors
+    end = max((t.offset + t.size for t in tensors), default=0)
     if end > size:
         raise InvalidModelError(
             f"{path} is truncated: its tensors need {end:,} bytes, the file has {size:,}",
@@ -138,7 +136,7 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
 
     def key(template: str) -> Any:
         value = kv.get(template.format(arch=arch))
-        if isinstance(value, engine.GGUFArray):  # per-layer values (e.g. head counts)
+        if isinstance(value, GGUFArray):  # per-layer values (e.g. head counts)
             return max(value.items or [0])
         return value
 
@@ -153,7 +151,7 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
             hint=DAMAGED_HINT,
         )
     try:
-        check_loadable(path, str(arch), kv, types)
+        check_loadable(path, str(arch), kv, types, tensors)
         load_problem = None
     except InvalidModelError as e:  # kept for the commands that load it (see check_loadable)
         load_problem = str(e)
@@ -162,7 +160,7 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
         ftype_name = gguf.LlamaFileType(ftype).name if ftype is not None else "unknown"
     except ValueError:
         ftype_name = f"type {ftype}"
-    sizes = {name: n for name, _, n in tensors}
+    sizes = {t.name: t.size for t in tensors}
     tokens = kv.get(gguf.Keys.Tokenizer.LIST)
     return GGUFInfo(
         path=path,
@@ -178,9 +176,9 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
         file_type=ftype_name,
         chat_template=kv.get(gguf.Keys.Tokenizer.CHAT_TEMPLATE),
         tensor_count=len(tensors),
-        layer_bytes=sum(n for name, _, n in tensors if name.startswith("blk.")),
+        layer_bytes=sum(t.size for t in tensors if t.name.startswith("blk.")),
         output_bytes=sizes.get("output.weight", sizes.get("token_embd.weight", 0)),
-        metadata={k: v for k, v in kv.items() if not isinstance(v, engine.GGUFArray)},
+        metadata={k: v for k, v in kv.items() if not isinstance(v, GGUFArray)},
         vocab_problem=vocab_problem(kv),
         vocab_sha256=_vocab_sha256(tokens),
         load_problem=load_problem,
@@ -193,8 +191,6 @@ def vocab_problem(kv: dict[str, Any]) -> str | None:
     Its kind must be one this tool runs, its arrays must agree, and a SentencePiece one must
     hold the 256 byte tokens that tokenizing text it has no token for falls back to.
     """
-    from ..llamacpp.engine import GGUFArray
-
     tok_model = kv.get("tokenizer.ggml.model")
     if tok_model not in TOKENIZER_MODELS:
         return (
@@ -222,7 +218,11 @@ def vocab_problem(kv: dict[str, Any]) -> str | None:
 
 
 def check_loadable(
-    path: Path, arch: str, kv: dict[str, Any], types: dict[str, tuple[int, int | None]]
+    path: Path,
+    arch: str,
+    kv: dict[str, Any],
+    types: dict[str, tuple[int, int | None]],
+    tensors: list[TensorInfo],
 ) -> None:
     """Check what llama.cpp's loader asserts on, or requires, before it ever sees the file.
 
@@ -234,106 +234,133 @@ def check_loadable(
     Raises:
         InvalidModelError: what is wrong, in llama.cpp's terms where it has them.
     """
-    import math
+    h = _Hparams(path, arch, kv)
+    n_layer, n_expert = _check_limits(h)
+    if arch != "llama":
+        return
+    _check_llama_types(h, types)
+    _check_llama_shapes(h, n_layer, n_expert, tensors)
 
-    from ..llamacpp.engine import GGUFArray
-    from .tensors import read_tensor_infos
 
-    def bad(what: str) -> InvalidModelError:
-        return InvalidModelError(f"{path}: {what}", hint=DAMAGED_HINT)
+@dataclass(frozen=True)
+class _Hparams:
+    """The ``{arch}.*`` keys of a header, read as check_loadable needs them."""
 
-    def values(key: str) -> list[Any]:
-        v = kv.get(f"{arch}.{key}")
+    path: Path
+    arch: str
+    kv: dict[str, Any]
+
+    def bad(self, what: str) -> InvalidModelError:
+        return InvalidModelError(f"{self.path}: {what}", hint=DAMAGED_HINT)
+
+    def values(self, key: str) -> list[Any]:
+        v = self.kv.get(f"{self.arch}.{key}")
         if isinstance(v, GGUFArray):
             return list(v.items or [])
         return [] if v is None else [v]
 
-    def ints(key: str) -> list[int]:
-        found = values(key)
+    def ints(self, key: str) -> list[int]:
+        found = self.values(key)
         for v in found:
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise bad(f"{arch}.{key} is {v!r}, not a count")
+                raise self.bad(f"{self.arch}.{key} is {v!r}, not a count")
         return found
 
+
+def _check_limits(h: _Hparams) -> tuple[int, int]:
+    """Counts, llama.cpp's compile-time limits, epsilons, experts: (layers, experts)."""
+    import math
+
+    arch, kv = h.arch, h.kv
     for key in (
         "embedding_length", "feed_forward_length", "attention.head_count",
         "attention.head_count_kv", "rope.dimension_count", "attention.key_length",
         "attention.value_length", "expert_count", "expert_used_count", "context_length",
     ):  # fmt: skip
-        ints(key)
+        h.ints(key)
 
     n_layer = kv.get(f"{arch}.block_count")
     if not isinstance(n_layer, int) or isinstance(n_layer, bool) or n_layer > LLAMA_MAX_LAYERS:
-        raise bad(f"{n_layer!r} layers: llama.cpp supports at most {LLAMA_MAX_LAYERS}")
+        raise h.bad(f"{n_layer!r} layers: llama.cpp supports at most {LLAMA_MAX_LAYERS}")
     for key in ("attention.head_count", "attention.head_count_kv", "feed_forward_length"):
         v = kv.get(f"{arch}.{key}")
         if isinstance(v, GGUFArray) and len(v) != n_layer:
-            raise bad(f"{arch}.{key} has {len(v)} values for {n_layer} layers")
+            raise h.bad(f"{arch}.{key} has {len(v)} values for {n_layer} layers")
     for key in ("attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon"):
-        for eps in values(key):
+        for eps in h.values(key):
             if not isinstance(eps, float) or not math.isfinite(eps) or eps <= 0:
-                raise bad(f"{arch}.{key} is {eps!r}, not a small positive number")
-    n_expert = (values("expert_count") or [0])[0]
-    n_used = (values("expert_used_count") or [0])[0]
+                raise h.bad(f"{arch}.{key} is {eps!r}, not a small positive number")
+    n_expert = (h.values("expert_count") or [0])[0]
+    n_used = (h.values("expert_used_count") or [0])[0]
     if n_expert > LLAMA_MAX_EXPERTS or n_used > n_expert or (n_expert and not n_used):
-        raise bad(
+        raise h.bad(
             f"{n_used} of {n_expert} experts used: llama.cpp needs 1 to expert_count, and at "
             f"most {LLAMA_MAX_EXPERTS} experts"
         )
+    return n_layer, n_expert
 
-    if arch != "llama":
-        return
 
-    # Llama: the keys its loader requires, with their exact types
-    required = {
-        "context_length": (_U32,),
-        "embedding_length": (_U32,),
-        "block_count": (_U32,),
-        "attention.head_count": (_U32, _ARR),
-        "attention.layer_norm_rms_epsilon": (_F32,),
-    }
-    optional = {
-        "feed_forward_length": (_U32, _ARR),
-        "attention.head_count_kv": (_U32, _ARR),
-        "rope.dimension_count": (_U32,),
-        "rope.freq_base": (_F32,),
-        "attention.key_length": (_U32,),
-        "attention.value_length": (_U32,),
-    }
-    for table, needed in ((required, True), (optional, False)):
+# Llama: the keys its loader requires (or reads when present), with their exact types
+_LLAMA_REQUIRED = {
+    "context_length": (_U32,),
+    "embedding_length": (_U32,),
+    "block_count": (_U32,),
+    "attention.head_count": (_U32, _ARR),
+    "attention.layer_norm_rms_epsilon": (_F32,),
+}
+_LLAMA_OPTIONAL = {
+    "feed_forward_length": (_U32, _ARR),
+    "attention.head_count_kv": (_U32, _ARR),
+    "rope.dimension_count": (_U32,),
+    "rope.freq_base": (_F32,),
+    "attention.key_length": (_U32,),
+    "attention.value_length": (_U32,),
+}
+
+
+def _check_llama_types(h: _Hparams, types: dict[str, tuple[int, int | None]]) -> None:
+    arch = h.arch
+    for table, needed in ((_LLAMA_REQUIRED, True), (_LLAMA_OPTIONAL, False)):
         for key, allowed in table.items():
             typ = types.get(f"{arch}.{key}")
             if typ is None:
                 if needed:
-                    raise bad(f"{arch}.{key} is missing (llama.cpp requires it)")
+                    raise h.bad(f"{arch}.{key} is missing (llama.cpp requires it)")
                 continue
             if typ[0] not in allowed or (typ[0] == _ARR and typ[1] not in (_U32, _I32)):
-                raise bad(f"{arch}.{key} has GGUF type {typ[0]}, llama.cpp reads {allowed[0]}")
+                raise h.bad(f"{arch}.{key} has GGUF type {typ[0]}, llama.cpp reads {allowed[0]}")
+
+
+def _check_llama_shapes(
+    h: _Hparams, n_layer: int, n_expert: int, tensors: list[TensorInfo]
+) -> None:
+    """Heads and head sizes against each other, then every tensor's shape against them."""
+    arch, kv = h.arch, h.kv
     n_embd = kv[f"{arch}.embedding_length"]
-    heads = values("attention.head_count")
-    heads_kv = values("attention.head_count_kv")
-    ffs = values("feed_forward_length") or [0]
+    heads = h.values("attention.head_count")
+    heads_kv = h.values("attention.head_count_kv")
+    ffs = h.values("feed_forward_length") or [0]
     heads_kv = heads_kv or heads
     if len(set(heads)) != 1 or len(set(heads_kv)) != 1 or len(set(ffs)) != 1:
-        raise bad("per-layer head counts or feed-forward sizes differ: not a plain Llama")
+        raise h.bad("per-layer head counts or feed-forward sizes differ: not a plain Llama")
     n_head, n_head_kv, n_ff = heads[0], heads_kv[0], ffs[0]
     if n_head < 1 or n_head_kv < 1 or n_head % n_head_kv:
-        raise bad(f"head_count_kv {n_head_kv} does not divide head_count {n_head}")
+        raise h.bad(f"head_count_kv {n_head_kv} does not divide head_count {n_head}")
     key_len = kv.get(f"{arch}.attention.key_length")
     val_len = kv.get(f"{arch}.attention.value_length")
     if key_len is None and n_embd % n_head:
-        raise bad(f"embedding_length {n_embd} is not a multiple of head_count {n_head}")
+        raise h.bad(f"embedding_length {n_embd} is not a multiple of head_count {n_head}")
     head_k = key_len if key_len is not None else n_embd // n_head
     head_v = val_len if val_len is not None else n_embd // n_head
     n_rot = kv.get(f"{arch}.rope.dimension_count", head_k)
     if n_rot != head_k or head_k < 2 or head_k % 2:
-        raise bad(
+        raise h.bad(
             f"rope.dimension_count {n_rot} does not match the head size {head_k} "
             "(llama.cpp: invalid n_rot)"
         )
     tokens = kv.get("tokenizer.ggml.tokens")
     if not isinstance(tokens, GGUFArray) or not len(tokens):
-        raise bad("tokenizer.ggml.tokens is missing or empty (llama.cpp requires a vocabulary)")
+        raise h.bad("tokenizer.ggml.tokens is missing or empty (llama.cpp requires a vocabulary)")
     n_vocab = len(tokens)
     want: dict[str, tuple[int, ...]] = {
         "token_embd.weight": (n_embd, n_vocab),
@@ -356,25 +383,23 @@ def check_loadable(
                 b + "ffn_up.weight": (n_embd, n_ff),
                 b + "ffn_down.weight": (n_ff, n_embd),
             }
-    shapes = {t.name: t.shape for t in read_tensor_infos(path)}
+    shapes = {t.name: t.shape for t in tensors}
     beyond = [n for n in shapes if n.startswith("blk.") and n.split(".")[1].isdigit()
               and int(n.split(".")[1]) >= n_layer]  # fmt: skip
     if beyond:
-        raise bad(f"tensor {beyond[0]} lies beyond the {n_layer} layers block_count gives")
+        raise h.bad(f"tensor {beyond[0]} lies beyond the {n_layer} layers block_count gives")
     for name, shape in want.items():
         have = shapes.get(name)
         if have is None:
             if name == "output.weight":  # tied to token_embd
                 continue
-            raise bad(f"tensor {name} is missing ({n_layer} layers)")
+            raise h.bad(f"tensor {name} is missing ({n_layer} layers)")
         if tuple(have) != shape:
-            raise bad(f"tensor {name} has shape {list(have)}, the metadata implies {list(shape)}")
+            raise h.bad(f"tensor {name} has shape {list(have)}, the metadata implies {list(shape)}")
 
 
 def _vocab_sha256(tokens: Any) -> str:
     import hashlib
-
-    from ..llamacpp.engine import GGUFArray
 
     if not isinstance(tokens, GGUFArray) or tokens.items is None:
         return ""

@@ -29,6 +29,8 @@ from ..errors import (
     ModelNotFoundError,
     NetworkError,
 )
+from ..files import space
+from ..progress import ADVANCE, START, Callback, emitter
 
 if TYPE_CHECKING:
     import requests
@@ -146,14 +148,15 @@ def session() -> requests.Session:
 def fetch(
     job: FileJob,
     *,
-    progress: Callable[[str, int], None] | None = None,
+    progress: Callback | None = None,
     cancel: threading.Event | None = None,
     retries: int = RETRIES,
 ) -> FetchResult:
     """Download ``job`` into ``job.dest``, resuming ``job.partial``, and verify it.
 
-    ``progress(kind, n)`` reports ``("resume", bytes already on disk)`` once, then
-    ``("bytes", n)`` for each write, and ``("verify", n)`` while a finished file is hashed.
+    ``progress`` gets ``pull`` events for the task ``job.name`` in bytes: START with the bytes
+    already on disk, then ADVANCE with the bytes on disk after each write (message
+    "verifying" while a finished file is hashed).
 
     Raises:
         IntegrityError: the bytes do not match the published size or checksum; the partial file
@@ -163,14 +166,22 @@ def fetch(
         NetworkError, HubAccessError, ModelNotFoundError: the hub could not serve the file.
         Cancelled: ``cancel`` was set; the partial file is kept.
     """
-    report = progress or (lambda kind, n: None)
+    emit = emitter(progress, "pull")
+    on_disk = 0
 
     def tick(n: int) -> None:
-        report("bytes", n)
+        nonlocal on_disk
+        on_disk += n
+        emit(ADVANCE, job.name, done=on_disk, total=job.size, unit="bytes")
+
+    def hashed(n: int) -> None:
+        nonlocal on_disk
+        on_disk += n
+        emit(ADVANCE, job.name, done=on_disk, total=job.size, unit="bytes", message="verifying")
 
     with file_lock(job.lock):
         if job.dest.is_file():  # finished by another process while we waited for the lock
-            digest = hash_file(job.dest, job, progress=lambda n: report("verify", n), cancel=cancel)
+            digest = hash_file(job.dest, job, progress=hashed, cancel=cancel)
             if job.dest.stat().st_size == job.size and digest == expected_digest(job):
                 return FetchResult(job.name, job.dest, 0, job.size, checksum_kind(job))
             job.dest.unlink()
@@ -186,7 +197,8 @@ def fetch(
             with job.partial.open("rb") as fh:
                 for block in iter(lambda: fh.read(8 * CHUNK), b""):
                     hasher.update(block)
-        report("resume", have)
+        on_disk = have
+        emit(START, job.name, done=have, total=job.size, unit="bytes")
         downloaded = 0
         failures = 0
         last_error: BaseException | None = None
@@ -202,11 +214,12 @@ def fetch(
                 except _Restart:
                     os.ftruncate(out.fileno(), 0)
                     have, hasher = 0, new_hasher(job)
+                    on_disk = 0
                     continue
                 except _Transient as e:
                     last_error = e.__cause__ or e
                     downloaded += e.got
-                    have = e.have
+                    have = on_disk = e.have
                     failures = 0 if have > before else failures + 1
                     if failures > retries:
                         raise NetworkError(
@@ -218,21 +231,31 @@ def fetch(
                     time.sleep(min(8.0, 0.25 * 2**failures))
                     continue
                 downloaded += have - before
-        digest = hasher.hexdigest() if hasher is not None else None
-        want = expected_digest(job)
-        if have != job.size or (want is not None and digest != want):
-            job.partial.unlink(missing_ok=True)
-            got = f"{have:,} bytes" if have != job.size else f"{checksum_kind(job)} {digest}"
-            wanted = f"{job.size:,} bytes" if have != job.size else f"{want}"
-            raise IntegrityError(
-                f"{job.name}: {checksum_kind(job) if have == job.size else 'size'} mismatch "
-                f"(expected {wanted}, got {got}); the bad download was deleted, nothing installed",
-                hint="run the same command again to download it afresh; if it fails again, the "
-                "hub or a proxy/mirror is serving a damaged file: try the other source",
-            )
+        _check_complete(job, have, hasher.hexdigest() if hasher is not None else None)
         job.dest.parent.mkdir(parents=True, exist_ok=True)
+        # not a temporary name (files/atomic.replacing): the partial file is the resume
+        # protocol's state, kept across runs until it is complete and verified
         os.replace(job.partial, job.dest)
     return FetchResult(job.name, job.dest, downloaded, resumed_from, checksum_kind(job))
+
+
+def _check_complete(job: FileJob, have: int, digest: str | None) -> None:
+    """Refuse (and delete) a partial file of the wrong size or checksum.
+
+    Raises:
+        IntegrityError: what was expected and what came.
+    """
+    want = expected_digest(job)
+    if have != job.size or (want is not None and digest != want):
+        job.partial.unlink(missing_ok=True)
+        got = f"{have:,} bytes" if have != job.size else f"{checksum_kind(job)} {digest}"
+        wanted = f"{job.size:,} bytes" if have != job.size else f"{want}"
+        raise IntegrityError(
+            f"{job.name}: {checksum_kind(job) if have == job.size else 'size'} mismatch "
+            f"(expected {wanted}, got {got}); the bad download was deleted, nothing installed",
+            hint="run the same command again to download it afresh; if it fails again, the "
+            "hub or a proxy/mirror is serving a damaged file: try the other source",
+        )
 
 
 @contextlib.contextmanager
@@ -347,7 +370,7 @@ def _write_all(out: Any, chunk: bytes, job: FileJob, have: int) -> None:
         with contextlib.suppress(OSError):
             os.ftruncate(out.fileno(), have)
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            free = _free_bytes(job.partial.parent)
+            free = space.free_bytes(job.partial.parent)
             raise DiskSpaceError(
                 f"the disk filled up while downloading {job.name}: {have:,} of {job.size:,} "
                 f"bytes are kept in {job.partial} ({free / 1024**3:.2f} GiB free now); "
@@ -356,14 +379,6 @@ def _write_all(out: Any, chunk: bytes, job: FileJob, have: int) -> None:
                 "command again: it continues from there",
             ) from e
         raise
-
-
-def _free_bytes(path: Path) -> int:
-    import shutil
-
-    with contextlib.suppress(OSError):
-        return shutil.disk_usage(path).free
-    return 0
 
 
 def _raise_for_status(r: requests.Response, job: FileJob) -> None:

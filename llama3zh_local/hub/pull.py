@@ -9,9 +9,7 @@ across runs, sha256-verified) into the hub's own cache and links each from the s
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import shutil
 import threading
 import time
@@ -19,126 +17,32 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from .. import catalog, paths
 from ..catalog import Source, Variant
 from ..errors import (
     DiskSpaceError,
     Llama3zhError,
     ModelNotFoundError,
     NetworkError,
-    UnsafePathError,
     UsageError,
 )
-from ..files import atomic
+from ..files import atomic, space
+from ..progress import ADVANCE, DONE, FAILED, START, Callback, emitter
 from . import download, sources, store
 from .sources import (
-    PREFIXES,
     Listing,
     RemoteFile,
     SourceDecision,
     decide_source,
-    hf_cache_dir,
     list_cached,
     list_remote,
-    ms_cache_dir,
 )
+from .store import file_quant, parse_ref, quant_key, safe_relpath
 
 WORKERS = 4  # files downloaded at once
-# RAM/VRAM left free for the KV cache, compute buffers and the rest of the system.
-MEMORY_HEADROOM = int(1.5 * 1024**3)
 GIB = 1024**3
-
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-# -- what the user names -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A model as named on the command line: a catalog alias or a hub repo id."""
-
-    text: str
-    spec: catalog.ModelSpec | None
-    variant: Variant | None  # the catalog variant; None for hub ids (the files tell)
-    source: Source | None  # fixed by an ``hf:`` / ``ms:`` prefix
-    hub_id: str | None  # ``org/name`` of a hub id
-
-    def repo_id(self, source: Source) -> str:
-        if self.spec is not None:
-            return self.spec.repo_id(self.variant or Variant.GGUF, source)
-        assert self.hub_id is not None
-        return self.hub_id
-
-    def folders(self) -> list[str]:
-        """The store folders this name covers (all variants of an alias without --variant)."""
-        if self.spec is not None:
-            variants = [self.variant] if self.variant else list(self.spec.variants)
-            return [self.spec.name + v.suffix for v in variants]
-        assert self.hub_id is not None
-        return [store.repo_folder(self.hub_id).name]
-
-
-def parse_ref(model: str, *, variant: Variant | None = None) -> ModelRef:
-    """Parse ``instruct-v3``, ``hf:org/name``, ``ms:org/name`` or ``org/name``.
-
-    Raises:
-        ModelNotFoundError: an unknown alias, or a variant the model does not have.
-        UsageError: a malformed repo id.
-    """
-    text = model.strip()
-    prefix, sep, rest = text.partition(":")
-    if sep and prefix.lower() in PREFIXES:
-        return ModelRef(text, None, variant, PREFIXES[prefix.lower()], _check_repo_id(rest))
-    if "/" in text:
-        return ModelRef(text, None, variant, None, _check_repo_id(text))
-    spec = catalog.get_model(text)
-    if variant is None:
-        lowered = text.lower()
-        variant = next(
-            (v for v in (Variant.GGUF, Variant.LORA) if lowered.endswith(v.suffix)), Variant.GGUF
-        )
-    spec.repo_id(variant)  # raises when the model has no such release
-    return ModelRef(text, spec, variant, None, None)
-
-
-def _check_repo_id(repo_id: str) -> str:
-    repo_id = repo_id.strip().strip("/")
-    if not _REPO_ID.match(repo_id) or ".." in repo_id:
-        raise UsageError(
-            f"{repo_id!r} is not a hub repo id",
-            hint="use org/name, e.g. hf:hfl/llama-3-chinese-8b-instruct-v3-gguf or "
-            "ms:ChineseAlpacaGroup/llama-3-chinese-8b-instruct-v3-gguf, or an alias "
-            "(see `llama3zh models`)",
-        )
-    return repo_id
-
-
-def safe_relpath(name: str) -> str:
-    """A hub file name, checked to stay inside the folder it is written to.
-
-    Raises:
-        UnsafePathError: absolute paths, ``..``, backslashes, drive letters, empty parts.
-    """
-    parts = name.split("/")
-    bad = (
-        not name
-        or name.startswith(("/", "~"))
-        or "\\" in name
-        or "\0" in name
-        or re.match(r"^[A-Za-z]:", name) is not None
-        or any(p in ("", ".", "..") for p in parts)
-    )
-    if bad:
-        raise UnsafePathError(
-            f"refusing hub file name {name!r}: it would be written outside the model folder",
-            hint="the repo (or a mirror/proxy in between) lists a malicious or broken file name; "
-            "report it to the repo owner and pull from the other source",
-        )
-    return name
-
+# Picks pull's quant among a GGUF repo's: {label: bytes} -> (label, a note saying why).
+QuantChooser = Callable[[Mapping[str, int]], tuple[str, str]]
 
 # -- which files ---------------------------------------------------------------------------------
 
@@ -159,71 +63,22 @@ META_FILES = {
 }
 
 
-def quant_key(value: str) -> str:
-    """A ``--quant`` value as file labels spell it: catalog short names, else lower-case."""
-    v = value.strip().lower()
-    im = v.endswith("-im")
-    base = v.removesuffix("-im")
-    with contextlib.suppress(ModelNotFoundError):
-        base = catalog.get_quant(base).short
-    return base + ("-im" if im else "")
-
-
-def file_quant(name: str) -> str:
-    """The quant label of a GGUF file name (``q4_k``, ``q4_k-im``), else its stem."""
-    label = store.gguf_quant_label(name)
-    base = name.rsplit("/", 1)[-1].removesuffix(".gguf")
-    if label is None:
-        return base.lower()
-    return label + ("-im" if base.lower().endswith("-im") else "")
-
-
-def pick_default_quant(available: Mapping[str, int], budget: int) -> str:
-    """The best quant whose files fit ``budget`` bytes of memory.
-
-    Best means the highest catalog quant up to q8_0: f16 is never a default (twice q8_0's size
-    for no visible gain; ask for it with ``--quant f16``). Without any that fits, the smallest.
-    """
-    order = [q.short for q in catalog.GGUF_QUANTS if q.short != "f16"]
-    known = [q for q in order if q in available]
-    for q in known:
-        if available[q] + MEMORY_HEADROOM <= budget:
-            return q
-    if known:
-        return known[-1]
-    return min(available, key=lambda k: available[k])
-
-
-def memory_budget() -> tuple[int, str]:
-    """Bytes a model may use on this machine, and where (the larger of free VRAM and RAM)."""
-    from .. import hardware
-
-    _, ram = hardware.system_memory()
-    best, where = ram, f"{ram / GIB:.1f} GiB of available RAM"
-    with contextlib.suppress(Exception):  # no llama.cpp library: RAM only
-        hw = hardware.detect()
-        if hw.gpu_offload:
-            for d in hw.gpus:
-                if d.free > best:
-                    best, where = d.free, f"{d.free / GIB:.1f} GiB free on {d.description}"
-    return best, where
-
-
 def select_files(
     listing: Listing,
     *,
     variant: Variant | None,
     quants: Sequence[str] = (),
-    budget: Callable[[], tuple[int, str]] | None = None,
+    default_quant: QuantChooser | None = None,
 ) -> tuple[Variant, list[RemoteFile], list[str]]:
     """The files to pull from a listing, the variant they make up, and notes on the choice.
 
-    GGUF repos: the chosen quants' files (default: the best that fits, ``all`` for all).
+    GGUF repos: the chosen quants' files (``all`` for all); without ``quants``, the one
+    ``default_quant`` picks among the repo's plain (non ``-im``) quants.
     Full/LoRA repos: safetensors (never ``*.bin``/``*.pth`` duplicates), config, tokenizer files.
 
     Raises:
         ModelNotFoundError: a quant the repo does not have (the message lists those it has).
-        UsageError: ``--quant`` for a repo without GGUF files.
+        UsageError: ``--quant`` for a repo without GGUF files; no quant and no chooser.
     """
     label = f"{'hf' if listing.source is Source.HF else 'ms'}:{listing.repo_id}"
     ggufs = [f for f in listing.files if f.name.endswith(".gguf")]
@@ -241,21 +96,13 @@ def select_files(
         if not wanted:
             sizes = {q: sum(f.size for f in fs) for q, fs in by_quant.items()}
             plain = {q: s for q, s in sizes.items() if not q.endswith("-im")} or sizes
-            if budget is None:  # this machine: GPU first, KV cache counted (quant/recommend.py)
-                from ..quant.recommend import default_quant
-
-                choice, note = default_quant(plain)
-                notes.append(note)
-            else:
-                mem, where = budget()
-                choice = pick_default_quant(plain, mem)
-                fits = plain[choice] + MEMORY_HEADROOM <= mem
-                notes.append(
-                    f"quant {choice} ({plain[choice] / GIB:.2f} GiB): the best that fits {where}"
-                    if fits
-                    else f"quant {choice} ({plain[choice] / GIB:.2f} GiB): the smallest; even it "
-                    f"may not fit {where}"
+            if default_quant is None:
+                raise UsageError(
+                    f"{label} has several quants ({have}) and none was chosen",
+                    hint=f"pick one: --quant {sorted(by_quant)[0]} (or --quant all)",
                 )
+            choice, note = default_quant(plain)
+            notes.append(note)
             wanted = [choice]
         elif "all" in wanted:
             wanted = sorted(by_quant)
@@ -368,43 +215,26 @@ def plan_pull(
     quants: Sequence[str] = (),
     source: str = "auto",
     remember: bool = True,
+    default_quant: QuantChooser | None = None,
 ) -> PullPlan:
     """List what ``pull`` would fetch: files, sizes, checksums, what is already here, disk space.
 
     Nothing is written (``remember`` False also keeps the ``--source auto`` result unsaved).
+    ``default_quant`` picks the quant of a GGUF repo when ``quants`` names none (the CLI passes
+    ``quant.recommend.default_quant``: this machine's choice).
 
     Raises:
         ModelNotFoundError, HubAccessError, NetworkError, UsageError, UnsafePathError.
     """
     ref = parse_ref(model, variant=variant)
     decision = decide_source(requested=source, fixed=ref.source, model=ref.text, remember=remember)
-    listing: Listing | None = None
-    if decision.online:
-        assert decision.source is not None
-        try:
-            listing = list_remote(decision.source, ref.repo_id(decision.source))
-        except NetworkError as e:
-            if not (e.unreachable and decision.fallback):
-                raise
-            # ModelScope was the fallback: the usual hint (use Hugging Face) would not help
-            raise NetworkError(
-                str(e),
-                hint="check the network or proxy (HTTPS_PROXY); Hugging Face did not answer "
-                f"either: {decision.reason}",
-            ) from e
-    else:
-        for src in [decision.source] if decision.source else [Source.HF, Source.MODELSCOPE]:
-            listing = list_cached(src, ref.repo_id(src))
-            if listing is not None:
-                break
-        if listing is None:
-            raise ModelNotFoundError(
-                f"offline ({decision.reason}) and {model} is not in the local caches",
-                hint="unset HF_HUB_OFFLINE to download it",
-            )
+    listing = _listing(ref, decision, model=model)
     try:
         kind, chosen, notes = select_files(
-            listing, variant=ref.variant if ref.spec is not None else variant, quants=quants
+            listing,
+            variant=ref.variant if ref.spec is not None else variant,
+            quants=quants,
+            default_quant=default_quant,
         )
     except ModelNotFoundError as e:
         if listing.online:
@@ -461,6 +291,31 @@ def plan_pull(
     )
 
 
+def _listing(ref: store.ModelRef, decision: SourceDecision, *, model: str) -> Listing:
+    """The repo's files from the hub, or offline from the local caches."""
+    if decision.online:
+        assert decision.source is not None
+        try:
+            return list_remote(decision.source, ref.repo_id(decision.source))
+        except NetworkError as e:
+            if not (e.unreachable and decision.fallback):
+                raise
+            # ModelScope was the fallback: the usual hint (use Hugging Face) would not help
+            raise NetworkError(
+                str(e),
+                hint="check the network or proxy (HTTPS_PROXY); Hugging Face did not answer "
+                f"either: {decision.reason}",
+            ) from e
+    for src in [decision.source] if decision.source else [Source.HF, Source.MODELSCOPE]:
+        listing = list_cached(src, ref.repo_id(src))
+        if listing is not None:
+            return listing
+    raise ModelNotFoundError(
+        f"offline ({decision.reason}) and {model} is not in the local caches",
+        hint="unset HF_HUB_OFFLINE to download it",
+    )
+
+
 def _state(job: download.FileJob, entry: store.StoreEntry | None) -> tuple[str, int]:
     try:
         st = job.dest.stat()
@@ -490,7 +345,7 @@ def _disk_needs(files: Iterable[PlannedFile]) -> tuple[DiskNeed, ...]:
         where = _existing_parent(f.job.partial.parent)
         dev = where.stat().st_dev
         prev = by_dev.get(dev)
-        free = prev.free if prev else shutil.disk_usage(where).free
+        free = prev.free if prev else space.free_bytes(where)
         by_dev[dev] = DiskNeed(
             prev.path if prev else where, (prev.needed if prev else 0) + f.remaining, free
         )
@@ -526,17 +381,6 @@ def check_disk(plan: PullPlan) -> None:
 
 
 @dataclass(frozen=True)
-class PullEvent:
-    """Progress of one file: ``start`` (n: bytes already on disk), ``bytes`` (n new bytes),
-    ``verify`` (n bytes hashed), ``done``, ``failed``."""
-
-    name: str
-    kind: str
-    n: int
-    size: int
-
-
-@dataclass(frozen=True)
 class PulledFile:
     name: str
     path: Path  # the stable store path
@@ -563,14 +407,16 @@ class PullResult:
 def pull(
     plan: PullPlan,
     *,
-    progress: Callable[[PullEvent], None] | None = None,
+    progress: Callback | None = None,
     workers: int | None = None,
     cancel: threading.Event | None = None,
 ) -> PullResult:
     """Carry out a plan: check the disk, download in parallel, verify, install, link the store.
 
     Files that verify are installed even when another file fails; the first error is raised
-    after every file has finished or stopped.
+    after every file has finished or stopped. ``progress``: ``pull`` events in bytes, one task
+    per file (START with the bytes already on disk, ADVANCE cumulative, "verifying" while a
+    file is hashed, DONE or FAILED); called from the download threads.
 
     Raises:
         DiskSpaceError: before any byte when the plan does not fit, or the disk filled up.
@@ -578,14 +424,13 @@ def pull(
         NetworkError, HubAccessError, ModelNotFoundError.
     """
     check_disk(plan)
-    emit = progress or (lambda e: None)
     cancel = cancel or threading.Event()
     t0 = time.monotonic()
     n = max(1, min(workers or _env_int("LLAMA3ZH_PULL_WORKERS", WORKERS), len(plan.files) or 1))
     results: dict[str, PulledFile] = {}
     errors: list[BaseException] = []
     with ThreadPoolExecutor(max_workers=n, thread_name_prefix="llama3zh-pull") as pool:
-        futures = {pool.submit(_pull_one, plan, f, emit, cancel): f for f in plan.files}
+        futures = {pool.submit(_pull_one, plan, f, progress, cancel): f for f in plan.files}
         try:
             for fut, f in futures.items():
                 try:
@@ -612,35 +457,37 @@ def _env_int(name: str, default: int) -> int:
 
 
 def _pull_one(
-    plan: PullPlan, f: PlannedFile, emit: Callable[[PullEvent], None], cancel: threading.Event
+    plan: PullPlan, f: PlannedFile, progress: Callback | None, cancel: threading.Event
 ) -> PulledFile:
     job = f.job
-
-    def report(kind: str, n: int) -> None:
-        emit(PullEvent(f.name, "start" if kind == "resume" else kind, n, f.size))
-
+    emit = emitter(progress, "pull")
     try:
         downloaded, resumed = 0, f.have
         state = f.state
         if state == "verify":
-            emit(PullEvent(f.name, "start", 0, f.size))
-            digest = download.hash_file(
-                job.dest, job, progress=lambda k: report("verify", k), cancel=cancel
-            )
+            emit(START, f.name, total=f.size, unit="bytes", message="verifying")
+            hashed = 0
+
+            def on_hash(n: int) -> None:
+                nonlocal hashed
+                hashed += n
+                emit(ADVANCE, f.name, done=hashed, total=f.size, unit="bytes", message="verifying")
+
+            digest = download.hash_file(job.dest, job, progress=on_hash, cancel=cancel)
             if digest != download.expected_digest(job) and (job.sha256 or job.git_oid):
                 job.dest.unlink(missing_ok=True)  # damaged in the cache: fetch it again
                 state = "download"
         if state in ("resume", "download"):
             if not plan.decision.online:
                 raise ModelNotFoundError(f"{f.name} is not in the cache (offline)")
-            r = download.fetch(job, progress=report, cancel=cancel)
+            r = download.fetch(job, progress=progress, cancel=cancel)
             downloaded, resumed = r.downloaded, r.resumed_from
         elif state == "ok":
-            emit(PullEvent(f.name, "start", f.size, f.size))
+            emit(START, f.name, done=f.size, total=f.size, unit="bytes")
         _install(plan, f)
-        emit(PullEvent(f.name, "done", 0, f.size))
+        emit(DONE, f.name, done=f.size, total=f.size, unit="bytes")
     except BaseException:
-        emit(PullEvent(f.name, "failed", 0, f.size))
+        emit(FAILED, f.name, total=f.size, unit="bytes")
         raise
     return PulledFile(
         f.name, f.store_path, f.cache_path, f.size, downloaded, resumed, f.checksum, f.state
@@ -654,21 +501,16 @@ def _install(plan: PullPlan, f: PlannedFile) -> None:
         pointer = f.cache_path
         pointer.parent.mkdir(parents=True, exist_ok=True)
         if not (pointer.exists() and pointer.resolve() == dest.resolve()):
-            atomic.sweep(pointer)
-            tmp = atomic.temp_path(pointer)
-            tmp.unlink(missing_ok=True)
-            try:
-                os.symlink(os.path.relpath(dest, pointer.parent), tmp)
-            except OSError:  # no symlinks: the snapshot holds a copy, as huggingface_hub does
-                shutil.copyfile(dest, tmp)
-            os.replace(tmp, pointer)
+            with atomic.replacing(pointer) as tmp:
+                try:
+                    os.symlink(os.path.relpath(dest, pointer.parent), tmp)
+                except OSError:  # no symlinks: the snapshot holds a copy, as huggingface_hub does
+                    shutil.copyfile(dest, tmp)
         if plan.commit and plan.revision != plan.commit:
             ref = sources.hf_storage(plan.repo_id) / "refs" / plan.revision
             if not ref.is_file() or ref.read_text().strip() != plan.commit:
                 ref.parent.mkdir(parents=True, exist_ok=True)
-                tmp_ref = atomic.temp_path(ref)
-                tmp_ref.write_text(plan.commit)
-                os.replace(tmp_ref, ref)
+                atomic.write_text(ref, plan.commit)
     store.link(f.store_path, f.cache_path)
     store.update_manifest(
         plan.store_dir,
@@ -688,154 +530,3 @@ def _install(plan: PullPlan, f: PlannedFile) -> None:
             )
         ],
     )
-
-
-# -- list, show, rm ------------------------------------------------------------------------------
-
-
-def list_local() -> list[store.LocalFile]:
-    """Every model file in the store (pulled or made here)."""
-    return store.local_files()
-
-
-@dataclass(frozen=True)
-class GGUFSummary:
-    path: Path
-    info: Any | None  # ggufinfo.GGUFInfo
-    error: str | None
-
-
-@dataclass(frozen=True)
-class ModelDetails:
-    ref: ModelRef
-    spec: catalog.ModelSpec | None
-    local: tuple[store.LocalFile, ...]
-    gguf: tuple[GGUFSummary, ...]
-
-
-def show(model: str, *, variant: Variant | None = None) -> ModelDetails:
-    """Catalog data, local files, and a GGUF metadata summary of each local GGUF.
-
-    Raises:
-        ModelNotFoundError: neither a catalog model nor anything pulled under that name.
-    """
-    ref = parse_ref(model, variant=variant)
-    ref_all = (
-        ref
-        if (variant or ref.spec is None)
-        else ModelRef(ref.text, ref.spec, None, ref.source, ref.hub_id)
-    )
-    local = tuple(f for folder in ref_all.folders() for f in store.local_files(folder))
-    if ref.spec is None and not local:
-        raise ModelNotFoundError(
-            f"{model} is not in the catalog and nothing of it is on this machine",
-            hint=f"pull it first: llama3zh pull {model}",
-        )
-    from ..errors import InvalidModelError
-    from ..gguf.info import read_gguf_info
-
-    summaries = []
-    for f in local:
-        if f.variant is Variant.GGUF and not f.missing:
-            try:
-                summaries.append(GGUFSummary(f.path, read_gguf_info(f.path), None))
-            except (InvalidModelError, ModelNotFoundError) as e:
-                summaries.append(GGUFSummary(f.path, None, str(e)))
-    return ModelDetails(ref, ref.spec, local, tuple(summaries))
-
-
-@dataclass(frozen=True)
-class Removal:
-    file: store.LocalFile
-    paths: tuple[Path, ...]  # the store path, the cache file(s) and partial downloads
-    size: int
-
-
-@dataclass(frozen=True)
-class RemovalPlan:
-    model: str
-    items: tuple[Removal, ...]
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(i.size for i in self.items)
-
-
-def plan_remove(
-    model: str, *, quants: Sequence[str] = (), variant: Variant | None = None
-) -> RemovalPlan:
-    """What ``rm`` would delete: store paths, and the cache files they link to.
-
-    Raises:
-        ModelNotFoundError: nothing of that model (and quant) is on this machine.
-    """
-    ref = parse_ref(model, variant=variant)
-    if ref.spec is not None and variant is None:
-        ref = ModelRef(ref.text, ref.spec, None, ref.source, ref.hub_id)
-    wanted = {quant_key(q) for q in quants}
-    files = [f for folder in ref.folders() for f in store.local_files(folder)]
-    if wanted and "all" not in wanted:
-        files = [f for f in files if f.name.endswith(".gguf") and file_quant(f.name) in wanted]
-    if not files:
-        what = f"{model} ({', '.join(sorted(wanted))})" if wanted else model
-        raise ModelNotFoundError(
-            f"nothing of {what} is on this machine", hint="see what is: llama3zh list"
-        )
-    items = []
-    for f in files:
-        targets = [f.path]
-        if f.entry is not None:
-            targets += _cache_files(f.entry)
-        items.append(Removal(f, tuple(dict.fromkeys(targets)), f.size))
-    return RemovalPlan(model, tuple(items))
-
-
-def _cache_files(entry: store.StoreEntry) -> list[Path]:
-    pointer = Path(entry.cache_path)
-    out = [pointer]
-    if pointer.is_symlink():  # an HF snapshot entry: its blob, other snapshots' links to it
-        blob = pointer.resolve()
-        out.append(blob)
-        snapshots = pointer.parents[len(Path(entry.name).parts) - 1].parent
-        with contextlib.suppress(OSError):
-            for other in snapshots.glob(f"*/{entry.name}"):
-                if other.is_symlink() and other.resolve() == blob:
-                    out.append(other)
-        out.append(blob.with_name(blob.name + ".incomplete"))
-    else:
-        out.append(pointer.with_name(pointer.name + ".incomplete"))
-    return out
-
-
-@dataclass(frozen=True)
-class RemovalResult:
-    removed: tuple[Path, ...]
-    freed: int
-
-
-def remove(plan: RemovalPlan) -> RemovalResult:
-    """Delete what ``plan_remove`` listed; forget it in the store manifests."""
-    removed: list[Path] = []
-    freed = 0
-    for item in plan.items:
-        for p in item.paths:
-            with contextlib.suppress(FileNotFoundError):
-                size = p.stat().st_size if p.is_file() and not p.is_symlink() else 0
-                p.unlink()
-                removed.append(p)
-                freed += size
-        folder = paths.models_dir() / item.file.folder
-        store.update_manifest(folder, remove=[item.file.name])
-        _prune_empty(item.file.path.parent, stop=paths.models_dir())
-        for p in item.paths[1:]:
-            for root in (hf_cache_dir(), ms_cache_dir()):
-                if root in p.parents:
-                    _prune_empty(p.parent, stop=root)
-    return RemovalResult(tuple(removed), freed)
-
-
-def _prune_empty(folder: Path, *, stop: Path) -> None:
-    with contextlib.suppress(OSError):
-        while folder != stop and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
-            folder = folder.parent

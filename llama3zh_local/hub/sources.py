@@ -25,6 +25,7 @@ from urllib.parse import quote
 from ..catalog import Source
 from ..errors import HubAccessError, Llama3zhError, ModelNotFoundError, NetworkError, UsageError
 from ..files import userconfig
+from .neterrors import first_line, network_cause
 
 SOURCE_NAMES = {Source.HF: "Hugging Face", Source.MODELSCOPE: "ModelScope"}
 PREFIXES = {
@@ -196,57 +197,6 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.0f} h ago"
 
 
-def _first_line(e: BaseException, limit: int = 160) -> str:
-    text = str(e).strip() or type(e).__name__
-    return shorten(text.splitlines()[0], limit)
-
-
-def shorten(text: str, limit: int) -> str:
-    """``text`` cut after the last whole word that fits ``limit`` characters, with an ellipsis."""
-    if len(text) <= limit:
-        return text
-    cut = text[: limit - 1]
-    if " " in cut:
-        cut = cut.rsplit(" ", 1)[0]
-    return cut.rstrip(" ,;:(") + "…"
-
-
-def _chain(e: BaseException) -> list[BaseException]:
-    """``e`` and what caused it, outermost first (``__cause__``/``__context__``, urllib3's
-    ``reason``)."""
-    out: list[BaseException] = []
-    x: BaseException | None = e
-    while x is not None and x not in out:
-        out.append(x)
-        reason = getattr(x, "reason", None)
-        nxt = x.__cause__ or x.__context__
-        x = nxt if nxt is not None else (reason if isinstance(reason, BaseException) else None)
-    return out
-
-
-def network_cause(e: BaseException) -> str:
-    """Why a connection failed, in a few words: the innermost socket error of the chain."""
-    import socket
-    import ssl
-
-    chain = _chain(e)
-    for x in reversed(chain):
-        if isinstance(x, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(x, socket.gaierror):
-            return "host name not resolved"
-        if isinstance(x, ConnectionResetError):
-            return "connection reset"
-        if isinstance(x, ssl.SSLError):
-            return "TLS error: " + _first_line(x, 80)
-        if isinstance(x, TimeoutError) or "Timeout" in type(x).__name__:
-            return "timed out"
-    inner = chain[-1]
-    if isinstance(inner, OSError) and inner.strerror:
-        return inner.strerror.lower()
-    return _first_line(inner, 100)
-
-
 # -- what a repo holds ---------------------------------------------------------------------------
 
 
@@ -393,7 +343,7 @@ def _hf_error(e: Exception, repo_id: str) -> Llama3zhError:
         )
     if _is_network_error(e):
         return _network_down(Source.HF, e, repo_id=repo_id, tries=1)
-    return NetworkError(f"{name}: listing failed: {_first_line(e)}", hint=_OTHER_SOURCE[Source.HF])
+    return NetworkError(f"{name}: listing failed: {first_line(e)}", hint=_OTHER_SOURCE[Source.HF])
 
 
 _OTHER_SOURCE = {
@@ -451,19 +401,19 @@ def _list_ms(repo_id: str, revision: str) -> Listing:
         ) from e
     except (mserr.AuthenticationError, mserr.PermissionDeniedError) as e:
         raise HubAccessError(
-            f"{name}: ModelScope refused access ({_first_line(e)}): private or gated repo",
+            f"{name}: ModelScope refused access ({first_line(e)}): private or gated repo",
             hint=token_how,
         ) from e
     except (mserr.ServerError, mserr.RateLimitError) as e:
         raise NetworkError(
-            f"{name}: ModelScope answered with an error ({_first_line(e)})",
+            f"{name}: ModelScope answered with an error ({first_line(e)})",
             hint="try again later, or download from Hugging Face: --source hf",
         ) from e
     except Exception as e:  # noqa: BLE001 - mapped to our errors, the original is chained
         if _is_network_error(e):
             raise _network_down(Source.MODELSCOPE, e, repo_id=repo_id, tries=tries) from e
         raise NetworkError(
-            f"{name}: listing failed: {_first_line(e)}", hint=_OTHER_SOURCE[Source.MODELSCOPE]
+            f"{name}: listing failed: {first_line(e)}", hint=_OTHER_SOURCE[Source.MODELSCOPE]
         ) from e
     files = tuple(
         RemoteFile(f.path, int(f.size or 0), (f.sha256 or "").lower() or None, None)

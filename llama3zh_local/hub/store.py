@@ -8,17 +8,22 @@ Pulled files live in the hubs' own caches (so other tools reuse them) and appear
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from .. import catalog, paths
-from ..errors import InvalidModelError, ModelNotFoundError
+from ..catalog import Source, Variant
+from ..errors import InvalidModelError, ModelNotFoundError, UnsafePathError, UsageError
 from ..files import atomic
+from ..gguf.info import GGUFInfo, read_gguf_info
+from .sources import PREFIXES, hf_cache_dir, ms_cache_dir
 
 
 def looks_like_path(model: str) -> bool:
@@ -144,10 +149,30 @@ def update_manifest(
         if not entries:
             (folder / MANIFEST).unlink(missing_ok=True)
             return
-        tmp = folder / f"{MANIFEST}.{os.getpid()}.tmp"
         data = {"version": 1, "files": [asdict(e) for e in sorted(entries.values(), key=_by_name)]}
-        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
-        os.replace(tmp, folder / MANIFEST)
+        atomic.write_text(folder / MANIFEST, json.dumps(data, ensure_ascii=False, indent=1))
+
+
+def caches() -> list[Path]:
+    """The hub caches pulled files live in (``llama3zh gc`` looks there too)."""
+    return [hf_cache_dir(), ms_cache_dir()]
+
+
+def pulled_files() -> frozenset[Path]:
+    """Every path of every pull the store records (store links, cache files, their blobs):
+    never leftovers, whatever their names look like."""
+    out: set[Path] = set()
+    models = paths.models_dir()
+    if not models.is_dir():
+        return frozenset()
+    for manifest in models.rglob(MANIFEST):
+        folder = manifest.parent
+        for entry in read_manifest(folder).values():
+            for p in (folder / entry.name, Path(entry.cache_path)):
+                out.add(Path(os.path.abspath(p)))
+                with contextlib.suppress(OSError):
+                    out.add(p.resolve())
+    return frozenset(out)
 
 
 def _by_name(e: StoreEntry) -> str:
@@ -162,13 +187,11 @@ def link(store_path: Path, target: Path) -> None:
     """
     store_path.parent.mkdir(parents=True, exist_ok=True)
     if store_path.is_symlink() or not store_path.exists():
-        tmp = store_path.with_name(f".{store_path.name}.{os.getpid()}.link")
-        tmp.unlink(missing_ok=True)
-        try:
-            os.symlink(target.resolve(), tmp)
-        except OSError:  # no symlinks here (Windows without developer mode): a hard link
-            os.link(target, tmp)
-        os.replace(tmp, store_path)
+        with atomic.replacing(store_path) as tmp:
+            try:
+                os.symlink(target.resolve(), tmp)
+            except OSError:  # no symlinks here (Windows without developer mode): a hard link
+                os.link(target, tmp)
         return
     if store_path.samefile(target):
         return
@@ -203,6 +226,18 @@ class LocalFile:
     @property
     def quant(self) -> str | None:
         return gguf_quant_label(self.name) if self.name.endswith(".gguf") else None
+
+    def provenance(self) -> dict[str, Any]:
+        """What the file is and where it came from, as ``list --json`` and ``show --json``
+        print it (in this key order)."""
+        return {
+            "variant": self.variant.value,
+            "quant": self.quant,
+            "size_bytes": self.size,
+            "source": self.source,
+            "repo": self.repo_id,
+            "date": self.date,
+        }
 
     @property
     def alias(self) -> str | None:
@@ -290,3 +325,255 @@ def resolve_hf_dir(model: str, *, variant: catalog.Variant = catalog.Variant.FUL
         f"{spec.alias} ({repo}) is not downloaded yet (no {folder / marker})",
         hint=f"download it first: llama3zh pull {spec.alias} --variant {variant.value}",
     )
+
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+# -- what the user names -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as named on the command line: a catalog alias or a hub repo id."""
+
+    text: str
+    spec: catalog.ModelSpec | None
+    variant: Variant | None  # the catalog variant; None for hub ids (the files tell)
+    source: Source | None  # fixed by an ``hf:`` / ``ms:`` prefix
+    hub_id: str | None  # ``org/name`` of a hub id
+
+    def repo_id(self, source: Source) -> str:
+        if self.spec is not None:
+            return self.spec.repo_id(self.variant or Variant.GGUF, source)
+        assert self.hub_id is not None
+        return self.hub_id
+
+    def folders(self) -> list[str]:
+        """The store folders this name covers (all variants of an alias without --variant)."""
+        if self.spec is not None:
+            variants = [self.variant] if self.variant else list(self.spec.variants)
+            return [self.spec.name + v.suffix for v in variants]
+        assert self.hub_id is not None
+        return [repo_folder(self.hub_id).name]
+
+
+def parse_ref(model: str, *, variant: Variant | None = None) -> ModelRef:
+    """Parse ``instruct-v3``, ``hf:org/name``, ``ms:org/name`` or ``org/name``.
+
+    Raises:
+        ModelNotFoundError: an unknown alias, or a variant the model does not have.
+        UsageError: a malformed repo id.
+    """
+    text = model.strip()
+    prefix, sep, rest = text.partition(":")
+    if sep and prefix.lower() in PREFIXES:
+        return ModelRef(text, None, variant, PREFIXES[prefix.lower()], _check_repo_id(rest))
+    if "/" in text:
+        return ModelRef(text, None, variant, None, _check_repo_id(text))
+    spec = catalog.get_model(text)
+    if variant is None:
+        lowered = text.lower()
+        variant = next(
+            (v for v in (Variant.GGUF, Variant.LORA) if lowered.endswith(v.suffix)), Variant.GGUF
+        )
+    spec.repo_id(variant)  # raises when the model has no such release
+    return ModelRef(text, spec, variant, None, None)
+
+
+def _check_repo_id(repo_id: str) -> str:
+    repo_id = repo_id.strip().strip("/")
+    if not _REPO_ID.match(repo_id) or ".." in repo_id:
+        raise UsageError(
+            f"{repo_id!r} is not a hub repo id",
+            hint="use org/name, e.g. hf:hfl/llama-3-chinese-8b-instruct-v3-gguf or "
+            "ms:ChineseAlpacaGroup/llama-3-chinese-8b-instruct-v3-gguf, or an alias "
+            "(see `llama3zh models`)",
+        )
+    return repo_id
+
+
+def safe_relpath(name: str) -> str:
+    """A hub file name, checked to stay inside the folder it is written to.
+
+    Raises:
+        UnsafePathError: absolute paths, ``..``, backslashes, drive letters, empty parts.
+    """
+    parts = name.split("/")
+    bad = (
+        not name
+        or name.startswith(("/", "~"))
+        or "\\" in name
+        or "\0" in name
+        or re.match(r"^[A-Za-z]:", name) is not None
+        or any(p in ("", ".", "..") for p in parts)
+    )
+    if bad:
+        raise UnsafePathError(
+            f"refusing hub file name {name!r}: it would be written outside the model folder",
+            hint="the repo (or a mirror/proxy in between) lists a malicious or broken file name; "
+            "report it to the repo owner and pull from the other source",
+        )
+    return name
+
+
+def quant_key(value: str) -> str:
+    """A ``--quant`` value as file labels spell it: catalog short names, else lower-case."""
+    v = value.strip().lower()
+    im = v.endswith("-im")
+    base = v.removesuffix("-im")
+    with contextlib.suppress(ModelNotFoundError):
+        base = catalog.get_quant(base).short
+    return base + ("-im" if im else "")
+
+
+def file_quant(name: str) -> str:
+    """The quant label of a GGUF file name (``q4_k``, ``q4_k-im``), else its stem."""
+    label = gguf_quant_label(name)
+    base = name.rsplit("/", 1)[-1].removesuffix(".gguf")
+    if label is None:
+        return base.lower()
+    return label + ("-im" if base.lower().endswith("-im") else "")
+
+
+# -- show, rm --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GGUFSummary:
+    path: Path
+    info: GGUFInfo | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class ModelDetails:
+    ref: ModelRef
+    spec: catalog.ModelSpec | None
+    local: tuple[LocalFile, ...]
+    gguf: tuple[GGUFSummary, ...]
+
+
+def show(model: str, *, variant: Variant | None = None) -> ModelDetails:
+    """Catalog data, local files, and a GGUF metadata summary of each local GGUF.
+
+    Raises:
+        ModelNotFoundError: neither a catalog model nor anything pulled under that name.
+    """
+    ref = parse_ref(model, variant=variant)
+    ref_all = (
+        ref
+        if (variant or ref.spec is None)
+        else ModelRef(ref.text, ref.spec, None, ref.source, ref.hub_id)
+    )
+    local = tuple(f for folder in ref_all.folders() for f in local_files(folder))
+    if ref.spec is None and not local:
+        raise ModelNotFoundError(
+            f"{model} is not in the catalog and nothing of it is on this machine",
+            hint=f"pull it first: llama3zh pull {model}",
+        )
+    summaries = []
+    for f in local:
+        if f.variant is Variant.GGUF and not f.missing:
+            try:
+                summaries.append(GGUFSummary(f.path, read_gguf_info(f.path), None))
+            except (InvalidModelError, ModelNotFoundError) as e:
+                summaries.append(GGUFSummary(f.path, None, str(e)))
+    return ModelDetails(ref, ref.spec, local, tuple(summaries))
+
+
+@dataclass(frozen=True)
+class Removal:
+    file: LocalFile
+    paths: tuple[Path, ...]  # the store path, the cache file(s) and partial downloads
+    size: int
+
+
+@dataclass(frozen=True)
+class RemovalPlan:
+    model: str
+    items: tuple[Removal, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(i.size for i in self.items)
+
+
+def plan_remove(
+    model: str, *, quants: Sequence[str] = (), variant: Variant | None = None
+) -> RemovalPlan:
+    """What ``rm`` would delete: store paths, and the cache files they link to.
+
+    Raises:
+        ModelNotFoundError: nothing of that model (and quant) is on this machine.
+    """
+    ref = parse_ref(model, variant=variant)
+    if ref.spec is not None and variant is None:
+        ref = ModelRef(ref.text, ref.spec, None, ref.source, ref.hub_id)
+    wanted = {quant_key(q) for q in quants}
+    files = [f for folder in ref.folders() for f in local_files(folder)]
+    if wanted and "all" not in wanted:
+        files = [f for f in files if f.name.endswith(".gguf") and file_quant(f.name) in wanted]
+    if not files:
+        what = f"{model} ({', '.join(sorted(wanted))})" if wanted else model
+        raise ModelNotFoundError(
+            f"nothing of {what} is on this machine", hint="see what is: llama3zh list"
+        )
+    items = []
+    for f in files:
+        targets = [f.path]
+        if f.entry is not None:
+            targets += _cache_files(f.entry)
+        items.append(Removal(f, tuple(dict.fromkeys(targets)), f.size))
+    return RemovalPlan(model, tuple(items))
+
+
+def _cache_files(entry: StoreEntry) -> list[Path]:
+    pointer = Path(entry.cache_path)
+    out = [pointer]
+    if pointer.is_symlink():  # an HF snapshot entry: its blob, other snapshots' links to it
+        blob = pointer.resolve()
+        out.append(blob)
+        snapshots = pointer.parents[len(Path(entry.name).parts) - 1].parent
+        with contextlib.suppress(OSError):
+            for other in snapshots.glob(f"*/{entry.name}"):
+                if other.is_symlink() and other.resolve() == blob:
+                    out.append(other)
+        out.append(blob.with_name(blob.name + ".incomplete"))
+    else:
+        out.append(pointer.with_name(pointer.name + ".incomplete"))
+    return out
+
+
+@dataclass(frozen=True)
+class RemovalResult:
+    removed: tuple[Path, ...]
+    freed: int
+
+
+def remove(plan: RemovalPlan) -> RemovalResult:
+    """Delete what ``plan_remove`` listed; forget it in the store manifests."""
+    removed: list[Path] = []
+    freed = 0
+    for item in plan.items:
+        for p in item.paths:
+            with contextlib.suppress(FileNotFoundError):
+                size = p.stat().st_size if p.is_file() and not p.is_symlink() else 0
+                p.unlink()
+                removed.append(p)
+                freed += size
+        folder = paths.models_dir() / item.file.folder
+        update_manifest(folder, remove=[item.file.name])
+        _prune_empty(item.file.path.parent, stop=paths.models_dir())
+        for p in item.paths[1:]:
+            for root in (hf_cache_dir(), ms_cache_dir()):
+                if root in p.parents:
+                    _prune_empty(p.parent, stop=root)
+    return RemovalResult(tuple(removed), freed)
+
+
+def _prune_empty(folder: Path, *, stop: Path) -> None:
+    with contextlib.suppress(OSError):
+        while folder != stop and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent

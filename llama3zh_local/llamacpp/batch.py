@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BackendError, UsageError
-from .engine import DEFAULT_SEED, Model, default_threads, last_log_lines, lib
+from .engine import DEFAULT_SEED, Model, default_threads
+from .native import last_log_lines, lib
 
 
 @dataclass(frozen=True)

@@ -16,64 +16,16 @@ import os
 import signal
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import BackendError, UsageError
-
-# llama.cpp's log lines, kept so that a failed load or decode can say why.
-_LOG_TAIL: deque[str] = deque(maxlen=40)
-_log_callback: Any = None  # the ctypes callback must stay referenced for the process lifetime
-_LOG_LISTENERS: list[Callable[[str], None]] = []  # see log_listener()
-_backend_ready = False
+from . import repack as repacking
+from .native import last_log_lines, lib
 
 DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: a random seed per sampler
-
-
-def lib() -> Any:
-    """The ``llama_cpp`` module, imported on first use and with llama.cpp's logging captured."""
-    global _log_callback, _backend_ready
-    import llama_cpp
-
-    if not _backend_ready:
-
-        def _on_log(level: int, text: bytes, _user: Any) -> None:
-            line = text.decode("utf-8", errors="replace")
-            if os.environ.get("LLAMA3ZH_DEBUG") == "1":
-                os.write(2, text)
-            _LOG_TAIL.append(line)
-            for listener in tuple(_LOG_LISTENERS):
-                try:
-                    listener(line)
-                except Exception:  # noqa: BLE001 - never raise into llama.cpp's C stack
-                    pass
-
-        _log_callback = llama_cpp.llama_log_callback(_on_log)
-        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
-        llama_cpp.llama_backend_init()
-        _backend_ready = True
-    return llama_cpp
-
-
-@contextlib.contextmanager
-def log_listener(fn: Callable[[str], None]) -> Iterator[None]:
-    """Call ``fn`` with each piece of text llama.cpp logs while the block runs (progress)."""
-    lib()
-    _LOG_LISTENERS.append(fn)
-    try:
-        yield
-    finally:
-        _LOG_LISTENERS.remove(fn)
-
-
-def last_log_lines(n: int = 3) -> str:
-    """The last non-empty lines llama.cpp logged (for error messages)."""
-    joined = "".join(_LOG_TAIL)
-    lines = [ln.strip() for ln in joined.splitlines() if ln.strip()]
-    return " | ".join(lines[-n:])
 
 
 def default_threads() -> int:
@@ -132,17 +84,25 @@ class SamplingParams:
                 raise UsageError(f"{option} {value}: must be {allowed}", hint=f"use {usual}")
 
 
-@dataclass
-class GenerationStats:
-    """Timings of one answer (prompt evaluation + generation)."""
+@dataclass(frozen=True)
+class GenerationRecord:
+    """One step of a streamed answer, carrying the answer's figures so far.
 
-    prompt_tokens: int = 0  # tokens of the whole prompt
-    prompt_evaluated: int = 0  # of those, evaluated now (the rest came from the KV cache)
-    prompt_seconds: float = 0.0
-    generated_tokens: int = 0
-    generation_seconds: float = 0.0
-    first_token_seconds: float = 0.0  # from start of prompt evaluation to the first token
-    finish_reason: str = ""  # "stop", "length", "interrupted"
+    ``Session.generate`` yields one per piece of text (as mlx-lm's ``GenerationResponse``), so a
+    consumer that stops early still holds the figures up to there; the last record of a finished
+    answer has a ``finish_reason`` and may have no text. The counts and durations are what an
+    OpenAI ``usage`` and Ollama's ``prompt_eval_count``/``eval_count``/``*_duration`` report.
+    """
+
+    text: str  # the new piece of the answer ("" on a last record that only finishes it)
+    tokens: tuple[int, ...]  # the token ids this piece came from (a character may span several)
+    prompt_tokens: int  # tokens of the whole prompt
+    prompt_evaluated: int  # of those, evaluated now (the rest came from the KV cache)
+    prompt_seconds: float
+    generation_tokens: int  # tokens of the answer so far (the stop token not counted)
+    generation_seconds: float  # from the first token to this record
+    first_token_seconds: float  # from the start of prompt evaluation to the first token
+    finish_reason: str | None = None  # on the last record: "stop" or "length"
 
     @property
     def prompt_tps(self) -> float:
@@ -151,8 +111,13 @@ class GenerationStats:
     @property
     def generation_tps(self) -> float:
         # The first token comes from the prompt's logits; the rest each cost one decode.
-        n = self.generated_tokens - 1
+        n = self.generation_tokens - 1
         return n / self.generation_seconds if n > 0 and self.generation_seconds > 0 else 0.0
+
+    @property
+    def total_seconds(self) -> float:
+        """Prompt evaluation and generation together (Ollama's ``total_duration``)."""
+        return self.first_token_seconds + self.generation_seconds
 
 
 @contextlib.contextmanager
@@ -196,8 +161,6 @@ class Model:
         ll = lib()
         self.path = Path(path)
         if repack is None:
-            from . import repack as repacking
-
             repack = repacking.enabled()
         self.repack = repack
         params = ll.llama_model_default_params()
@@ -290,13 +253,26 @@ class Model:
     def add_bos(self) -> bool:
         return bool(self._ll.llama_vocab_get_add_bos(self.vocab))
 
+    @property
+    def bos_id(self) -> int:
+        """The beginning-of-text token (-1: none)."""
+        return int(self._ll.llama_vocab_bos(self.vocab))
+
+    @property
+    def eos_id(self) -> int:
+        """The end-of-text token (-1: none)."""
+        return int(self._ll.llama_vocab_eos(self.vocab))
+
     def bos_text(self) -> str:
-        bos = self._ll.llama_vocab_bos(self.vocab)
-        return (
-            self.token_bytes(bos, special=True).decode("utf-8", errors="replace")
-            if bos >= 0
-            else ""
-        )
+        return self._special_text(self.bos_id)
+
+    def eos_text(self) -> str:
+        return self._special_text(self.eos_id)
+
+    def _special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self.token_bytes(token, special=True).decode("utf-8", errors="replace")
 
 
 @dataclass
@@ -342,7 +318,6 @@ class Session:
         self._tok = (ctypes.c_int32 * 1)()
         self._sampler: Any = None
         self._sampler_key: SamplingParams | None = None
-        self.last_stats = GenerationStats()
 
     def __enter__(self) -> Session:
         return self
@@ -460,23 +435,19 @@ class Session:
         *,
         max_tokens: int = -1,
         stop_tokens: frozenset[int] = frozenset(),
-        on_stats: Callable[[GenerationStats], None] | None = None,
-    ) -> Iterator[str]:
-        """Evaluate ``prompt`` and yield the answer's text as it is generated.
+    ) -> Iterator[GenerationRecord]:
+        """Evaluate ``prompt`` and yield the answer as it is generated, with its figures.
 
         Stops at an end-of-generation token (or one of ``stop_tokens``), at ``max_tokens``, or
-        when the context is full. ``self.last_stats`` (and ``on_stats``) get the timings, also
-        when the consumer stops early (Ctrl-C).
+        when the context is full; the last record says which (``finish_reason``). A consumer
+        that stops early keeps the figures of the last record it took.
         """
         ll = self._ll
         model = self.model
-        stats = GenerationStats(prompt_tokens=len(prompt))
-        self.last_stats = stats
         sampler = self._sampler_for(params)
         t0 = time.perf_counter()
-        stats.prompt_evaluated = self.evaluate(prompt)
+        n_evaluated = self.evaluate(prompt)
         t1 = time.perf_counter()
-        stats.prompt_seconds = t1 - t0
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         tok_arr = self._tok
         sample = ll.llama_sampler_sample
@@ -487,240 +458,49 @@ class Session:
         n_ctx = self.n_ctx
         is_eog = model.is_eog
         token_bytes = model.token_bytes
-        stats.finish_reason = "interrupted"
-        try:
-            while True:
-                tok = sample(sampler, ctx, -1)
-                if stats.generated_tokens == 0:
-                    stats.first_token_seconds = time.perf_counter() - t0
-                if is_eog(tok) or tok in stop_tokens:
-                    stats.finish_reason = "stop"
-                    break
-                stats.generated_tokens += 1
-                text = decoder.decode(token_bytes(tok))
-                if text:
-                    yield text
-                if stats.generated_tokens == max_tokens or len(cached) >= n_ctx:
-                    stats.finish_reason = "length"
-                    break
-                tok_arr[0] = tok
-                rc = decode(ctx, batch)
-                if rc != 0:
-                    raise BackendError(
-                        f"llama.cpp failed while generating (llama_decode returned {rc}): "
-                        f"{last_log_lines() or 'no reason given'}"
-                    )
-                cached.append(tok)
-            # Cut at the limit or a stop, the answer may end inside a multi-byte character:
-            # drop its first bytes (flushing them would print U+FFFD).
-            decoder.reset()
-        finally:
-            stats.generation_seconds = (
-                time.perf_counter() - t1 - (stats.first_token_seconds - stats.prompt_seconds)
+        clock = time.perf_counter
+        first = 0.0  # seconds from t0 to the first token
+        n = 0  # tokens generated
+        pending: list[int] = []  # tokens whose text is not out yet (an unfinished character)
+
+        def record(text: str, finish: str | None = None) -> GenerationRecord:
+            return GenerationRecord(
+                text=text,
+                tokens=tuple(pending),
+                prompt_tokens=len(prompt),
+                prompt_evaluated=n_evaluated,
+                prompt_seconds=t1 - t0,
+                generation_tokens=n,
+                generation_seconds=clock() - t0 - first,
+                first_token_seconds=first,
+                finish_reason=finish,
             )
-            if on_stats is not None:
-                on_stats(stats)
 
-
-_GGML: Any = None
-_DEV_KINDS = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
-
-
-def _libllama() -> Any:
-    """The libllama handle llama_cpp loaded: ggml and gguf symbols resolve through it.
-
-    Loading libggml*.so by path would not do: the wheel ships copies (libggml.so, .so.0, ...),
-    and a second copy in the process has its own logger and device registry.
-    """
-    import llama_cpp.llama_cpp as bindings
-
-    handle = getattr(bindings, "_lib", None)
-    if handle is None:  # layout changed: load the same file again (the same handle)
-        base = os.environ.get("LLAMA_CPP_LIB_PATH") or str(Path(bindings.__file__).parent / "lib")
-        names = ["libllama.so", "libllama.dylib", "llama.dll"]
-        path = next((Path(base) / n for n in names if (Path(base) / n).exists()), None)
-        if path is None:
-            raise BackendError(
-                f"libllama not found in {base}",
-                hint="reinstall llama-cpp-python: pip install --force-reinstall llama-cpp-python",
-            )
-        handle = ctypes.CDLL(str(path))
-    return handle
-
-
-def _libggml() -> Any:
-    """ggml's device registry functions, typed."""
-    global _GGML
-    if _GGML is None:
-        g = _libllama()
-        g.ggml_backend_dev_count.restype = ctypes.c_size_t
-        g.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-        g.ggml_backend_dev_get.restype = ctypes.c_void_p
-        for fn in (g.ggml_backend_dev_name, g.ggml_backend_dev_description):
-            fn.argtypes = [ctypes.c_void_p]
-            fn.restype = ctypes.c_char_p
-        g.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
-        g.ggml_backend_dev_type.restype = ctypes.c_int
-        g.ggml_backend_dev_memory.argtypes = [
-            ctypes.c_void_p,
-            ctypes.POINTER(ctypes.c_size_t),
-            ctypes.POINTER(ctypes.c_size_t),
-        ]
-        g.ggml_backend_dev_memory.restype = None
-        _GGML = g
-    return _GGML
-
-
-def backend_devices() -> list[tuple[str, str, str, int, int]]:
-    """(name, description, kind, free bytes, total bytes) of each device llama.cpp can use."""
-    lib()
-    g = _libggml()
-    out = []
-    for i in range(g.ggml_backend_dev_count()):
-        dev = g.ggml_backend_dev_get(i)
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        g.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-        out.append(
-            (
-                g.ggml_backend_dev_name(dev).decode(errors="replace"),
-                g.ggml_backend_dev_description(dev).decode(errors="replace"),
-                _DEV_KINDS.get(g.ggml_backend_dev_type(dev), "other"),
-                free.value,
-                total.value,
-            )
-        )
-    return out
-
-
-class GGUFArray:
-    """A GGUF array value, by its length (string arrays such as the vocab are not read)."""
-
-    def __init__(self, n: int, items: list[Any] | None = None) -> None:
-        self.n = n
-        self.items = items
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __repr__(self) -> str:
-        return f"GGUFArray(n={self.n})"
-
-
-_GGUF: Any = None
-_GGUF_SCALARS: dict[int, tuple[str, Any]] = {
-    0: ("u8", ctypes.c_uint8),
-    1: ("i8", ctypes.c_int8),
-    2: ("u16", ctypes.c_uint16),
-    3: ("i16", ctypes.c_int16),
-    4: ("u32", ctypes.c_uint32),
-    5: ("i32", ctypes.c_int32),
-    6: ("f32", ctypes.c_float),
-    7: ("bool", ctypes.c_bool),
-    10: ("u64", ctypes.c_uint64),
-    11: ("i64", ctypes.c_int64),
-    12: ("f64", ctypes.c_double),
-}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-
-
-class _GGUFInitParams(ctypes.Structure):
-    _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.c_void_p)]
-
-
-def _libgguf() -> Any:
-    """libggml-base, whose C GGUF parser reads a header in milliseconds.
-
-    Why not ``gguf.GGUFReader``: it builds a numpy view per array element, 3 s for SmolLM2's 49k
-    token vocab and far more for Llama-3's 128k tokens + 280k merges, on every chat start.
-    """
-    global _GGUF
-    if _GGUF is None:
-        g = _libllama()
-        vp, i64 = ctypes.c_void_p, ctypes.c_int64
-        sigs: dict[str, tuple[list[Any], Any]] = {
-            "gguf_init_from_file": ([ctypes.c_char_p, _GGUFInitParams], vp),
-            "gguf_free": ([vp], None),
-            "gguf_get_n_kv": ([vp], i64),
-            "gguf_get_key": ([vp, i64], ctypes.c_char_p),
-            "gguf_get_kv_type": ([vp, i64], ctypes.c_int),
-            "gguf_get_arr_type": ([vp, i64], ctypes.c_int),
-            "gguf_get_val_str": ([vp, i64], ctypes.c_char_p),
-            "gguf_get_val_data": ([vp, i64], vp),
-            "gguf_get_arr_n": ([vp, i64], ctypes.c_size_t),
-            "gguf_get_arr_data": ([vp, i64], vp),
-            "gguf_get_arr_str": ([vp, i64, ctypes.c_size_t], ctypes.c_char_p),
-            "gguf_get_data_offset": ([vp], ctypes.c_size_t),
-            "gguf_get_n_tensors": ([vp], i64),
-            "gguf_get_tensor_name": ([vp, i64], ctypes.c_char_p),
-            "gguf_get_tensor_offset": ([vp, i64], ctypes.c_size_t),
-            "gguf_get_tensor_size": ([vp, i64], ctypes.c_size_t),
-        }
-        for name, (args, res) in sigs.items():
-            fn = getattr(g, name)
-            fn.argtypes, fn.restype = args, res
-        _GGUF = g
-    return _GGUF
-
-
-def read_gguf_header(
-    path: str | Path,
-    *,
-    types: dict[str, tuple[int, int | None]] | None = None,
-    strings: Sequence[str] = (),
-) -> tuple[dict[str, Any], list[tuple[str, int, int]]] | None:
-    """Metadata and tensor table of a GGUF file, parsed by llama.cpp's own GGUF reader.
-
-    Returns ``(kv, tensors)`` with tensors as ``(name, absolute offset, size)``, or None when
-    llama.cpp rejects the file (see ``last_log_lines()`` for its reason).
-
-    Args:
-        types: filled with each key's GGUF value type, and for arrays their item type.
-        strings: keys of string arrays to read whole (``tokenizer.ggml.tokens``); others are
-            only counted.
-    """
-    lib()
-    g = _libgguf()
-    ctx = g.gguf_init_from_file(str(path).encode(), _GGUFInitParams(True, None))
-    if not ctx:
-        return None
-    try:
-        kv: dict[str, Any] = {}
-        for i in range(g.gguf_get_n_kv(ctx)):
-            key = g.gguf_get_key(ctx, i).decode("utf-8", errors="replace")
-            typ = g.gguf_get_kv_type(ctx, i)
-            if types is not None:
-                types[key] = (typ, g.gguf_get_arr_type(ctx, i) if typ == _GGUF_ARRAY else None)
-            if typ == _GGUF_ARRAY and key in strings and g.gguf_get_arr_type(ctx, i) == 8:
-                get = g.gguf_get_arr_str
-                kv[key] = GGUFArray(
-                    g.gguf_get_arr_n(ctx, i),
-                    [
-                        (get(ctx, i, j) or b"").decode("utf-8", errors="replace")
-                        for j in range(g.gguf_get_arr_n(ctx, i))
-                    ],
+        while True:
+            tok = sample(sampler, ctx, -1)
+            if n == 0:
+                first = clock() - t0
+            if is_eog(tok) or tok in stop_tokens:
+                # Cut at a stop, the answer may end inside a multi-byte character: drop its
+                # first bytes (flushing them would print U+FFFD).
+                yield record("", "stop")
+                return
+            n += 1
+            pending.append(tok)
+            text = decoder.decode(token_bytes(tok))
+            if n == max_tokens or len(cached) >= n_ctx:
+                yield record(text, "length")  # as at a stop: an unfinished character is dropped
+                return
+            if text:
+                yield record(text)
+                pending.clear()
+            tok_arr[0] = tok
+            rc = decode(ctx, batch)
+            if rc != 0:
+                raise BackendError(
+                    f"llama.cpp failed while generating (llama_decode returned {rc}): "
+                    f"{last_log_lines() or 'no reason given'}"
                 )
-            elif typ == _GGUF_STRING:
-                kv[key] = g.gguf_get_val_str(ctx, i).decode("utf-8", errors="replace")
-            elif typ == _GGUF_ARRAY:
-                n = g.gguf_get_arr_n(ctx, i)
-                atype = g.gguf_get_arr_type(ctx, i)
-                items = None
-                if atype in _GGUF_SCALARS and n <= 4096:
-                    ctype = _GGUF_SCALARS[atype][1]
-                    items = list((ctype * n).from_address(g.gguf_get_arr_data(ctx, i)))
-                kv[key] = GGUFArray(n, items)
-            elif typ in _GGUF_SCALARS:
-                ctype = _GGUF_SCALARS[typ][1]
-                kv[key] = ctype.from_address(g.gguf_get_val_data(ctx, i)).value
-        base = g.gguf_get_data_offset(ctx)
-        tensors = [
-            (
-                g.gguf_get_tensor_name(ctx, t).decode("utf-8", errors="replace"),
-                base + g.gguf_get_tensor_offset(ctx, t),
-                g.gguf_get_tensor_size(ctx, t),
-            )
-            for t in range(g.gguf_get_n_tensors(ctx))
-        ]
-        return kv, tensors
-    finally:
-        g.gguf_free(ctx)
+            cached.append(tok)
+
+

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendError
-from . import engine
+from . import native
 
 if TYPE_CHECKING:
     import numpy as np
@@ -90,7 +90,7 @@ def quantize_file(
     """
     import numpy as np
 
-    ll = engine.lib()
+    ll = native.lib()
     params = ll.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = nthread
@@ -122,7 +122,7 @@ def quantize_file(
         reason = next(
             (ln.split("failed to quantize:", 1)[1].strip() for ln in reversed(lines)
              if "failed to quantize:" in ln),
-            engine.last_log_lines() or "no reason given",
+            native.last_log_lines() or "no reason given",
         )  # fmt: skip
         raise BackendError(f"llama.cpp could not quantize {source.name}: {reason}")
     sizes = {m.group(1): (float(m.group(2)), float(m.group(3))) for m in _scan(_SIZE_LINE, lines)}
@@ -202,7 +202,7 @@ def _log_lines(lines: list[str], on_tensor: TensorProgress | None) -> Iterator[N
             lines.append("".join(pending).rstrip("\n"))
             pending.clear()
 
-    with engine.log_listener(listen):
+    with native.log_listener(listen):
         yield
     if pending:
         lines.append("".join(pending))
@@ -221,14 +221,14 @@ def count_tokens(model: Path, text: str) -> int:
     Loads the vocabulary only (milliseconds, no weights): the tools tokenize with
     ``common_tokenize(ctx, text, add_special=true, parse_special=false)``.
     """
-    ll = engine.lib()
+    ll = native.lib()
     params = ll.llama_model_default_params()
     params.vocab_only = True
     ptr = ll.llama_model_load_from_file(str(model).encode(), params)
     if not ptr:
         raise BackendError(
             f"llama.cpp could not read the vocabulary of {model}: "
-            f"{engine.last_log_lines() or 'no reason given'}",
+            f"{native.last_log_lines() or 'no reason given'}",
             hint="check the file with `llama3zh doctor`",
         )
     try:

@@ -9,44 +9,48 @@ llama3zh's home, where ``llama3zh recommend`` finds them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import math
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .. import paths
-from ..errors import BackendError, DiskSpaceError, InputError, UsageError
-from ..files import atomic
+from .. import hardware, paths
+from ..errors import BackendError, InputError, UsageError
+from ..files import atomic, space
+from ..gguf.info import GGUFInfo, read_gguf_info
+from ..llamacpp import process, quant, tools
+from ..progress import DONE, FAILED, START, Callback, emitter
+from .options import ChunkOptions, check_token_count, read_text
+from .quantize import bits_per_weight
+from .recommend import file_label
+from .tracker import CHUNK, NUM, ChunkTracker
 
 EVAL_NAME = "llama3zh-eval-v1.txt"
-DEFAULT_CTX = 512
 QUALITY_FILE = "quality.json"
 
 # "±" as printed; a mangled byte (errors="replace") or "+/-" are accepted too.
 _PM = r"\s*(?:±|\+/-|\ufffd+)\s*"
-_NUM = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|-?inf))"
+_NUM = NUM
 _FINAL = re.compile(rf"Final estimate: PPL = {_NUM}{_PM}{_NUM}")
-_CHUNK = re.compile(rf"\[(\d+)\]{_NUM},")
 _KLD_PPL = re.compile(rf"Mean PPL\(Q\)\s*:\s*{_NUM}{_PM}{_NUM}")
 _KLD_BASE_PPL = re.compile(rf"Mean PPL\(base\)\s*:\s*{_NUM}{_PM}{_NUM}")
 _KLD = re.compile(rf"Mean\s+KLD:\s*{_NUM}{_PM}{_NUM}")
 _KLD_MAX = re.compile(rf"Maximum KLD:\s*{_NUM}")
 _KLD_999 = re.compile(rf"99\.9%\s+KLD:\s*{_NUM}")
 _TOP_P = re.compile(rf"Same top p:\s*{_NUM}{_PM}{_NUM}\s*%")
-_KLD_ROW = re.compile(rf"^\s*(\d+)\s+{_NUM}{_PM}{_NUM}\s", re.M)
+KLD_ROW = re.compile(rf"^\s*(\d+)\s+{_NUM}{_PM}{_NUM}\s", re.M)
 _TOO_SHORT = re.compile(r"you need at least (\d+) tokens")
 
 
 def default_eval_text() -> Path:
     """The held-out evaluation text shipped with the package (not the calibration text)."""
-    return Path(str(resources.files("llama3zh_local.data").joinpath(EVAL_NAME)))
+    return paths.data_file(EVAL_NAME)
 
 
 # -- parsing llama-perplexity's output ------------------------------------------------------------
@@ -77,8 +81,8 @@ def parse_perplexity(stdout: str, stderr: str = "") -> PerplexityOutput:
         BackendError: no result in the output (the tool's reason when it gave one).
     """
     text = stdout + "\n" + stderr
-    chunks = [float(m.group(2)) for m in _CHUNK.finditer(text)]
-    kld_rows = [float(m.group(2)) for m in _KLD_ROW.finditer(stdout)]
+    chunks = [float(m.group(2)) for m in CHUNK.finditer(text)]
+    kld_rows = [float(m.group(2)) for m in KLD_ROW.finditer(stdout)]
     if m := _KLD_PPL.search(text):
         kld = _KLD.search(text)
         top = _TOP_P.search(text)
@@ -103,9 +107,7 @@ def parse_perplexity(stdout: str, stderr: str = "") -> PerplexityOutput:
             "tokens for this context",
             hint="use a longer --text or a smaller --ctx",
         )
-    from ..llamacpp.process import without_debugger_noise
-
-    lines = without_debugger_noise(text)
+    lines = process.without_debugger_noise(text)
     raise BackendError(
         f"llama-perplexity printed no perplexity: {' | '.join(lines[-3:]) or 'no output'}",
         hint="rerun with LLAMA3ZH_DEBUG=1, or run the command by hand to see all of its output",
@@ -113,23 +115,6 @@ def parse_perplexity(stdout: str, stderr: str = "") -> PerplexityOutput:
 
 
 # -- results --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EvalProgress:
-    """``chunk`` of ``n_chunks`` done for the ``index``-th of ``n_models`` models (chunk 0: its
-    start, or a build message)."""
-
-    model: str
-    index: int
-    n_models: int
-    chunk: int
-    n_chunks: int
-    ppl: float | None
-    message: str = ""
-
-
-Progress = Callable[[EvalProgress], None]
 
 
 @dataclass(frozen=True)
@@ -179,9 +164,6 @@ class EvalResult:
 
 def model_label(path: Path) -> tuple[str, str]:
     """(label, file type) of a GGUF: ``q4_k-im`` from its metadata (recommend.file_label)."""
-    from ..gguf.info import read_gguf_info
-    from .recommend import file_label
-
     info = read_gguf_info(path)
     return file_label(info), info.file_type
 
@@ -192,159 +174,53 @@ def model_label(path: Path) -> tuple[str, str]:
 def evaluate(
     *,
     models: Sequence[str | Path],
-    text: str | Path | None = None,
-    ctx: int = DEFAULT_CTX,
-    chunks: int | None = None,
+    options: ChunkOptions | None = None,
     kld_base: str | Path | None = None,
-    n_gpu_layers: int | None = None,
-    threads: int | None = None,
     record: bool = True,
-    progress: Progress | None = None,
+    progress: Callback | None = None,
 ) -> EvalResult:
     """Perplexity of each model on a text, and KL-divergence against ``kld_base`` when given.
 
     Args:
         models: GGUF files (of one vocabulary).
-        text: a UTF-8 file (default: the shipped held-out evaluation text).
-        ctx: tokens per chunk; the second half of each is scored.
-        chunks: how many chunks (default: all the text holds).
+        options: the text (default: the shipped held-out evaluation text), tokens per chunk
+            (``ctx``; the second half of each is scored), how many chunks (default: all the
+            text holds), GPU layers, threads.
         kld_base: the F16/F32 GGUF to compare against; it gets a row of its own (KLD 0).
         record: add the rows to quality.json for ``recommend``.
+        progress: "eval" events: one task per model (``[1/2] NAME``), its chunks as they finish
+            (the running perplexity in ``figures``), and build notes.
 
     Raises:
         UsageError / InputError: bad settings, a missing or too short text.
         DiskSpaceError: no room for the base model's token distributions (KLD).
         BackendError: llama-perplexity failed.
     """
-    from ..gguf.info import read_gguf_info
-    from ..llamacpp import quant, tools
-    from .imatrix import check_token_count, gpu_layers
-    from .quantize import bits_per_weight
-
+    options = options or ChunkOptions()
     if not models:
         raise UsageError("no model to evaluate", hint="give one or more .gguf files")
-    if ctx < 16:
-        raise UsageError(f"--ctx {ctx}: must be at least 16 tokens", hint="e.g. --ctx 512")
-    if chunks is not None and chunks < 1:
-        raise UsageError(
-            f"--chunks {chunks}: must be at least 1", hint="leave it out to use all of the text"
-        )
-    from ..hardware import check_ctx, check_threads
-
-    check_threads(threads)
-    infos = [read_gguf_info(m) for m in models]
-    base_info = read_gguf_info(kld_base) if kld_base is not None else None
-    for info in [*infos, *([base_info] if base_info else [])]:
-        info.check_loadable()
-        info.check_vocab()
-        check_ctx(ctx, info)
-    if base_info is not None:
-        # KL-divergence compares token distributions: llama-perplexity aborts on another vocab
-        for info in infos:
-            if info.vocab_sha256 != base_info.vocab_sha256 or info.n_vocab != base_info.n_vocab:
-                raise UsageError(
-                    f"{info.path.name} has another vocabulary ({info.n_vocab:,} tokens) than the "
-                    f"--kld-base {base_info.path.name} ({base_info.n_vocab:,} tokens): they are "
-                    "not quants of one model",
-                    hint="give --kld-base the F16/BF16 GGUF these files were quantized from",
-                )
-    text_path = Path(text).expanduser() if text is not None else default_eval_text()
-    if not text_path.is_file():
-        raise InputError(f"no evaluation text at {text_path}", hint="give a UTF-8 text file")
-    raw = text_path.read_bytes()
-    try:
-        body = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(
-            f"{text_path} is not UTF-8 text (byte {e.start})",
-            hint="convert it first: iconv -f GBK -t UTF-8 FILE > FILE.utf8",
-        ) from None
-    vocab_src = (base_info or infos[0]).path
-    n_tokens = quant.count_tokens(vocab_src, body) if body.strip() else 0
-    check_token_count(n_tokens, ctx=ctx, chunks=chunks, what="evaluation text")
-    n_chunks = min(chunks, n_tokens // ctx) if chunks else n_tokens // ctx
-    ordered = ([base_info] if base_info is not None else []) + [
-        i for i in infos if base_info is None or i.path.resolve() != base_info.path.resolve()
+    options.check()
+    infos, base = _read_models(models, kld_base, ctx=options.ctx)
+    text = _EvalText.read(options, vocab=(base or infos[0]).path)
+    ordered = ([base] if base is not None else []) + [
+        i for i in infos if base is None or i.path.resolve() != base.path.resolve()
     ]
-    say = progress or (lambda _p: None)
-    rows: list[EvalRow] = []
+    runs = [_PerplexityRun(info, i, len(ordered), text, options, is_base=info is base)
+            for i, info in enumerate(ordered, 1)]  # fmt: skip
     commands: list[tuple[str, ...]] = []
-    tmpdir: Path | None = None
-    logits: Path | None = None
-    try:
-        if base_info is not None:
-            # the base's token distributions: ctx/2 tokens x n_vocab x 2 bytes per chunk
-            n_vocab = base_info.n_vocab or 1
-            need = n_chunks * ctx * (n_vocab + 6) * 2 // 2 + n_chunks * ctx * 4 + (1 << 20)
-            scratch = paths.home() / "tmp"
-            scratch.mkdir(parents=True, exist_ok=True)
-            free = shutil.disk_usage(scratch).free
-            reserve = 256 << 20  # the disk is never filled to the last byte
-            if free < need + reserve:
-                raise DiskSpaceError(
-                    f"KL-divergence needs {need / 1e9:.2f} GB for the base model's token "
-                    f"distributions plus {reserve / 1e9:.2f} GB kept free; {scratch} has "
-                    f"{free / 1e9:.2f} GB free",
-                    hint="use fewer --chunks, or set LLAMA3ZH_HOME to a disk with more room",
-                )
-            tmpdir = atomic.scratch_dir("kld", scratch)
-            logits = tmpdir / "base-logits.bin"
-        for i, info in enumerate(ordered, 1):
-            is_base = base_info is not None and info is base_info
-            say(EvalProgress(info.path.name, i, len(ordered), 0, n_chunks, None))
-            ngl = gpu_layers(info, ctx=ctx, requested=n_gpu_layers)
-            args = [
-                "llama-perplexity", "-m", str(info.path.resolve()), "-c", str(ctx),
-                "--chunks", str(n_chunks), "-ngl", str(ngl),
-            ]  # fmt: skip
-            if threads:
-                args += ["-t", str(threads)]
-            if logits is not None and is_base:
-                args += ["-f", text_path.name, "--kl-divergence-base", str(logits)]
-            elif logits is not None:
-                args += ["--kl-divergence-base", str(logits), "--kl-divergence"]
-            else:
-                args += ["-f", text_path.name]
-            args += tools.repack_args("llama-perplexity")
-            commands.append(tuple(args))
-            tracker = _Tracker(info.path.name, i, len(ordered), n_chunks, say)
-            t0 = time.perf_counter()
-            done = tools.run_tool(
-                args,
-                cwd=text_path.resolve().parent,
-                progress=tracker.message,
-                on_output=tracker.feed,
-            )
-            out = parse_perplexity(done.stdout, done.stderr)
-            label, ftype = model_label(info.path)
-            rows.append(
-                EvalRow(
-                    path=info.path,
-                    label=label,
-                    file_type=ftype,
-                    size=info.size,
-                    bpw=bits_per_weight(info.path),
-                    ppl=out.ppl,
-                    ppl_err=out.ppl_err,
-                    kld=0.0 if is_base else out.kld,
-                    kld_err=0.0 if is_base else out.kld_err,
-                    kld_99_9=0.0 if is_base else out.kld_99_9,
-                    same_top_p=100.0 if is_base else out.same_top_p,
-                    is_base=is_base,
-                    seconds=time.perf_counter() - t0,
-                )
-            )
-    finally:
-        if tmpdir is not None:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+    rows: list[EvalRow] = []
+    with _kld_logits(base, n_chunks=text.n_chunks, ctx=options.ctx) as logits:
+        for run in runs:
+            commands.append(run.command(logits))
+            rows.append(run.measure(commands[-1], progress))
     result = EvalResult(
         rows=tuple(rows),
-        text=text_path,
-        text_sha256=hashlib.sha256(raw).hexdigest(),
-        ctx=ctx,
-        n_chunks=n_chunks,
-        n_tokens=n_tokens,
-        kld_base=base_info.path if base_info else None,
+        text=text.path,
+        text_sha256=hashlib.sha256(text.raw).hexdigest(),
+        ctx=options.ctx,
+        n_chunks=text.n_chunks,
+        n_tokens=text.n_tokens,
+        kld_base=base.path if base else None,
         commands=tuple(commands),
     )
     if record:
@@ -352,37 +228,132 @@ def evaluate(
     return result
 
 
-class _Tracker:
-    """Chunk progress from llama-perplexity's stdout: ``[3]12.34,`` or a KLD table row."""
+def _read_models(models: Sequence[str | Path], kld_base: str | Path | None, *, ctx: int
+                 ) -> tuple[list[GGUFInfo], GGUFInfo | None]:  # fmt: skip
+    """The headers of the models (and the base), checked to load and to share a vocabulary."""
+    infos = [read_gguf_info(m) for m in models]
+    base = read_gguf_info(kld_base) if kld_base is not None else None
+    for info in [*infos, *([base] if base else [])]:
+        info.check_loadable()
+        info.check_vocab()
+        hardware.check_ctx(ctx, info)
+    if base is None:
+        return infos, None
+    # KL-divergence compares token distributions: llama-perplexity aborts on another vocab
+    for info in infos:
+        if info.vocab_sha256 != base.vocab_sha256 or info.n_vocab != base.n_vocab:
+            raise UsageError(
+                f"{info.path.name} has another vocabulary ({info.n_vocab:,} tokens) than the "
+                f"--kld-base {base.path.name} ({base.n_vocab:,} tokens): they are "
+                "not quants of one model",
+                hint="give --kld-base the F16/BF16 GGUF these files were quantized from",
+            )
+    return infos, base
 
-    def __init__(self, name: str, index: int, n_models: int, n_chunks: int, say: Progress):
-        self.args = (name, index, n_models)
-        self.n_chunks = n_chunks
-        self.say = say
-        self.buf = ""
-        self.done = 0
 
-    def message(self, text: str) -> None:
-        """A note from building the tool."""
-        self.say(EvalProgress(*self.args, 0, self.n_chunks, None, text))
+@dataclass(frozen=True)
+class _EvalText:
+    path: Path
+    raw: bytes
+    n_tokens: int
+    n_chunks: int
 
-    def feed(self, stream: str, text: str) -> None:
-        if stream != "stdout":
-            return
-        self.buf += text
-        last = 0
-        found: list[tuple[int, float]] = []
-        for m in _CHUNK.finditer(self.buf):
-            found.append((int(m.group(1)), float(m.group(2))))
-            last = max(last, m.end())
-        for m in _KLD_ROW.finditer(self.buf):  # complete: the second number ends in a space
-            found.append((int(m.group(1)), float(m.group(2))))
-            last = max(last, m.end())
-        for chunk, ppl in found:
-            if chunk > self.done:
-                self.done = chunk
-                self.say(EvalProgress(*self.args, chunk, self.n_chunks, ppl))
-        self.buf = self.buf[last:][-512:]
+    @classmethod
+    def read(cls, options: ChunkOptions, *, vocab: Path) -> _EvalText:
+        """The text, counted in ``vocab``'s tokens and checked to hold the chunks asked for."""
+        path = options.text.expanduser() if options.text is not None else default_eval_text()
+        raw, body = read_text(
+            path,
+            what="evaluation text",
+            iconv="convert it first: iconv -f GBK -t UTF-8 FILE > FILE.utf8",
+        )
+        n_tokens = quant.count_tokens(vocab, body) if body.strip() else 0
+        check_token_count(n_tokens, ctx=options.ctx, chunks=options.chunks,
+                          what="evaluation text")  # fmt: skip
+        return cls(path, raw, n_tokens, options.n_chunks(n_tokens))
+
+
+@contextlib.contextmanager
+def _kld_logits(base: GGUFInfo | None, *, n_chunks: int, ctx: int) -> Iterator[Path | None]:
+    """Where the base's token distributions go (KLD), in a scratch folder removed afterwards;
+    None without a base."""
+    if base is None:
+        yield None
+        return
+    # the base's token distributions: ctx/2 tokens x n_vocab x 2 bytes per chunk
+    need = n_chunks * ctx * ((base.n_vocab or 1) + 6) * 2 // 2 + n_chunks * ctx * 4 + (1 << 20)
+    scratch = paths.home() / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    space.check_space(
+        scratch,
+        need,
+        what="the base model's token distributions (KL-divergence)",
+        hint="use fewer --chunks, or set LLAMA3ZH_HOME to a disk with more room",
+    )
+    tmpdir = atomic.scratch_dir("kld", scratch)
+    try:
+        yield tmpdir / "base-logits.bin"
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class _PerplexityRun:
+    """llama-perplexity on one model: the base writes the token distributions, the others are
+    compared with them."""
+
+    info: GGUFInfo
+    index: int
+    n_models: int
+    text: _EvalText
+    options: ChunkOptions
+    is_base: bool
+
+    def command(self, logits: Path | None) -> tuple[str, ...]:
+        ngl = self.options.gpu_layers(self.info)
+        args = ["llama-perplexity", "-m", str(self.info.path.resolve()),
+                *self.options.args(n_chunks=self.text.n_chunks, ngl=ngl)]  # fmt: skip
+        if logits is not None and self.is_base:
+            args += ["-f", self.text.path.name, "--kl-divergence-base", str(logits)]
+        elif logits is not None:
+            args += ["--kl-divergence-base", str(logits), "--kl-divergence"]
+        else:
+            args += ["-f", self.text.path.name]
+        return (*args, *tools.repack_args("llama-perplexity"))
+
+    def measure(self, command: tuple[str, ...], progress: Callback | None) -> EvalRow:
+        name = self.info.path.name
+        task = f"[{self.index}/{self.n_models}] {name}"
+        tracker = ChunkTracker(progress, stage="eval", task=task, total=self.text.n_chunks,
+                               rows=KLD_ROW, digits=3)  # fmt: skip
+        emit = emitter(progress, "eval")
+        emit(START, task, total=self.text.n_chunks, unit="chunks")
+        t0 = time.perf_counter()
+        try:
+            done = tools.run_tool(list(command), cwd=self.text.path.resolve().parent,
+                                  progress=tracker.note, on_output=tracker.feed)  # fmt: skip
+            out = parse_perplexity(done.stdout, done.stderr)
+        except Exception:
+            emit(FAILED, task)
+            raise
+        emit(DONE, task, done=self.text.n_chunks, total=self.text.n_chunks, unit="chunks")
+        label, ftype = model_label(self.info.path)
+        base = self.is_base
+        return EvalRow(
+            path=self.info.path,
+            label=label,
+            file_type=ftype,
+            size=self.info.size,
+            bpw=bits_per_weight(self.info.path),
+            ppl=out.ppl,
+            ppl_err=out.ppl_err,
+            kld=0.0 if base else out.kld,
+            kld_err=0.0 if base else out.kld_err,
+            kld_99_9=0.0 if base else out.kld_99_9,
+            same_top_p=100.0 if base else out.same_top_p,
+            is_base=base,
+            seconds=time.perf_counter() - t0,
+        )
 
 
 def markdown_table(result: EvalResult) -> str:
@@ -453,7 +424,3 @@ def read_quality() -> dict[str, Any]:
         return data if isinstance(data, dict) else {"entries": []}
     except (OSError, ValueError):
         return {"entries": []}
-
-
-def finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)

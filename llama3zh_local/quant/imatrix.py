@@ -14,24 +14,26 @@ import json
 import os
 import re
 import shlex
+import struct
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import paths
+from .. import hardware, paths
 from ..errors import InputError, InvalidModelError, UsageError
 from ..files import atomic, guard
+from ..gguf.info import read_gguf_info
+from ..gguf.reader import read_tensors
+from ..llamacpp import installed, process, quant, tools
+from ..progress import Callback
+from .options import ChunkOptions, check_token_count, read_text
+from .tracker import ChunkTracker
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..gguf.info import GGUFInfo
-
 CALIBRATION_NAME = "llama3zh-calibration-v1.txt"
-DEFAULT_CTX = 512
 CACHE_DIR = ".imatrix"  # beside the model; hidden, so the store does not list it as a model
 # bump when the cache key's meaning changes
 _CACHE_VERSION = 1
@@ -42,27 +44,10 @@ KV_CHUNK_COUNT = "imatrix.chunk_count"
 KV_CHUNK_SIZE = "imatrix.chunk_size"
 SUM_SUFFIX, COUNT_SUFFIX = ".in_sum2", ".counts"
 
-_CHUNK_PPL = re.compile(r"\[(\d+)\]\s*([0-9.]+|nan|inf),")
-
 
 def default_calibration() -> Path:
     """The calibration text shipped with the package (composition: docs/quantization.md)."""
-    return Path(str(resources.files("llama3zh_local.data").joinpath(CALIBRATION_NAME)))
-
-
-@dataclass(frozen=True)
-class ImatrixProgress:
-    """One more chunk done (``chunk`` of ``n_chunks``), or the build/load phase (chunk 0)."""
-
-    chunk: int
-    n_chunks: int
-    seconds: float  # since the tool started
-    eta_seconds: float | None
-    ppl: float | None  # the running perplexity llama-imatrix prints
-    message: str = ""  # build / load notes (chunk 0)
-
-
-Progress = Callable[[ImatrixProgress], None]
+    return paths.data_file(CALIBRATION_NAME)
 
 
 @dataclass(frozen=True)
@@ -138,8 +123,6 @@ def read_imatrix(path: str | Path) -> Imatrix:
 
 def _read_gguf_imatrix(path: Path) -> Imatrix:
     """An imatrix GGUF; a damaged one (truncated, odd shapes) is an InvalidModelError."""
-    import struct
-
     try:
         return _parse_gguf_imatrix(path)
     except InvalidModelError:
@@ -213,8 +196,6 @@ def _parse_gguf_imatrix(path: Path) -> Imatrix:
 
 
 def _read_legacy_imatrix(path: Path) -> Imatrix:
-    import struct
-
     import numpy as np
 
     data = path.read_bytes()
@@ -258,9 +239,7 @@ def check_matches(imatrix: Imatrix, model: Path) -> None:
     Raises:
         InvalidModelError: names or sizes differ (the first few are listed).
     """
-    from ..gguf.tensors import read_tensor_infos
-
-    shapes = {t.name: t.shape for t in read_tensor_infos(model)}
+    shapes = {t.name: t.shape for t in read_tensors(model)}
     missing, wrong = [], []
     for name, values in imatrix.entries.items():
         shape = shapes.get(name)
@@ -322,76 +301,74 @@ def cache_path(model: Path, key: str) -> Path:
 def plan_imatrix(
     *,
     model: str | Path,
-    calibration: str | Path | None = None,
-    chunks: int | None = None,
-    ctx: int = DEFAULT_CTX,
+    options: ChunkOptions | None = None,
     output: str | Path | None = None,
-    n_gpu_layers: int | None = None,
-    threads: int | None = None,
     force: bool = False,
 ) -> ImatrixPlan:
     """Check the inputs and work out the run, without computing anything heavy.
 
     Args:
         model: an F16/BF16/F32 (or quantized) GGUF of the model to be quantized.
-        calibration: a UTF-8 text file (default: the shipped corpus).
-        chunks: how many chunks of ``ctx`` tokens (default: all the text holds).
+        options: the calibration text (default: the shipped corpus), chunks of ``ctx`` tokens
+            (default: all the text holds), GPU layers, threads (default: ``ChunkOptions()``).
         output: where to write (default: the cache beside the model).
-        n_gpu_layers: None for as many as fit (hardware.plan_offload), -1 for all.
 
     Raises:
         UsageError: bad numbers, or ``output`` exists (without ``force``).
         InputError: the text is empty, not UTF-8, or too short for the chunks.
         ModelNotFoundError / InvalidModelError: the model file.
     """
-    from ..gguf.info import read_gguf_info
-    from ..hardware import check_ctx, check_threads
-    from ..llamacpp import installed, quant, tools
-
-    check_threads(threads)
-    if ctx < 16:
-        raise UsageError(f"--ctx {ctx}: must be at least 16 tokens", hint="e.g. --ctx 512")
-    if chunks is not None and chunks < 1:
-        raise UsageError(
-            f"--chunks {chunks}: must be at least 1", hint="leave it out to use all of the text"
-        )
+    options = options or ChunkOptions()
+    options.check()
     info = read_gguf_info(model)
     info.check_loadable()
     info.check_vocab()
     model = info.path
-    check_ctx(ctx, info)
-    calib = Path(calibration).expanduser() if calibration else default_calibration()
-    if not calib.is_file():
-        raise InputError(f"no calibration text at {calib}", hint="give a UTF-8 text file")
-    raw = calib.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(
-            f"{calib} is not UTF-8 text (byte {e.start})", hint="convert it: iconv -t UTF-8"
-        ) from None
+    hardware.check_ctx(options.ctx, info)
+    calib = options.text.expanduser() if options.text else default_calibration()
+    raw, text = read_text(calib, what="calibration text", iconv="convert it: iconv -t UTF-8")
     if not text.strip():
         raise InputError(
             f"the calibration text {calib} is empty",
             hint="give a text of a few hundred KB, or leave --calibration out for the built-in",
         )
     n_tokens = quant.count_tokens(model, text)
-    check_token_count(n_tokens, ctx=ctx, chunks=chunks, what="calibration text")
-    n_chunks = min(chunks, n_tokens // ctx) if chunks else n_tokens // ctx
-    ngl = gpu_layers(info, ctx=ctx, requested=n_gpu_layers)
-    version = installed.llama_cpp_version()
+    check_token_count(n_tokens, ctx=options.ctx, chunks=options.chunks, what="calibration text")
+    n_chunks = options.n_chunks(n_tokens)
     key = cache_key(
         model=model,
         calibration_sha256=hashlib.sha256(raw).hexdigest(),
-        ctx=ctx,
+        ctx=options.ctx,
         n_chunks=n_chunks,
-        version=version,
+        version=installed.llama_cpp_version(),
     )
-    default_out = cache_path(model, key)
-    out = Path(output).expanduser() if output is not None else default_out
+    out = _output(model, calib, cache_path(model, key), output, force=force)
+    ngl = options.gpu_layers(info)
+    cmd = ["llama-imatrix", "-m", str(model.resolve()), "-f", calib.name,
+           *options.args(n_chunks=n_chunks, ngl=ngl), "-o", str(out.resolve())]  # fmt: skip
+    cmd += tools.repack_args("llama-imatrix")  # shown by --dry-run as it will run
+    return ImatrixPlan(
+        model=model,
+        calibration=calib,
+        output=out,
+        ctx=options.ctx,
+        n_chunks=n_chunks,
+        n_tokens=n_tokens,
+        n_gpu_layers=ngl,
+        threads=options.threads,
+        cache_key=key,
+        cached=out == cache_path(model, key) and out.is_file() and not force,
+        command=tuple(cmd),
+    )
+
+
+def _output(model: Path, calib: Path, cached: Path, output: str | Path | None, *,
+            force: bool) -> Path:  # fmt: skip
+    """Where the imatrix goes: ``output`` (a file, or a folder for the default name) or the
+    cache; a named output that exists needs ``force``."""
+    out = Path(output).expanduser() if output is not None else cached
     if out.is_dir():
         out = out / f"{model.stem}.imatrix.gguf"
-    cached = out == default_out and out.is_file() and not force
     guard.check_not_input(out, [model, calib])
     guard.check_replaceable(out)
     if output is not None and out.exists() and not force:
@@ -400,192 +377,68 @@ def plan_imatrix(
         )
     if output is not None and not out.parent.exists():
         raise UsageError(f"the folder {out.parent} does not exist", hint="create it first")
-    cmd = [
-        "llama-imatrix", "-m", str(model.resolve()), "-f", calib.name, "-c", str(ctx),
-        "--chunks", str(n_chunks), "-o", str(out.resolve()), "-ngl", str(ngl),
-    ]  # fmt: skip
-    if threads:
-        cmd += ["-t", str(threads)]
-    cmd += tools.repack_args("llama-imatrix")  # shown by --dry-run as it will run
-    return ImatrixPlan(
-        model=model,
-        calibration=calib,
-        output=out,
-        ctx=ctx,
-        n_chunks=n_chunks,
-        n_tokens=n_tokens,
-        n_gpu_layers=ngl,
-        threads=threads,
-        cache_key=key,
-        cached=cached,
-        command=tuple(cmd),
-    )
-
-
-def check_token_count(n_tokens: int, *, ctx: int, chunks: int | None, what: str) -> None:
-    """Refuse a text too short for the chunks asked for (the tools need at least two).
-
-    Raises:
-        InputError: saying how many tokens the chunks need.
-    """
-    if n_tokens < 2 * ctx:
-        fit = n_tokens // 2
-        raise InputError(
-            f"the {what} is too short: {n_tokens:,} tokens, and llama.cpp needs at least 2 "
-            f"chunks of {ctx} tokens ({2 * ctx:,} tokens)",
-            hint=f"use a longer text, or a smaller --ctx (at most {fit})"
-            if fit >= 16
-            else "use a longer text (a few hundred KB is typical)",
-        )
-    if chunks is not None and chunks * ctx > n_tokens:
-        raise InputError(
-            f"the {what} is too short for {chunks} chunks: they need {chunks * ctx:,} tokens "
-            f"({chunks} x {ctx}), the text has {n_tokens:,}",
-            hint=f"use --chunks {n_tokens // ctx} or fewer, a smaller --ctx, or a longer text",
-        )
+    return out
 
 
 def compute_imatrix(
-    *,
-    model: str | Path,
-    calibration: str | Path | None = None,
-    chunks: int | None = None,
-    ctx: int = DEFAULT_CTX,
-    output: str | Path | None = None,
-    n_gpu_layers: int | None = None,
-    threads: int | None = None,
-    force: bool = False,
-    dry_run: bool = False,
-    progress: Progress | None = None,
+    plan: ImatrixPlan, *, dry_run: bool = False, progress: Callback | None = None
 ) -> ImatrixResult:
-    """Compute (or reuse from the cache) the importance matrix of ``model`` on a text.
+    """Compute (or reuse from the cache) the importance matrix ``plan`` describes.
 
-    See ``plan_imatrix`` for the arguments. The tool writes to a temporary name beside the
-    output, renamed once it finished and reads back as an imatrix of this model.
+    The tool writes to a temporary name beside the output, renamed once it finished and reads
+    back as an imatrix of this model. ``progress`` gets "imatrix" events: chunks done (with the
+    running perplexity and an ETA in ``figures``), and build/load notes.
 
     Raises:
         BackendError: the tool could not be built or failed (its last lines).
     """
-    from ..llamacpp import tools
-
     t0 = time.perf_counter()
-    plan = plan_imatrix(
-        model=model,
-        calibration=calibration,
-        chunks=chunks,
-        ctx=ctx,
-        output=output,
-        n_gpu_layers=n_gpu_layers,
-        threads=threads,
-        force=force,
-    )
 
-    def result(path: Path, *, n_entries: int, cached: bool, ppl: float | None) -> ImatrixResult:
+    def result(*, n_entries: int, cached: bool, ppl: float | None) -> ImatrixResult:
         return ImatrixResult(
-            path=path,
-            model=plan.model,
-            calibration=plan.calibration,
-            ctx=plan.ctx,
-            n_chunks=plan.n_chunks,
-            n_tokens=plan.n_tokens,
-            n_entries=n_entries,
-            cached=cached,
-            dry_run=dry_run,
-            seconds=time.perf_counter() - t0,
-            ppl=ppl,
-            command=plan.command,
-        )
+            path=plan.output, model=plan.model, calibration=plan.calibration, ctx=plan.ctx,
+            n_chunks=plan.n_chunks, n_tokens=plan.n_tokens, n_entries=n_entries, cached=cached,
+            dry_run=dry_run, seconds=time.perf_counter() - t0, ppl=ppl, command=plan.command,
+        )  # fmt: skip
 
     if dry_run:
-        return result(plan.output, n_entries=0, cached=plan.cached, ppl=None)
+        return result(n_entries=0, cached=plan.cached, ppl=None)
     if plan.cached:
         try:
             found = read_imatrix(plan.output)
             check_matches(found, plan.model)
-            return result(plan.output, n_entries=len(found.entries), cached=True, ppl=None)
+            return result(n_entries=len(found.entries), cached=True, ppl=None)
         except InvalidModelError:
             pass  # a damaged cache entry: compute it again
     guard.check_writable(plan.output)  # before minutes of work, not at the rename after them
-    atomic.sweep(plan.output)
-    tmp = atomic.temp_path(plan.output)
+    with atomic.replacing(plan.output) as tmp:
+        try:
+            found, stdout = _run(plan, tmp, progress)
+        finally:
+            for partial in tmp.parent.glob(tmp.name + ".at_*"):  # the tool's checkpoints
+                partial.unlink(missing_ok=True)
+    return result(n_entries=len(found.entries), cached=False, ppl=_final_ppl(stdout))
+
+
+def _run(plan: ImatrixPlan, tmp: Path, progress: Callback | None) -> tuple[Imatrix, str]:
+    """llama-imatrix writing to ``tmp``; the file read back and checked against the model."""
     cmd = list(plan.command)
     cmd[cmd.index("-o") + 1] = str(tmp.resolve())
-    say = progress or (lambda _p: None)
-    tracker = _ChunkTracker(plan.n_chunks, say)
-    try:
-        done = tools.run_tool(
-            cmd,
-            cwd=plan.calibration.resolve().parent,  # the dataset is recorded by file name
-            progress=lambda msg: say(ImatrixProgress(0, plan.n_chunks, 0.0, None, None, msg)),
-            on_output=tracker.feed,
-        )
-        if not tmp.is_file():
-            raise InvalidModelError(
-                f"llama-imatrix wrote no file: {_tail(done.stderr or done.stdout)}",
-                hint=f"run it by hand to see all of its output: {shlex.join(cmd)}",
-            )
-        found = read_imatrix(tmp)
-        check_matches(found, plan.model)
-        os.replace(tmp, plan.output)
-    finally:
-        tmp.unlink(missing_ok=True)
-        for partial in tmp.parent.glob(tmp.name + ".at_*"):
-            partial.unlink(missing_ok=True)
-    return result(
-        plan.output, n_entries=len(found.entries), cached=False, ppl=_final_ppl(done.stdout)
+    tracker = ChunkTracker(progress, stage="imatrix", task="imatrix", total=plan.n_chunks)
+    done = tools.run_tool(
+        cmd,
+        cwd=plan.calibration.resolve().parent,  # the dataset is recorded by file name
+        progress=tracker.note,
+        on_output=tracker.feed,
     )
-
-
-def gpu_layers(info: GGUFInfo, *, ctx: int, requested: int | None) -> int:
-    """-ngl for the tools: the user's number, else what hardware.plan_offload fits (0 on CPU)."""
-    from .. import hardware
-
-    if requested is not None and requested >= 0:
-        return requested
-    if requested == -1:
-        return info.n_layer + 1
-    try:
-        hw = hardware.detect()
-    except Exception:  # noqa: BLE001 - no device information: CPU
-        return 0
-    # the tools batch 2048 tokens: that many in the KV cache at once
-    return hardware.plan_offload(info, n_ctx=max(ctx, 2048), requested=None, hw=hw).n_gpu_layers
-
-
-class _ChunkTracker:
-    """Turns llama-imatrix / llama-perplexity output (``[3]12.34,``) into progress events."""
-
-    def __init__(self, n_chunks: int, say: Progress) -> None:
-        self.n_chunks = n_chunks
-        self.say = say
-        self.buf = ""
-        self.t0 = time.perf_counter()
-        self.t_first: float | None = None
-        self.done = 0
-
-    def feed(self, stream: str, text: str) -> None:
-        if stream != "stdout":  # the chunk results are LOG() lines: stdout
-            return
-        self.buf += text
-        last = 0
-        for m in _CHUNK_PPL.finditer(self.buf):
-            last = m.end()
-            chunk = int(m.group(1))
-            if chunk <= self.done:
-                continue
-            now = time.perf_counter() - self.t0
-            if self.t_first is None:
-                self.t_first = now
-            self.done = chunk
-            eta = None
-            if chunk > 0 and self.n_chunks > chunk:
-                eta = now / chunk * (self.n_chunks - chunk)
-            try:
-                ppl = float(m.group(2))
-            except ValueError:
-                ppl = None
-            self.say(ImatrixProgress(chunk, self.n_chunks, now, eta, ppl))
-        self.buf = self.buf[last:][-256:]
+    if not tmp.is_file():
+        raise InvalidModelError(
+            f"llama-imatrix wrote no file: {_tail(done.stderr or done.stdout)}",
+            hint=f"run it by hand to see all of its output: {shlex.join(cmd)}",
+        )
+    found = read_imatrix(tmp)
+    check_matches(found, plan.model)
+    return found, done.stdout
 
 
 _FINAL = re.compile(r"Final estimate: PPL = ([0-9.]+)")
@@ -597,6 +450,4 @@ def _final_ppl(out: str) -> float | None:
 
 
 def _tail(text: str, n: int = 3) -> str:
-    from ..llamacpp.process import without_debugger_noise
-
-    return " | ".join(without_debugger_noise(text)[-n:])
+    return " | ".join(process.without_debugger_noise(text)[-n:])

@@ -9,15 +9,28 @@ read back (architecture, file type, tensor count, size, bits per weight) and the
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .. import catalog
+from .. import catalog, hardware
+from .. import progress as p
 from ..errors import BackendError, DiskSpaceError, InvalidModelError, UsageError
-from ..files import atomic, guard, state
+from ..files import atomic, guard, space, state
+from ..gguf.info import GGUFInfo, read_gguf_info
+from ..gguf.reader import read_header
+from ..llamacpp import quant
+from .imatrix import (
+    Imatrix,
+    ImatrixPlan,
+    check_matches,
+    compute_imatrix,
+    plan_imatrix,
+    read_imatrix,
+)
+from .options import ChunkOptions
+from .source import source_gguf
 
 # File types that are not quantizations: a source for quantizing, never requantized.
 FLOAT_TYPES = ("F32", "F16", "BF16")
@@ -25,7 +38,7 @@ FLOAT_TYPES = ("F32", "F16", "BF16")
 # File types llama.cpp refuses to write without an importance matrix: some of their tensors get
 # a type that tensor_requires_imatrix() names (llama.cpp src/llama-quant.cpp; IQ2_M's default is
 # IQ2_S, IQ3_XS puts IQ3_XXS in attention and most FFN layers). Parity test: llama.cpp's own
-# dry run in tests/test_quantize.py.
+# dry run in tests/test_quant_quantize.py.
 REQUIRES_IMATRIX = frozenset(
     {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "Q2_K_S"}
 )
@@ -124,21 +137,6 @@ def parse_types(values: Iterable[str | QuantType]) -> list[QuantType]:
 
 
 @dataclass(frozen=True)
-class QuantizeProgress:
-    """One tensor started: ``index`` of ``n_tensors`` of the ``type_index``-th output."""
-
-    type_name: str
-    type_index: int  # 1-based
-    n_types: int
-    index: int
-    n_tensors: int
-    tensor: str
-
-
-Progress = Callable[[QuantizeProgress], None]
-
-
-@dataclass(frozen=True)
 class QuantizedFile:
     """One written (or, for a dry run, planned) output, as read back from disk."""
 
@@ -166,9 +164,6 @@ class QuantizeResult:
     seconds: float
 
 
-# -- the stage ------------------------------------------------------------------------------------
-
-
 def output_path(source: Path, qtype: QuantType, *, imatrix: bool, output: Path | None,
                 n_types: int) -> Path:  # fmt: skip
     """Where ``qtype`` goes: beside the source, in the ``output`` folder, or ``output`` itself.
@@ -189,141 +184,158 @@ def output_path(source: Path, qtype: QuantType, *, imatrix: bool, output: Path |
     return output
 
 
-def source_gguf(model: Path, *, notes: list[str], dry_run: bool) -> Path:
-    """The GGUF to quantize: ``model`` itself, or for an HF checkpoint folder its conversion."""
-    if not model.is_dir():
-        return model
-    if not (model / "config.json").is_file():
-        raise InvalidModelError(
-            f"{model} is a folder without config.json: neither a GGUF file nor an HF checkpoint",
-            hint="give a .gguf file, or an HF checkpoint folder (config.json, *.safetensors)",
-        )
-    from ..convert.llama import convert, fingerprint
-
-    for name in ("ggml-model-f16.gguf", "ggml-model-bf16.gguf", "ggml-model-f32.gguf"):
-        earlier = model / name
-        if not (earlier.exists() or earlier.is_symlink()):
-            continue
-        # reused only when the folder's state file says it was converted from these files
-        if state.completed(earlier, inputs=fingerprint(model)) is None:
-            raise UsageError(
-                f"{earlier} is there, but llama3zh has no record of converting it from the "
-                f"checkpoint in {model} as it is now",
-                hint=f"quantize that file itself (llama3zh quantize {earlier} ...), or move it "
-                "away to convert the checkpoint again",
-            )
-        notes.append(f"using {earlier} (converted earlier from this checkpoint)")
-        return earlier
-
-    done = convert(source=model, outtype="auto", dry_run=dry_run)
-    verb = "would convert" if dry_run else "converted"
-    notes.append(f"{verb} the HF checkpoint to {done.path} ({done.file_type}) first")
-    return done.path
+# -- the plan -------------------------------------------------------------------------------------
 
 
-def quantize(
+@dataclass(frozen=True)
+class Target:
+    """One output: its type, where it goes, and llama.cpp's dry run of it (exact sizes)."""
+
+    type: QuantType
+    path: Path
+    estimate: quant.QuantizeRun
+
+
+@dataclass(frozen=True)
+class QuantizePlan:
+    """Checked inputs and outputs of a quantize run; nothing written yet (an HF checkpoint
+    folder is converted while planning: the sizes come from its GGUF)."""
+
+    source: Path
+    source_file_type: str  # F16, or "(not converted yet)" for a dry run of a checkpoint
+    info: GGUFInfo | None  # the source's header (None: not converted yet)
+    targets: tuple[Target, ...]
+    # the importance matrix: computed (or reused from the cache) by this plan, a file read and
+    # checked already, or none
+    imatrix: ImatrixPlan | Imatrix | None
+    named: bool  # -o names the output file (then it is not recorded in a state file)
+    allow_requantize: bool
+    threads: int | None
+    dry_run: bool
+    warnings: tuple[str, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def imatrix_path(self) -> Path | None:
+        if isinstance(self.imatrix, ImatrixPlan):
+            return self.imatrix.output
+        return self.imatrix.path if self.imatrix is not None else None
+
+
+def plan_quantize(
     *,
     model: str | Path,
     types: Sequence[str | QuantType],
-    imatrix: str | Path | bool | None = None,
+    imatrix: Path | ChunkOptions | None = None,
     output: str | Path | None = None,
     force: bool = False,
     allow_requantize: bool = False,
     threads: int | None = None,
     dry_run: bool = False,
-    calibration: str | Path | None = None,
-    chunks: int | None = None,
-    ctx: int | None = None,
-    n_gpu_layers: int | None = None,
-    progress: Progress | None = None,
-    imatrix_progress: Callable[..., None] | None = None,
-) -> QuantizeResult:
-    """Quantize a GGUF (or an HF checkpoint folder, converted first) to one or more types.
+) -> QuantizePlan:
+    """Check everything a quantize run needs, before any heavy work, and size the outputs.
 
     Args:
         model: an F32/F16/BF16 GGUF (a quantized one only with ``allow_requantize``), or an HF
             checkpoint folder (converted to ``ggml-model-<f16|bf16>.gguf`` in it first).
         types: llama.cpp type names, aliases or upstream short names.
-        imatrix: an imatrix file, True to compute (or reuse from the cache) one on the
-            calibration text, or None.
+        imatrix: an imatrix file; or the calibration run to compute one on (reused from the
+            cache when model, text and settings are unchanged); or None for no imatrix.
         output: a folder for the outputs, or the file for a single type (default: beside the
             source, named as upstream: ``ggml-model-q4_k-im.gguf``).
-        calibration, chunks, ctx, n_gpu_layers: for computing the imatrix (``imatrix=True``).
         dry_run: check everything and report sizes (from llama.cpp's own dry run); write nothing.
-        progress: called as each tensor starts.
 
     Raises:
         UsageError: unknown types, a type that needs an imatrix without one, outputs that exist.
         InvalidModelError: not a GGUF, already quantized, or an imatrix of another model.
         DiskSpaceError: the outputs do not fit the free space (checked before writing).
-        BackendError: llama.cpp failed.
     """
-    from ..gguf.info import read_gguf_info
-    from ..hardware import check_threads
-    from ..llamacpp import quant
-    from .imatrix import check_matches, compute_imatrix, read_imatrix
-
-    check_threads(threads)
-    t0 = time.perf_counter()
-    notes: list[str] = []
-    warnings: list[str] = []
-    qtypes_final = parse_types(types)
+    hardware.check_threads(threads)
+    qtypes = parse_types(types)
+    _check_needs_imatrix(qtypes, want=imatrix is not None)
     src_arg = Path(model).expanduser()
     if not src_arg.exists():
         raise InvalidModelError(
             f"no model at {src_arg}",
             hint="give an F16/BF16/F32 .gguf, an HF checkpoint folder, or a pulled alias",
         )
-    # -- checks that need no heavy work: types, imatrix presence, outputs
-    want_imatrix = imatrix is not None and imatrix is not False
-    need = [t.name for t in qtypes_final if t.requires_imatrix]
-    if need and not want_imatrix:
+    out_arg = Path(output).expanduser() if output is not None else None
+    if out_arg is not None and not out_arg.parent.exists():
+        raise UsageError(f"the folder {out_arg.parent} does not exist", hint="create it first")
+    found = source_gguf(src_arg, dry_run=dry_run)
+    plan = QuantizePlan(
+        source=found.path,
+        source_file_type="(not converted yet)",
+        info=None,
+        targets=(),
+        imatrix=None,
+        named=False,
+        allow_requantize=allow_requantize,
+        threads=threads,
+        dry_run=dry_run,
+        warnings=(),
+        notes=(found.note,) if found.note else (),
+    )
+    if dry_run and not found.path.exists():  # an HF checkpoint that a dry run did not convert
+        return plan
+    info = read_gguf_info(found.path)
+    info.check_loadable()  # llama-quantize reads the hyperparameters as a load does
+    src_type = info.file_type.removeprefix("MOSTLY_").removeprefix("ALL_")
+    warnings = _requantize_warning(found.path, src_type, allow=allow_requantize)
+    named = out_arg is not None and not (out_arg.is_dir() or str(out_arg).endswith(os.sep))
+    paths = [
+        output_path(found.path, t, imatrix=imatrix is not None, output=out_arg,
+                    n_types=len(qtypes))
+        for t in qtypes
+    ]  # fmt: skip
+    inputs = [found.path, *([imatrix.expanduser()] if isinstance(imatrix, Path) else [])]
+    _check_outputs(paths, inputs=inputs, named=named, force=force, dry_run=dry_run)
+    im = _plan_imatrix(imatrix, found.path)
+    targets = _estimate(qtypes, paths, source=found.path, imatrix=im, allow=allow_requantize)
+    if not dry_run:
+        need = sum(int(t.estimate.output_mib * 1024 * 1024) + _HEADER for t in targets)
+        hint = "quantize fewer types at once, or write elsewhere with -o"
+        space.check_space(targets[0].path.parent, need, what="the quantized outputs", hint=hint)
+    return replace(plan, source_file_type=src_type, info=info, targets=tuple(targets),
+                   imatrix=im, named=named, warnings=warnings)  # fmt: skip
+
+
+_HEADER = 8 << 20  # an output's metadata (vocabulary) and alignment, generously
+
+
+def _check_needs_imatrix(qtypes: Sequence[QuantType], *, want: bool) -> None:
+    need = [t.name for t in qtypes if t.requires_imatrix]
+    if need and not want:
         raise UsageError(
             f"{', '.join(need)} {'needs' if len(need) == 1 else 'need'} an importance matrix: "
             "llama.cpp refuses these types without one",
             hint="add --imatrix (computed on the built-in calibration text, or reused from "
             "the cache), or --imatrix-file FILE",
         )
-    out_arg = Path(output).expanduser() if output is not None else None
-    if out_arg is not None and not out_arg.parent.exists():
-        raise UsageError(f"the folder {out_arg.parent} does not exist", hint="create it first")
-    source = source_gguf(src_arg, notes=notes, dry_run=dry_run)
-    if dry_run and not source.exists():  # an HF checkpoint that a dry run did not convert
-        return QuantizeResult(
-            source=source,
-            source_file_type="(not converted yet)",
-            outputs=(),
-            imatrix=None,
-            imatrix_computed=False,
-            warnings=(),
-            notes=tuple(notes),
-            seconds=time.perf_counter() - t0,
+
+
+def _requantize_warning(source: Path, src_type: str, *, allow: bool) -> tuple[str, ...]:
+    """Nothing for a float source; a warning for a quantized one (refused unless ``allow``)."""
+    if src_type in FLOAT_TYPES:
+        return ()
+    if not allow:
+        raise InvalidModelError(
+            f"{source.name} is already quantized ({src_type}); quantizing it again loses "
+            "more quality than quantizing the F16/BF16 original",
+            hint="quantize the f16 GGUF (llama3zh pull ALIAS --quant f16, or llama3zh "
+            "convert), or add --allow-requantize to do it anyway",
         )
-    info = read_gguf_info(source)
-    info.check_loadable()  # llama-quantize reads the hyperparameters as a load does
-    src_type = info.file_type.removeprefix("MOSTLY_").removeprefix("ALL_")
-    if src_type not in FLOAT_TYPES:
-        if not allow_requantize:
-            raise InvalidModelError(
-                f"{source.name} is already quantized ({src_type}); quantizing it again loses "
-                "more quality than quantizing the F16/BF16 original",
-                hint="quantize the f16 GGUF (llama3zh pull ALIAS --quant f16, or llama3zh "
-                "convert), or add --allow-requantize to do it anyway",
-            )
-        warnings.append(
-            f"requantizing {source.name} ({src_type}): the result is worse than the same type "
-            "made from the F16/BF16 original"
-        )
-    targets = [
-        (t, output_path(source, t, imatrix=want_imatrix, output=out_arg, n_types=len(qtypes_final)))
-        for t in qtypes_final
-    ]
-    inputs = [source]
-    if want_imatrix and imatrix is not True:
-        inputs.append(Path(str(imatrix)).expanduser())
-    # a name of its own (beside the source, or in an -o folder) replaces only a recorded file
-    named = out_arg is not None and not (out_arg.is_dir() or str(out_arg).endswith(os.sep))
-    for _t, path in targets:
+    return (
+        f"requantizing {source.name} ({src_type}): the result is worse than the same type "
+        "made from the F16/BF16 original",
+    )
+
+
+def _check_outputs(paths: Sequence[Path], *, inputs: Sequence[Path], named: bool, force: bool,
+                   dry_run: bool) -> None:  # fmt: skip
+    """Outputs never replace inputs; an existing one needs --force, and (unless -o names it)
+    must be llama3zh's own."""
+    for path in paths:
         guard.check_not_input(path, inputs)
         guard.check_replaceable(path)
         if path.exists() and not force and not dry_run:
@@ -335,155 +347,204 @@ def quantize(
                 f"{path} already exists and llama3zh did not write it",
                 hint=f"name it to replace it: -o {path} --force (or choose another -o)",
             )
-    # -- the importance matrix
-    im_path: Path | None = None
-    im_computed = False
-    if imatrix is True:
-        im_res = compute_imatrix(
-            model=source,
-            calibration=calibration,
-            chunks=chunks,
-            ctx=ctx or 512,
-            n_gpu_layers=n_gpu_layers,
-            threads=threads,
-            dry_run=dry_run,
-            progress=imatrix_progress,
-        )
-        im_path = im_res.path
-        im_computed = not im_res.cached and not dry_run
-        how = (
-            "reused from the cache"
-            if im_res.cached
-            else ("would be computed" if dry_run else "computed")
-        )
-        notes.append(f"imatrix {how}: {im_path} ({im_res.n_chunks} chunks of {im_res.ctx} tokens)")
-    elif want_imatrix:
-        im_path = Path(str(imatrix)).expanduser()
-        if not im_path.is_file():
-            read_imatrix(im_path)  # raises the "no imatrix file" error, dry run or not
-    entries = None
+
+
+def _plan_imatrix(
+    imatrix: Path | ChunkOptions | None, source: Path
+) -> ImatrixPlan | Imatrix | None:
+    """The computation planned, or the given file read and checked against the source."""
+    if isinstance(imatrix, ChunkOptions):
+        return plan_imatrix(model=source, options=imatrix)
+    if imatrix is None:
+        return None
+    im = read_imatrix(imatrix.expanduser())  # a missing file is refused, dry run or not
+    check_matches(im, source)
+    return im
+
+
+def _estimate(qtypes: Sequence[QuantType], paths: Sequence[Path], *, source: Path,
+              imatrix: ImatrixPlan | Imatrix | None, allow: bool) -> list[Target]:  # fmt: skip
+    """llama.cpp's dry run of each type: exact sizes before anything is written."""
+    entries = imatrix.entries if isinstance(imatrix, Imatrix) else None
+    return [
+        Target(t, path, quant.quantize_file(source=source, output=path, ftype=t.ftype,
+                                            imatrix=entries, allow_requantize=allow, dry_run=True))
+        for t, path in zip(qtypes, paths, strict=True)
+    ]  # fmt: skip
+
+
+# -- carrying it out ------------------------------------------------------------------------------
+
+
+def quantize(plan: QuantizePlan, *, progress: p.Callback | None = None) -> QuantizeResult:
+    """Write the outputs of ``plan`` (for a dry run: report them), computing its imatrix first.
+
+    Each output is written to a temporary name, read back (file type, tensor count) and
+    renamed. ``progress`` gets the imatrix's events and "quantize" events: one task per output
+    (``Q4_K_M [1/2]``), its tensors as they start.
+
+    Raises:
+        InvalidModelError: an output does not read back as asked.
+        DiskSpaceError: the disk filled up while writing.
+        BackendError: llama.cpp failed.
+    """
+    t0 = time.perf_counter()
+    if plan.dry_run:
+        return _result(plan, tuple(_planned(plan)), plan.notes + _imatrix_note(plan), t0)
+    im, computed = _imatrix_for(plan, progress)
     overrides: list[tuple[str, quant.KvValue]] = []
-    if im_path is not None and im_path.is_file():
-        im = read_imatrix(im_path)
-        check_matches(im, source)
-        entries = im.entries
-        # as llama-quantize records them; the file by name, not by this machine's path
+    if im is not None:  # as llama-quantize records them; the file by name, not by its path
         overrides = quant.imatrix_overrides(
-            file=im_path.name,
+            file=im.path.name,
             datasets=im.datasets,
             n_entries=len(im.entries),
             n_chunks=im.chunk_count,
         )
-    # -- sizes first (llama.cpp's dry run is exact), then the disk check
-    planned: list[tuple[QuantType, Path, quant.QuantizeRun]] = []
-    for t, path in targets:
-        run = quant.quantize_file(
-            source=source,
-            output=path,
-            ftype=t.ftype,
-            imatrix=entries,
-            allow_requantize=allow_requantize,
+    run = _Writer(plan, im, overrides, p.emitter(progress, "quantize"))
+    written = tuple(run.write(i, t) for i, t in enumerate(plan.targets, 1))
+    notes = plan.notes + _imatrix_note(plan, cached=not computed) + _fallback_notes(plan, written)
+    return _result(plan, written, notes, t0, imatrix_computed=computed)
+
+
+def _imatrix_for(plan: QuantizePlan, progress: p.Callback | None) -> tuple[Imatrix | None, bool]:
+    """The importance matrix to use (computed now when planned so) and whether it was."""
+    if not isinstance(plan.imatrix, ImatrixPlan):
+        return plan.imatrix, False
+    done = compute_imatrix(plan.imatrix, progress=progress)
+    im = read_imatrix(done.path)
+    check_matches(im, plan.source)
+    return im, not done.cached
+
+
+def _imatrix_note(plan: QuantizePlan, *, cached: bool | None = None) -> tuple[str, ...]:
+    im = plan.imatrix
+    if not isinstance(im, ImatrixPlan):
+        return ()
+    if plan.dry_run:
+        how = "reused from the cache" if im.cached else "would be computed"
+    else:
+        how = "reused from the cache" if cached else "computed"
+    return (f"imatrix {how}: {im.output} ({im.n_chunks} chunks of {im.ctx} tokens)",)
+
+
+def _fallback_notes(plan: QuantizePlan, written: Sequence[QuantizedFile]) -> tuple[str, ...]:
+    n_embd = plan.info.n_embd if plan.info is not None else 0
+    return tuple(
+        f"{w.type}: llama.cpp gave {w.fallback_tensors} of {w.tensor_count} tensors another "
+        f"type, as their rows ({n_embd} wide) are not a multiple of the type's block"
+        for w in written
+        if w.fallback_tensors
+    )
+
+
+def _planned(plan: QuantizePlan) -> list[QuantizedFile]:
+    """A dry run's outputs, sized by llama.cpp's dry run plus the source's header."""
+    if plan.info is None:
+        return []
+    header = plan.info.size - _tensor_bytes(plan.source)
+    return [
+        QuantizedFile(
+            path=t.path,
+            type=t.type.name,
+            file_type=_ftype_name(t.type),
+            size=int(t.estimate.output_mib * 1024 * 1024) + header,
+            bpw=t.estimate.output_bpw,
+            tensor_count=plan.info.tensor_count,
+            imatrix=plan.imatrix_path,
+            fallback_tensors=t.estimate.fallback_tensors,
+            seconds=0.0,
             dry_run=True,
         )
-        planned.append((t, path, run))
-    header = 8 << 20  # metadata (vocabulary) and alignment, generously
-    need_bytes = sum(int(run.output_mib * 1024 * 1024) + header for *_, run in planned)
-    if not dry_run:
-        _check_space(out_dir=targets[0][1].parent, need=need_bytes)
-    if dry_run:
-        outputs = tuple(
-            QuantizedFile(
-                path=path,
-                type=t.name,
-                file_type=_ftype_name(t),
-                size=int(run.output_mib * 1024 * 1024) + info.size - _tensor_bytes(source),
-                bpw=run.output_bpw,
-                tensor_count=info.tensor_count,
-                imatrix=im_path,
-                fallback_tensors=run.fallback_tensors,
-                seconds=0.0,
-                dry_run=True,
-            )
-            for t, path, run in planned
-        )
-        return QuantizeResult(
-            source=source,
-            source_file_type=src_type,
-            outputs=outputs,
-            imatrix=im_path,
-            imatrix_computed=False,
-            warnings=tuple(warnings),
-            notes=tuple(notes),
+        for t in plan.targets
+    ]
+
+
+def _result(plan: QuantizePlan, outputs: tuple[QuantizedFile, ...], notes: tuple[str, ...],
+            t0: float, *, imatrix_computed: bool = False) -> QuantizeResult:  # fmt: skip
+    return QuantizeResult(
+        source=plan.source,
+        source_file_type=plan.source_file_type,
+        outputs=outputs,
+        imatrix=plan.imatrix_path,
+        imatrix_computed=imatrix_computed,
+        warnings=plan.warnings,
+        notes=notes,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+@dataclass(frozen=True)
+class _Writer:
+    """Writes one target at a time: temporary name, read back, recorded, renamed."""
+
+    plan: QuantizePlan
+    imatrix: Imatrix | None
+    overrides: list[tuple[str, quant.KvValue]]
+    emit: Callable[..., None]
+
+    def write(self, index: int, target: Target) -> QuantizedFile:
+        t0 = time.perf_counter()
+        assert self.plan.info is not None
+        n_tensors = self.plan.info.tensor_count
+        task = f"{target.type.name} [{index}/{len(self.plan.targets)}]"
+        self.emit(p.START, task, total=n_tensors, unit="tensors")
+
+        def on_tensor(idx: int, n: int, name: str) -> None:
+            self.emit(p.ADVANCE, task, done=idx, total=n, unit="tensors", message=name)
+
+        try:
+            run, back = self._write(target, on_tensor)
+        except (BackendError, InvalidModelError) as e:
+            self.emit(p.FAILED, task, message=str(e))
+            full = _full_disk(target, e)
+            if full is not None:
+                raise full from e
+            raise
+        self.emit(p.DONE, task, done=n_tensors, total=n_tensors, unit="tensors")
+        return QuantizedFile(
+            path=target.path,
+            type=target.type.name,
+            file_type=back.file_type,
+            size=target.path.stat().st_size,
+            bpw=back.bpw,
+            tensor_count=back.tensor_count,
+            imatrix=self.imatrix.path if self.imatrix is not None else None,
+            fallback_tensors=run.fallback_tensors,
             seconds=time.perf_counter() - t0,
         )
-    written: list[QuantizedFile] = []
-    for i, (t, path, _) in enumerate(planned, 1):
-        t1 = time.perf_counter()
-        atomic.sweep(path)
-        tmp = atomic.temp_path(path)
-        try:
 
-            def on_tensor(idx: int, n: int, name: str, _t: QuantType = t, _i: int = i) -> None:
-                if progress is not None:
-                    progress(QuantizeProgress(_t.name, _i, len(planned), idx, n, name))
-
+    def _write(self, target: Target, on_tensor: quant.TensorProgress
+               ) -> tuple[quant.QuantizeRun, ReadBack]:  # fmt: skip
+        plan, path = self.plan, target.path
+        assert plan.info is not None
+        with atomic.replacing(path) as tmp:
             run = quant.quantize_file(
-                source=source,
+                source=plan.source,
                 output=tmp,
-                ftype=t.ftype,
-                imatrix=entries,
-                kv_overrides=overrides,
-                allow_requantize=allow_requantize,
-                nthread=threads or 0,
+                ftype=target.type.ftype,
+                imatrix=self.imatrix.entries if self.imatrix is not None else None,
+                kv_overrides=self.overrides,
+                allow_requantize=plan.allow_requantize,
+                nthread=plan.threads or 0,
                 on_tensor=on_tensor,
             )
-            back = read_back(tmp, expect=t, source_tensors=info.tensor_count)
-            if not named:  # recorded before the rename: the next --force may replace it
-                path.unlink(missing_ok=True)  # ours (checked above); no stale record left
-                st = source.stat()
-                made_from = {source.name: f"size {st.st_size} mtime_ns {st.st_mtime_ns}"}
+            back = read_back(tmp, expect=target.type, source_tensors=plan.info.tensor_count)
+            if not plan.named:  # recorded before the rename: the next --force may replace it
+                path.unlink(missing_ok=True)  # ours (checked when planning); no stale record
+                st = plan.source.stat()
+                made_from = {plan.source.name: f"size {st.st_size} mtime_ns {st.st_mtime_ns}"}
                 state.record(path, step="quantize", inputs=made_from, measure=tmp)
-            os.replace(tmp, path)
-        except (BackendError, InvalidModelError) as e:
-            # llama.cpp reports a full disk as a stream error ("basic_ios::clear"): say which
-            if shutil.disk_usage(path.parent).free < (64 << 20):
-                raise DiskSpaceError(
-                    f"the disk holding {path.parent} is full: {t.name} could not be written ({e})",
-                    hint="free some space or write elsewhere with -o; existing files were "
-                    "left as they were",
-                ) from e
-            raise
-        finally:
-            tmp.unlink(missing_ok=True)
-        written.append(
-            QuantizedFile(
-                path=path,
-                type=t.name,
-                file_type=back.file_type,
-                size=path.stat().st_size,
-                bpw=back.bpw,
-                tensor_count=back.tensor_count,
-                imatrix=im_path,
-                fallback_tensors=run.fallback_tensors,
-                seconds=time.perf_counter() - t1,
-            )
-        )
-    for w in written:
-        if w.fallback_tensors:
-            notes.append(
-                f"{w.type}: llama.cpp gave {w.fallback_tensors} of {w.tensor_count} tensors "
-                f"another type, as their rows ({info.n_embd} wide) are not a multiple of the "
-                "type's block"
-            )
-    return QuantizeResult(
-        source=source,
-        source_file_type=src_type,
-        outputs=tuple(written),
-        imatrix=im_path,
-        imatrix_computed=im_computed,
-        warnings=tuple(warnings),
-        notes=tuple(notes),
-        seconds=time.perf_counter() - t0,
+        return run, back
+
+
+def _full_disk(target: Target, e: Exception) -> DiskSpaceError | None:
+    """llama.cpp reports a full disk as a stream error ("basic_ios::clear"): say which."""
+    if space.free_bytes(target.path.parent) >= space.RESERVE:
+        return None
+    return DiskSpaceError(
+        f"the disk holding {target.path.parent} is full: {target.type.name} could not be "
+        f"written ({e})",
+        hint="free some space or write elsewhere with -o; existing files were left as they were",
     )
 
 
@@ -501,8 +562,6 @@ def read_back(path: Path, *, expect: QuantType, source_tensors: int) -> ReadBack
     Raises:
         InvalidModelError: anything is off (the caller deletes the file).
     """
-    from ..gguf.info import read_gguf_info
-
     info = read_gguf_info(path)
     want = expect.name if expect.name == "F32" else f"MOSTLY_{expect.name}"
     problems = []
@@ -520,14 +579,11 @@ def read_back(path: Path, *, expect: QuantType, source_tensors: int) -> ReadBack
 
 def bits_per_weight(path: Path) -> float:
     """Bits of tensor data per weight (as llama.cpp reports BPW)."""
-    from ..gguf.tensors import read_tensor_infos
-    from ..llamacpp import engine
-
-    header = engine.read_gguf_header(path)
+    header = read_header(path)
     if header is None:
         return 0.0
-    n = sum(t.n_elements for t in read_tensor_infos(path))
-    return sum(size for *_, size in header[1]) * 8 / n if n else 0.0
+    n = sum(t.n_elements for t in header.tensors)
+    return header.tensor_bytes * 8 / n if n else 0.0
 
 
 def _ftype_name(t: QuantType) -> str:
@@ -541,18 +597,5 @@ def _ftype_name(t: QuantType) -> str:
 
 
 def _tensor_bytes(path: Path) -> int:
-    from ..llamacpp import engine
-
-    header = engine.read_gguf_header(path)
-    return sum(size for *_, size in header[1]) if header else 0
-
-
-def _check_space(*, out_dir: Path, need: int) -> None:
-    free = shutil.disk_usage(out_dir).free
-    reserve = 64 << 20  # the disk is never filled to the last byte
-    if free < need + reserve:
-        raise DiskSpaceError(
-            f"not enough free space in {out_dir}: the outputs need {need / 1e9:.2f} GB plus "
-            f"{reserve / 1e9:.2f} GB kept free, {free / 1e9:.2f} GB are free",
-            hint="free some space, quantize fewer types at once, or write elsewhere with -o",
-        )
+    header = read_header(path)
+    return header.tensor_bytes if header else 0

@@ -26,10 +26,12 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from .. import catalog, paths
+from .. import catalog, hardware, paths
 from ..files import atomic
 from ..gguf.info import GGUFInfo, read_gguf_info
+from ..gguf.reader import read_tensors
 from ..hardware import GIB, VRAM_RESERVE, Hardware
+from ..hub import store
 
 RAM_RESERVE = 512 * 1024**2  # compute buffers and the runtime itself, on the CPU
 DEFAULT_CTX = 8192  # the chat default
@@ -484,8 +486,6 @@ def _same_model(a: GGUFInfo, b: GGUFInfo) -> bool:
 def file_candidates(path: Path) -> tuple[GGUFInfo, list[Candidate], list[str]]:
     """A GGUF and the other quants of the same model beside it; catalog types it lacks are
     estimated from its parameter count (upstream bits per weight). Also notes on the choice."""
-    from ..gguf.tensors import read_tensor_infos
-
     info = read_gguf_info(path)
     found: dict[str, Candidate] = {}
     for p in sorted(path.parent.glob("*.gguf")):
@@ -497,7 +497,7 @@ def file_candidates(path: Path) -> tuple[GGUFInfo, list[Candidate], list[str]]:
             label = file_label(other)
             if label not in found or p == path:
                 found[label] = candidate(label, other.size, p)
-    n_params = sum(t.n_elements for t in read_tensor_infos(path))
+    n_params = sum(t.n_elements for t in read_tensors(path))
     f16 = next(q for q in catalog.GGUF_QUANTS if q.short == "f16")
     estimated = []
     for q in catalog.GGUF_QUANTS:
@@ -516,8 +516,6 @@ def file_candidates(path: Path) -> tuple[GGUFInfo, list[Candidate], list[str]]:
 
 def alias_candidates(alias: str) -> tuple[catalog.ModelSpec, list[Candidate]]:
     """A catalog model: its files in the store, and the upstream sizes of the quants it lacks."""
-    from ..hub import store
-
     spec = catalog.get_model(alias)
     local: dict[str, Path] = {}
     for p in store.local_ggufs(spec):
@@ -529,6 +527,34 @@ def alias_candidates(alias: str) -> tuple[catalog.ModelSpec, list[Candidate]]:
     return spec, catalog_candidates(local)
 
 
+@dataclass(frozen=True)
+class ModelCandidates:
+    """What ``recommend`` weighs for one model: its quants, the context and its KV cache."""
+
+    label: str  # the alias, or the file name
+    candidates: list[Candidate]
+    n_ctx: int
+    kv_bytes: int
+    notes: tuple[str, ...]  # on the candidates (sizes estimated)
+
+
+def model_candidates(model: str | None, *, ctx: int | None) -> ModelCandidates:
+    """The candidates for an alias (default: instruct-v3), or for a GGUF file and its sibling
+    quants, with the KV cache of ``ctx`` tokens (default: 8192, or the model's if smaller)."""
+    name = model or catalog.DEFAULT_ALIAS
+    if store.looks_like_path(name):
+        info, candidates, notes = file_candidates(Path(name).expanduser())
+        n_ctx = ctx or min(DEFAULT_CTX, info.n_ctx_train or DEFAULT_CTX)
+        return ModelCandidates(info.path.name, candidates, n_ctx,
+                               info.kv_bytes_per_token * n_ctx, tuple(notes))  # fmt: skip
+    spec, candidates = alias_candidates(name)
+    n_ctx = ctx or min(DEFAULT_CTX, spec.n_ctx)
+    kv = kv_cache_bytes(
+        n_layer=spec.n_layer, n_head_kv=spec.n_head_kv, head_dim=spec.head_dim, n_ctx=n_ctx
+    )
+    return ModelCandidates(spec.alias, candidates, n_ctx, kv, ())
+
+
 def default_quant(
     sizes: Mapping[str, int], *, hw: Hardware | None = None, bandwidth: Bandwidth | None = None
 ) -> tuple[str, str]:
@@ -537,8 +563,6 @@ def default_quant(
     The model is taken to be an 8B Llama-3 of the catalog at the chat's default context; the
     pick follows ``recommend``'s rule.
     """
-    from .. import hardware
-
     spec = catalog.get_model(catalog.DEFAULT_ALIAS)
     kv = kv_cache_bytes(
         n_layer=spec.n_layer, n_head_kv=spec.n_head_kv, head_dim=spec.head_dim, n_ctx=DEFAULT_CTX

@@ -18,6 +18,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .. import __version__
 from ..errors import Llama3zhError, ModelNotFoundError, UsageError
 from ..llamacpp.batch import Busy
 from . import ollama_api, openai_api
@@ -68,8 +69,6 @@ class Server:
         self.config = config
         self.registry = Registry(list(config.models))
         self.scheduler = Scheduler(self.registry, config.engine)
-        from .. import __version__
-
         self.fingerprint = "llama3zh-" + __version__
 
     def default_model(self) -> str | None:

@@ -13,7 +13,9 @@ from typing import Any
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from .. import __version__
 from ..errors import UsageError
+from ..gguf.info import read_gguf_info
 from ..llamacpp.batch import Record, Request
 from . import params as P
 from .registry import ModelEntry
@@ -52,8 +54,6 @@ async def root(request: HttpRequest) -> Response:
 
 
 async def version(_request: HttpRequest) -> Response:
-    from .. import __version__
-
     return JSONResponse({"version": OLLAMA_VERSION, "llama3zh": __version__})
 
 
@@ -99,8 +99,6 @@ async def ps(request: HttpRequest) -> Response:
 
 
 async def show(request: HttpRequest) -> Response:
-    from ..gguf.info import read_gguf_info
-
     server = request.app.state.server
     body = await P.json_body(request)
     name = body.get("model") or body.get("name")

@@ -15,9 +15,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import hardware
 from ..catalog import DEFAULT_SYSTEM_PROMPT
+from ..chat.template import choose_template
 from ..errors import UsageError
+from ..gguf.info import read_gguf_info
 from ..llamacpp.batch import BatchEngine, Busy
+from ..llamacpp.engine import Model
 from .registry import ModelEntry, Registry
 
 LLAMA3_STOPS = ("<|eot_id|>", "<|end_of_text|>")
@@ -91,11 +95,6 @@ def load(entry: ModelEntry, settings: EngineSettings) -> Resident:
     Raises:
         ModelNotFoundError, InvalidModelError, UsageError, BackendError: as ``chat`` would.
     """
-    from .. import hardware
-    from ..chat.conversation import choose_template
-    from ..gguf.info import read_gguf_info
-    from ..llamacpp.engine import Model
-
     t0 = time.perf_counter_ns()
     info = read_gguf_info(entry.path)
     info.check_loadable()
