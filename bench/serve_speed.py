@@ -1,7 +1,7 @@
 """llama3zh serve's speed against llama.cpp's llama-server: same GGUF, threads and --parallel.
 
     python bench/serve_speed.py [--model GGUF] [--llama-server PATH] [--threads N] [--parallel 4]
-                                [--tokens 128] [--runs 3]
+                                [--tokens 128] [--runs 3] [--repack auto|on|off]
 
 Both servers run as processes on 127.0.0.1 and are measured through the same OpenAI
 ``/v1/chat/completions`` requests (temperature 0):
@@ -13,11 +13,20 @@ Both servers run as processes on 127.0.0.1 and are measured through the same Ope
 * second turn: time to the first streamed token of a conversation's second turn (its prefix is in
   the slot's cache on both servers), median over the runs.
 
-llama-server is not built here: llama3zh_local/llamacpp/tools.py builds llama-bench & co. from
-the llama.cpp source of the installed llama-cpp-python, and does not build tools/server yet. Build
-it from that same llama.cpp commit (``cmake -B build && cmake --build build --target
-llama-server``) and pass ``--llama-server build/bin/llama-server``; without it, only serve's
-numbers are printed. The issue's targets: single >= 0.95x, parallel >= 0.9x, second turn's first
+llama-server is built like llama-bench (llama3zh_local/llamacpp/tools.py): from the llama.cpp
+source of the installed llama-cpp-python's sdist, linked to the libllama/libggml/libmtmd that
+llama_cpp loads, so both servers run the same llama.cpp on the same backend. The first run
+compiles it (about a minute where the other tools already compiled llama.cpp's common, longer
+from nothing); ``--llama-server PATH`` uses another binary instead (of the same llama.cpp commit).
+It has no web UI (the sdist ships none of tools/ui's built assets): the API is all a bench needs.
+
+Both sides run with the same weight repacking (llama.cpp's CPU_REPACK / AMX buffer types): what
+``llama3zh_local.llamacpp.repack`` decided for this machine (``--repack auto``, as ``llama3zh
+serve`` runs), or ``--repack on|off``; serve gets it as ``LLAMA3ZH_CPU_REPACK``, llama-server as
+``--repack`` / ``--no-repack``.
+
+The numbers are printed, nothing is written: docs/benchmarks.md is updated by hand from a run on
+an idle machine. The issue's targets: single >= 0.95x, parallel >= 0.9x, second turn's first
 token no slower than llama-server's.
 """
 
@@ -43,6 +52,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from llama3zh_local.errors import Llama3zhError  # noqa: E402
+from llama3zh_local.llamacpp import installed, repack, tools  # noqa: E402
 from llama3zh_local.llamacpp.engine import default_threads  # noqa: E402
 
 STORY = "Write a long story about a lighthouse keeper and a storm."
@@ -153,41 +164,81 @@ def measure(url: str, *, tokens: int, parallel: int, runs: int) -> dict[str, flo
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=None)
-    ap.add_argument("--llama-server", type=Path, default=None)
+    ap.add_argument(
+        "--llama-server",
+        type=Path,
+        default=None,
+        help="llama-server binary (default: built from the installed llama-cpp-python's source)",
+    )
     ap.add_argument("--threads", type=int, default=default_threads())
     ap.add_argument("--parallel", type=int, default=4)
     ap.add_argument("--ctx", type=int, default=2048, help="tokens per sequence")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--ngl", default="0")
+    ap.add_argument(
+        "--repack",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="weight repacking on both sides (auto: what llama3zh decided for this machine)",
+    )
     args = ap.parse_args(argv)
     model = args.model or default_model()
     results: dict[str, dict[str, float]] = {}
+
+    server_env: dict[str, str] | None = None
+    if args.llama_server:
+        llama_server = args.llama_server
+        log(f"llama-server: {llama_server} (--llama-server)")
+    else:
+        try:
+            llama_server = tools.ensure_tool("llama-server", progress=log)
+        except Llama3zhError as e:
+            log(f"Error: {e}" + (f"\nHint: {e.hint}" if e.hint else ""))
+            return 1
+        server_env = installed.tool_env()
+        build = json.loads(llama_server.with_name(llama_server.name + ".json").read_text())
+        log(
+            f"llama-server: {llama_server} (llama.cpp {build.get('llama_cpp_commit')}, "
+            f"llama-cpp-python {build.get('llama_cpp_python')})"
+        )
+    if args.repack == "auto":
+        decision = repack.current()
+        use_repack = decision.enabled
+        repacking = f"{'on' if use_repack else 'off'} (auto: {decision.reason})"
+    else:
+        use_repack = args.repack == "on"
+        repacking = f"{args.repack} (--repack {args.repack})"
+    log(f"weight repacking: {repacking}")
 
     port = free_port()
     ours = [sys.executable, "-m", "llama3zh_local", "serve", str(model), "--port", str(port),
             "--parallel", str(args.parallel), "--ctx", str(args.ctx), "-t", str(args.threads),
             "-ngl", args.ngl]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        repack.OVERRIDE_ENV: "on" if use_repack else "off",
+    }
     log(f"serve: {' '.join(ours)}")
     with running(ours, port, env) as url:
         results["llama3zh serve"] = measure(
             url, tokens=args.tokens, parallel=args.parallel, runs=args.runs
         )
-    if args.llama_server:
-        port = free_port()
-        ngl = "99" if args.ngl == "all" else ("0" if args.ngl == "auto" else args.ngl)
-        theirs = [str(args.llama_server), "-m", str(model), "--port", str(port),
-                  "--parallel", str(args.parallel), "-c", str(args.ctx * args.parallel),
-                  "-t", str(args.threads), "-ngl", ngl, "--jinja"]  # fmt: skip
-        log(f"llama-server: {' '.join(theirs)}")
-        with running(theirs, port) as url:
-            results["llama-server"] = measure(
-                url, tokens=args.tokens, parallel=args.parallel, runs=args.runs
-            )
+    port = free_port()
+    ngl = "99" if args.ngl == "all" else ("0" if args.ngl == "auto" else args.ngl)
+    theirs = [str(llama_server), "-m", str(model), "--port", str(port),
+              "--parallel", str(args.parallel), "-c", str(args.ctx * args.parallel),
+              "-t", str(args.threads), "-ngl", ngl, "--jinja",
+              "--repack" if use_repack else "--no-repack"]  # fmt: skip
+    log(f"llama-server: {' '.join(theirs)}")
+    with running(theirs, port, server_env) as url:
+        results["llama-server"] = measure(
+            url, tokens=args.tokens, parallel=args.parallel, runs=args.runs
+        )
     keys = ["single_tps", "parallel_tps", "second_turn_ttft_ms"]
     print(f"model {model.name}, threads {args.threads}, parallel {args.parallel}, "
-          f"{args.tokens} tokens, median of {args.runs}")  # fmt: skip
+          f"{args.tokens} tokens, median of {args.runs}, weight repacking {repacking}")  # fmt: skip
     print("| server | single-stream tok/s | aggregate tok/s | second-turn first token (ms) |")
     print("|---|---|---|---|")
     for name, r in results.items():

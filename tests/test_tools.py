@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
 import os
 import re
 import stat
+import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from llama3zh_local.errors import BackendError, UsageError
 from llama3zh_local.llamacpp import installed, sdist, tools
 
-from . import models
+from . import models, serveproc
 
 # Read at import, before the autouse fixture points LLAMA3ZH_HOME at tmp_path: the slow tests
 # share one build per llama-cpp-python version (about a minute) between sessions.
@@ -115,6 +120,27 @@ def test_wanted_source(rel: str, wanted: bool) -> None:
     assert tools.wanted_source(rel, ["llama-bench", "imatrix"]) is wanted
 
 
+@pytest.mark.parametrize(
+    ("rel", "wanted"),
+    [
+        ("tools/server/server.cpp", True),
+        ("tools/server/tests/unit/test_basic.py", True),
+        ("tools/mtmd/mtmd.h", True),
+        ("tools/mtmd/mtmd-helper.h", True),
+        ("tools/mtmd/mtmd.cpp", False),  # libmtmd comes from llama-cpp-python
+        ("tools/mtmd/test-3.mp4", False),
+        ("tools/mtmd/models/models.h", False),
+        ("tools/ui/ui.h.in", True),
+        ("tools/ui/ui.cpp.in", True),
+        ("tools/ui/dist/index.html", True),
+        ("tools/ui/src/app.html", False),
+        ("tools/ui/package-lock.json", False),
+    ],
+)
+def test_wanted_source_for_the_server(rel: str, wanted: bool) -> None:
+    assert tools.wanted_source(rel, ["server"], ["mtmd"]) is wanted
+
+
 def _fake_tree(root: Path, files: list[str]) -> Path:
     for rel in files:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +198,61 @@ def test_link_command(tmp_path: Path) -> None:
     assert f"-Wl,-rpath,{tmp_path / 'lib'}" in cmd
     assert {"-lllama", "-lggml", "-lggml-base"} <= set(cmd)
     assert ("-Wl,-dead_strip" if sys.platform == "darwin" else "-Wl,--gc-sections") in cmd
+    assert not any(a == "-lmtmd" for a in cmd)
+    server = tools.link_command("c++", [], tmp_path / "out", tmp_path / "lib", ("mtmd",))
+    # before libllama: libmtmd needs it, and a linker resolves left to right
+    assert server.index("-lmtmd") < server.index("-lllama")
+
+
+def test_only_the_server_spec_has_extras() -> None:
+    """The other tools' specs (so their object files and cache keys) are what they were."""
+    for name, spec in tools.TOOLS.items():
+        if name != "llama-server":
+            assert (spec.headers_from, spec.libs, spec.ui) == ((), (), False), name
+    server = tools.TOOLS["llama-server"]
+    assert server.folder == "server" and server.common is tools.COMMON_ALL
+    assert (server.headers_from, server.libs, server.ui) == (("mtmd",), ("mtmd",), True)
+    assert server.no_repack == ("--no-repack",)  # common/arg.cpp's -nr, --no-repack
+
+
+UI_H_IN = """#pragma once
+#include <array>
+#cmakedefine LLAMA_UI_HAS_ASSETS 1
+const std::array<llama_ui_asset, @N_ASSETS@> & llama_ui_get_assets();
+"""
+UI_CPP_IN = """#include "ui.h"
+@ASSET_ARRAYS@
+static const std::array<llama_ui_asset, @N_ASSETS@> g_assets = {{
+@ASSET_TABLE@
+}};
+bool llama_ui_use_gzip() { return @USE_GZIP@; }
+"""
+
+
+def test_ui_sources_without_assets(tmp_path: Path) -> None:
+    _fake_tree(tmp_path, [])
+    (tmp_path / "tools/ui").mkdir(parents=True)
+    (tmp_path / "tools/ui/ui.h.in").write_text(UI_H_IN)
+    (tmp_path / "tools/ui/ui.cpp.in").write_text(UI_CPP_IN)
+    header, cpp = tools.ui_sources(tmp_path)
+    assert "/* #undef LLAMA_UI_HAS_ASSETS */" in header and "#define" not in header
+    assert "std::array<llama_ui_asset, 0>" in header and "std::array<llama_ui_asset, 0>" in cpp
+    assert "return false;" in cpp and "@" not in header + cpp and "asset_0" not in cpp
+
+
+def test_ui_sources_with_assets(tmp_path: Path) -> None:
+    (tmp_path / "tools/ui/dist/sub").mkdir(parents=True)
+    (tmp_path / "tools/ui/ui.h.in").write_text(UI_H_IN)
+    (tmp_path / "tools/ui/ui.cpp.in").write_text(UI_CPP_IN)
+    (tmp_path / "tools/ui/dist/index.html").write_bytes(b"<p>")
+    (tmp_path / "tools/ui/dist/sub/a.woff2").write_bytes(b"\x00\xff")
+    header, cpp = tools.ui_sources(tmp_path)
+    assert "#define LLAMA_UI_HAS_ASSETS 1" in header and "llama_ui_asset, 2>" in header
+    assert "asset_0[] = {0x3c,0x70,0x3e,};" in cpp  # sorted: index.html, sub/a.woff2
+    assert "asset_1[] = {0x00,0xff,};" in cpp
+    etag = hashlib.sha256(b"<p>").hexdigest()  # quoted, as cmake's file(SHA256) in the table
+    assert f'{{ "index.html", asset_0, sizeof(asset_0), "\\"{etag}\\"",' in cpp
+    assert '"text/html; charset=utf-8" },' in cpp and '"font/woff2" },' in cpp
 
 
 @pytest.mark.parametrize(
@@ -247,6 +328,10 @@ def _sdist(path: Path, version: str = "0.3.36") -> Path:
         f"{top}/vendor/llama.cpp/src/llama-ext.h": "",
         f"{top}/vendor/llama.cpp/src/llama.cpp": "",
         f"{top}/vendor/llama.cpp/tools/server/server.cpp": "",
+        f"{top}/vendor/llama.cpp/tools/mtmd/mtmd.h": "",
+        f"{top}/vendor/llama.cpp/tools/mtmd/mtmd.cpp": "",
+        f"{top}/vendor/llama.cpp/tools/ui/ui.h.in": "",
+        f"{top}/vendor/llama.cpp/tools/ui/package.json": "",
         f"{top}/vendor/llama.cpp/../evil.cpp": "",
     }
     for spec in tools.TOOLS.values():
@@ -276,6 +361,8 @@ def test_ensure_source_from_sdist(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         "common/build-info.cpp.in",
         "src/llama-ext.h",
         "source.json",
+        "tools/mtmd/mtmd.h",
+        "tools/ui/ui.h.in",
     } | {f"tools/{s.folder}/{f}" for s in tools.TOOLS.values() for f in s.sources}
     assert set(files) == expected
     assert not (tmp_path / "cache" / "0.3.36" / "evil.cpp").exists()
@@ -389,6 +476,65 @@ def test_specs_match_llama_cpp_cmake(tools_cache: Path) -> None:
     httplib_cmake = (src / "vendor" / "cpp-httplib" / "CMakeLists.txt").read_text()
     for define in tools.HTTPLIB_DEFINES:
         assert define in httplib_cmake
+
+
+@pytest.mark.slow
+def test_server_spec_matches_llama_cpp_cmake(tools_cache: Path) -> None:
+    """llama-server's extras mirror tools/server/CMakeLists.txt: its three targets' sources (in
+    the generic test above), the ../mtmd include and mtmd link, the llama-ui library; and the
+    UI templates have no placeholder that ui_sources leaves unset."""
+    src = tools.ensure_source()
+    spec = tools.TOOLS["llama-server"]
+    cmake = (src / "tools" / "server" / "CMakeLists.txt").read_text()
+    for target in ("server-context", "llama-server-impl", "llama-server"):
+        assert f"set(TARGET {target})" in cmake
+    includes = re.findall(r"target_include_directories\([^)]*\)", cmake)
+    assert {f"../{d}" for d in spec.headers_from} <= {
+        w for inc in includes for w in inc.split() if w.startswith("../")
+    }
+    links = " ".join(re.findall(r"target_link_libraries\([^)]*\)", cmake)).split()
+    assert set(spec.libs) | {"llama-common", "cpp-httplib", "llama-ui"} <= set(links)
+    assert spec.ui and "llama-ui" in links
+    for d in spec.headers_from:  # each header the server includes from there was copied
+        wanted = set(re.findall(r'#include "([\w.-]+\.h)"', "".join(
+            (src / "tools" / "server" / s).read_text() for s in spec.sources
+        )))  # fmt: skip
+        present = {p.name for p in (src / "tools" / d).glob("*.h")}
+        assert wanted & {"mtmd.h", "mtmd-helper.h"} <= present
+    header, cpp = tools.ui_sources(src)
+    assert not re.search(r"@\w+@|#cmakedefine", header + cpp)
+    assert "llama_ui_find_asset" in cpp and "llama_ui_get_assets" in header
+
+
+@pytest.mark.slow
+def test_llama_server_builds_and_answers(tools_cache: Path, smollm2_gguf: Path) -> None:
+    exe = tools.ensure_tool("llama-server")
+    record = json.loads(exe.with_name(exe.name + ".json").read_text())
+    assert "tools/server/server-context.cpp" in record["sources"]
+    port = serveproc.free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [str(exe), "-m", str(smollm2_gguf), "--port", str(port), "-t", "2", "-c", "1024",
+           *tools.repack_args("llama-server")]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=installed.tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        end = time.monotonic() + 120
+        while time.monotonic() < end:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.3)
+        else:
+            pytest.fail("llama-server did not become healthy within 120 s")
+        body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+        done = httpx.post(url + "/v1/chat/completions", json=body, timeout=300).json()
+        assert done["usage"]["completion_tokens"] >= 1
+        assert done["timings"]["predicted_per_second"] > 0  # what bench/serve_speed.py reads
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 @pytest.mark.slow

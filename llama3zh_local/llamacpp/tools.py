@@ -7,10 +7,16 @@ the llama.cpp source that the installed llama-cpp-python's sdist vendors, and li
 libraries that llama-cpp-python installed: a tool runs the same llama.cpp, with the same backend
 (CPU, CUDA, Metal), as the chat engine.
 
+llama-server (for bench/serve_speed.py) is built the same way: tools/server's sources, all of
+common, the web UI's generated asset table (``ui_sources``: empty, the sdist ships no built UI)
+and llama-cpp-python's libmtmd for its multimodal part; mtmd's headers are all of tools/mtmd it
+copies.
+
 Cache layout, one folder per llama-cpp-python version under ``installed.tools_root()``::
 
     <version>/llama.cpp/          the needed sources, extracted from the sdist (+ source.json)
     <version>/build/obj-<hash>/   object files, shared by the tools; <hash> is of the flags
+    <version>/build/ui/           llama-server's generated ui.h, ui.cpp and its object
     <version>/libs-<key>/llama-bench
                                   the tools, each with <name>.json saying how it was built,
                                   linked to one folder of llama.cpp libraries: <key> hashes that
@@ -58,6 +64,11 @@ from .process import Say
 SOURCE_DIRS = ("include", "ggml/include", "common", "vendor/nlohmann", "vendor/cpp-httplib",
                "vendor/sheredom")  # fmt: skip
 SOURCE_FILES = ("LICENSE",)
+# llama-server's web UI (tools/ui): the templates of the generated ui.h/ui.cpp, and the built
+# assets if an sdist ever ships them (0.3.36's has none: the UI is then an empty table, and
+# llama-server answers its API without serving a page).
+UI_TEMPLATES = ("tools/ui/ui.h.in", "tools/ui/ui.cpp.in")
+UI_DIST = "tools/ui/dist"
 HTTPLIB = "vendor/cpp-httplib/httplib.cpp"
 # cpp-httplib's compile definitions, from vendor/cpp-httplib/CMakeLists.txt.
 HTTPLIB_DEFINES = (
@@ -93,6 +104,24 @@ class ToolSpec:
     # The options that turn weight repacking off (see repack.py), as the tool spells them:
     # common/arg.cpp's ``-nr, --no-repack``; llama-bench's own parser takes ``--repack 0|1``.
     no_repack: tuple[str, ...] = ("--no-repack",)
+    # Other tools/ folders whose headers the tool includes (llama-server: ../mtmd); their
+    # libraries come from llama-cpp-python (``libs``), only the headers are copied.
+    headers_from: tuple[str, ...] = ()
+    # llama-cpp-python's libraries the tool links beyond llama, ggml and ggml-base (libmtmd).
+    libs: tuple[str, ...] = ()
+    ui: bool = False  # links tools/ui's generated asset table (ui.h, ui.cpp)
+
+
+SERVER_SOURCES = (
+    # server-context
+    "server-chat.cpp", "server-task.cpp", "server-queue.cpp", "server-common.cpp",
+    "server-context.cpp", "server-stream.cpp", "server-tools.cpp", "server-mcp.cpp",
+    "server-schema.cpp",
+    # llama-server-impl
+    "server.cpp", "server-http.cpp", "server-models.cpp",
+    # llama-server
+    "main.cpp",
+)  # fmt: skip
 
 
 TOOLS: dict[str, ToolSpec] = {
@@ -115,6 +144,18 @@ TOOLS: dict[str, ToolSpec] = {
         ToolSpec(
             "llama-quantize", "quantize", ("quantize.cpp", "main.cpp"), COMMON_ALL, no_repack=()
         ),  # fmt: skip
+        # For bench/serve_speed.py: tools/server's server-context, llama-server-impl and main
+        # (tools/server/CMakeLists.txt), with mtmd from llama-cpp-python's libmtmd (the same
+        # library llama_cpp's multimodal chat handlers load) and an empty web UI table.
+        ToolSpec(
+            "llama-server",
+            "server",
+            SERVER_SOURCES,
+            COMMON_ALL,
+            headers_from=("mtmd",),
+            libs=("mtmd",),
+            ui=True,
+        ),
     )
 }
 
@@ -122,10 +163,14 @@ TOOLS: dict[str, ToolSpec] = {
 # -- where things are -------------------------------------------------------------------------
 
 
-def wanted_source(rel: str, tool_dirs: Iterable[str]) -> bool:
-    """Whether a path of the llama.cpp tree (``common/arg.cpp``) is needed to build the tools."""
-    dirs = (*SOURCE_DIRS, *(f"tools/{d}" for d in tool_dirs))
-    if rel in SOURCE_FILES or any(rel.startswith(d + "/") for d in dirs):
+def wanted_source(rel: str, tool_dirs: Iterable[str], header_dirs: Iterable[str] = ()) -> bool:
+    """Whether a path of the llama.cpp tree (``common/arg.cpp``) is needed to build the tools:
+    all of ``tools/<tool_dirs>``, the top-level headers of ``tools/<header_dirs>``."""
+    dirs = (*SOURCE_DIRS, UI_DIST, *(f"tools/{d}" for d in tool_dirs))
+    if rel in SOURCE_FILES or rel in UI_TEMPLATES or any(rel.startswith(d + "/") for d in dirs):
+        return True
+    head, _, name = rel.rpartition("/")
+    if name.endswith(".h") and head in {f"tools/{d}" for d in header_dirs}:
         return True
     # fit.cpp includes ../src/llama-ext.h; the rest of src/ is compiled into libllama.
     return rel.startswith("src/") and rel.endswith(".h") and rel.count("/") == 1
@@ -167,6 +212,7 @@ def ensure_source(*, version: str | None = None, progress: Say | None = None) ->
     base = installed.tools_root() / installed.cache_key(version)
     dest = base / "llama.cpp"
     tool_dirs = sorted({spec.folder for spec in TOOLS.values()})
+    header_dirs = sorted({d for spec in TOOLS.values() for d in spec.headers_from})
     if _source_complete(dest, tool_dirs):
         return dest
     say = progress or process.quiet
@@ -175,7 +221,9 @@ def ensure_source(*, version: str | None = None, progress: Say | None = None) ->
         origin = os.environ.get(sdist.SOURCE_ENV)
         archive = sdist.find_sdist(version, Path(tmp) / "download", progress=say)
         staged = Path(tmp) / "llama.cpp"
-        changelog = sdist.copy_llama_cpp(archive, staged, lambda rel: wanted_source(rel, tool_dirs))
+        changelog = sdist.copy_llama_cpp(
+            archive, staged, lambda rel: wanted_source(rel, tool_dirs, header_dirs)
+        )
         missing = [d for d in ("include", "common", *(f"tools/{t}" for t in tool_dirs))
                    if not (staged / d).is_dir()]  # fmt: skip
         if missing:
@@ -245,12 +293,14 @@ def compile_command(
     return [*cmd, "-c", str(src / rel), "-o", str(obj)]
 
 
-def link_command(cxx: str, objects: Sequence[Path], out: Path, libs: Path) -> list[str]:
+def link_command(
+    cxx: str, objects: Sequence[Path], out: Path, libs: Path, extra_libs: Sequence[str] = ()
+) -> list[str]:
     """The link command: llama.cpp's shared libraries by rpath, unused functions dropped."""
     gc = "-Wl,-dead_strip" if sys.platform == "darwin" else "-Wl,--gc-sections"
     return [
-        cxx, *map(str, objects), "-o", str(out), f"-L{libs}", "-lllama", "-lggml", "-lggml-base",
-        f"-Wl,-rpath,{libs}", "-pthread", gc,
+        cxx, *map(str, objects), "-o", str(out), f"-L{libs}", *(f"-l{n}" for n in extra_libs),
+        "-lllama", "-lggml", "-lggml-base", f"-Wl,-rpath,{libs}", "-pthread", gc,
     ]  # fmt: skip
 
 
@@ -282,7 +332,7 @@ def ensure_tool(name: str, *, progress: Say | None = None, rebuild: bool = False
 
 
 def _build(spec: ToolSpec, version: str, out: Path, libs: Path, say: Say) -> Path:
-    missing = [n for n in ("llama", "ggml", "ggml-base") if not _has_lib(libs, n)]
+    missing = [n for n in ("llama", "ggml", "ggml-base", *spec.libs) if not _has_lib(libs, n)]
     if missing:
         raise BackendError(
             f"lib{missing[0]} not found in {libs}",
@@ -297,10 +347,20 @@ def _build(spec: ToolSpec, version: str, out: Path, libs: Path, say: Say) -> Pat
     info = json.loads((src / "source.json").read_text(encoding="utf-8"))
     build_info = _write_build_info(src, build, cxx, info.get("llama_cpp_commit"))
     tool_dir = src / "tools" / spec.folder
-    units: dict[str, tuple[Path, list[Path]]] = {
-        f"tools/{spec.folder}/{s}": (objdir / f"{spec.folder}__{s}.o", [tool_dir])
-        for s in spec.sources
-    }
+    includes = [tool_dir]
+    if spec.headers_from:  # tools/server's ../mtmd and ${PROJECT_SOURCE_DIR}
+        includes += [src / "tools" / d for d in spec.headers_from] + [src]
+    units: dict[str, tuple[Path, list[Path]]] = {}
+    if spec.ui:
+        ui_cpp = _write_ui(src, build / "ui")
+        includes.append(ui_cpp.parent)
+        units[str(ui_cpp)] = (build / "ui" / f"ui-{_flags_hash(cxx)}.o", [ui_cpp.parent])
+    units.update(
+        {
+            f"tools/{spec.folder}/{s}": (objdir / f"{spec.folder}__{s}.o", includes)
+            for s in spec.sources
+        }
+    )
     units[str(build_info)] = (build / f"build-info-{_flags_hash(cxx)}.o", [])
 
     def add(rels: Iterable[str]) -> None:
@@ -313,14 +373,14 @@ def _build(spec: ToolSpec, version: str, out: Path, libs: Path, say: Say) -> Pat
     _compile_all(cxx, src, units, say)
     tmp = atomic.temp_path(out)  # journaled: gc removes it after a kill
     say(f"linking {spec.name}")
-    done = process.run(link_command(cxx, [o for o, _ in units.values()], tmp, libs))
+    done = process.run(link_command(cxx, [o for o, _ in units.values()], tmp, libs, spec.libs))
     if done.returncode != 0 and _undefined_symbols(done.stderr):
         # this llama.cpp needs more of common than ToolSpec.common lists: compile all of it
         fallback = True
         say(f"{spec.name} needs more of llama.cpp's common library; compiling all of it")
         add(common_sources(src, spec, everything=True))
         _compile_all(cxx, src, units, say)
-        done = process.run(link_command(cxx, [o for o, _ in units.values()], tmp, libs))
+        done = process.run(link_command(cxx, [o for o, _ in units.values()], tmp, libs, spec.libs))
     if done.returncode != 0:
         tmp.unlink(missing_ok=True)
         raise BackendError(
@@ -401,6 +461,76 @@ def _write_build_info(src: Path, build: Path, cxx: str, commit: str | None) -> P
         for stale in build.glob("build-info-*.o"):
             stale.unlink(missing_ok=True)
     return out
+
+
+# scripts/ui-assets.cmake's mime_from_ext
+UI_MIME = {
+    "html": "text/html; charset=utf-8", "css": "text/css", "js": "application/javascript",
+    "json": "application/json", "webmanifest": "application/manifest+json",
+    "svg": "image/svg+xml", "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg",
+    "ico": "image/x-icon", "woff": "font/woff", "woff2": "font/woff2",
+}  # fmt: skip
+
+
+def ui_sources(src: Path) -> tuple[str, str]:
+    """The text of tools/ui's generated ui.h and ui.cpp, as scripts/ui-assets.cmake writes them:
+    every file of tools/ui/dist as a byte array (uncompressed: its gzip option only saves
+    bandwidth), or an empty table when there is no dist/index.html (0.3.36's sdist)."""
+    dist = src / UI_DIST
+    assets: list[str] = []
+    if (dist / "index.html").is_file():
+        assets = sorted(
+            rel
+            for rel in (p.relative_to(dist).as_posix() for p in dist.rglob("*") if p.is_file())
+            if not rel.startswith("_gzip/")
+        )
+    arrays, table = [], []
+    for i, name in enumerate(assets):
+        data = (dist / name).read_bytes()
+        hex_bytes = "".join(f"0x{b:02x}," for b in data)
+        arrays.append(f"static const unsigned char asset_{i}[] = {{{hex_bytes}}};\n")
+        etag = hashlib.sha256(data).hexdigest()
+        ext = name.rpartition(".")[2] if "." in name else ""
+        mime = UI_MIME.get(ext, "application/octet-stream")
+        table.append(
+            f'    {{ "{name}", asset_{i}, sizeof(asset_{i}), "\\"{etag}\\"", "{mime}" }},\n'
+        )
+    values = {
+        "ASSET_ARRAYS": "".join(arrays),
+        "ASSET_TABLE": "".join(table),
+        "N_ASSETS": str(len(assets)),
+        "USE_GZIP": "false",
+    }
+
+    def configure(text: str) -> str:  # cmake's configure_file(... @ONLY)
+        text = re.sub(
+            r"^#cmakedefine (\w+)(.*)$",
+            lambda m: (
+                f"#define {m.group(1)}{m.group(2)}" if assets else f"/* #undef {m.group(1)} */"
+            ),
+            text,
+            flags=re.M,
+        )
+        return re.sub(r"@(\w+)@", lambda m: values.get(m.group(1), m.group(0)), text)
+
+    header, cpp = (src / t for t in UI_TEMPLATES)
+    return configure(header.read_text(encoding="utf-8")), configure(cpp.read_text(encoding="utf-8"))
+
+
+def _write_ui(src: Path, folder: Path) -> Path:
+    """ui.h and ui.cpp in ``folder``; rewritten, and the object dropped, only on a change."""
+    header, cpp = ui_sources(src)
+    folder.mkdir(parents=True, exist_ok=True)
+    changed = False
+    for name, text in (("ui.h", header), ("ui.cpp", cpp)):
+        path = folder / name
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            atomic.write_text(path, text)
+            changed = True
+    if changed:
+        for stale in folder.glob("ui-*.o"):
+            stale.unlink(missing_ok=True)
+    return folder / "ui.cpp"
 
 
 def _undefined_symbols(linker_output: str) -> bool:
