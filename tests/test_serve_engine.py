@@ -12,8 +12,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.isolated]
 
 
 def test_batch_engine(smollm2_gguf: Path) -> None:
-    from llama3zh_local.llamacpp.batch import BatchEngine, Busy, Request, Sampling
+    from llama3zh_local.llamacpp.batch import BatchEngine, Busy, Request
     from llama3zh_local.llamacpp.engine import Model
+    from llama3zh_local.llamacpp.engine import SamplingParams as Sampling
 
     greedy = Sampling(temperature=0, repeat_penalty=1.0)
     with Model(smollm2_gguf) as m, BatchEngine(m, parallel=2, n_ctx=256, max_queue=1) as e:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from llama3zh_local.errors import BackendError, UsageError
-from llama3zh_local.llamacpp import installed, sdist, tools
+from llama3zh_local.llamacpp import installed, sdist, serverui, tools
 
 from . import models, serveproc
 
@@ -234,7 +234,7 @@ def test_ui_sources_without_assets(tmp_path: Path) -> None:
     (tmp_path / "tools/ui").mkdir(parents=True)
     (tmp_path / "tools/ui/ui.h.in").write_text(UI_H_IN)
     (tmp_path / "tools/ui/ui.cpp.in").write_text(UI_CPP_IN)
-    header, cpp = tools.ui_sources(tmp_path)
+    header, cpp = serverui.ui_sources(tmp_path)
     assert "/* #undef LLAMA_UI_HAS_ASSETS */" in header and "#define" not in header
     assert "std::array<llama_ui_asset, 0>" in header and "std::array<llama_ui_asset, 0>" in cpp
     assert "return false;" in cpp and "@" not in header + cpp and "asset_0" not in cpp
@@ -246,7 +246,7 @@ def test_ui_sources_with_assets(tmp_path: Path) -> None:
     (tmp_path / "tools/ui/ui.cpp.in").write_text(UI_CPP_IN)
     (tmp_path / "tools/ui/dist/index.html").write_bytes(b"<p>")
     (tmp_path / "tools/ui/dist/sub/a.woff2").write_bytes(b"\x00\xff")
-    header, cpp = tools.ui_sources(tmp_path)
+    header, cpp = serverui.ui_sources(tmp_path)
     assert "#define LLAMA_UI_HAS_ASSETS 1" in header and "llama_ui_asset, 2>" in header
     assert "asset_0[] = {0x3c,0x70,0x3e,};" in cpp  # sorted: index.html, sub/a.woff2
     assert "asset_1[] = {0x00,0xff,};" in cpp
@@ -501,7 +501,7 @@ def test_server_spec_matches_llama_cpp_cmake(tools_cache: Path) -> None:
         )))  # fmt: skip
         present = {p.name for p in (src / "tools" / d).glob("*.h")}
         assert wanted & {"mtmd.h", "mtmd-helper.h"} <= present
-    header, cpp = tools.ui_sources(src)
+    header, cpp = serverui.ui_sources(src)
     assert not re.search(r"@\w+@|#cmakedefine", header + cpp)
     assert "llama_ui_find_asset" in cpp and "llama_ui_get_assets" in header
 

@@ -87,15 +87,8 @@ def convert(
         if not dry_run:
             output.mkdir(parents=True, exist_ok=True)
     with Progress(enabled=not dry_run) as bar:
-        result = run(
-            source=src,
-            output=output,
-            outtype=outtype.value,
-            force=force,
-            dry_run=dry_run,
-            repo=repo,
-            progress=bar,
-        )
+        result = run(source=src, output=output, outtype=outtype.value, force=force,
+                     dry_run=dry_run, repo=repo, progress=bar)  # fmt: skip
     for note in result.notes:
         _output.note(note)
     for warning in result.warnings:
@@ -185,18 +178,9 @@ def merge_lora(
         elif output is None and fmt is MergeFormat.hf:
             output = paths.models_dir() / f"{spec.name}-merged"
     with Progress(enabled=not dry_run) as bar:
-        result = run(
-            lora=lora_dir,
-            base=base_dir,
-            output=output,
-            format=fmt.value,
-            outtype=outtype.value,
-            force=force,
-            dry_run=dry_run,
-            lora_repo=lora_repo,
-            base_repo=base_repo,
-            progress=bar,
-        )
+        result = run(lora=lora_dir, base=base_dir, output=output, format=fmt.value,
+                     outtype=outtype.value, force=force, dry_run=dry_run, lora_repo=lora_repo,
+                     base_repo=base_repo, progress=bar)  # fmt: skip
     for warning in result.warnings:
         _output.warn(warning)
     what = f"{result.merged_modules} LoRA modules (scale {result.scale:g})" + (

@@ -96,15 +96,9 @@ def modelfile(
             hint="add -o PATH, or leave out --relative for an absolute FROM path",
         )
     target = modelfile_path(output, force=force) if output is not None else None
-    mf = _built(
-        model=model,
-        quant=quant,
-        system=system,
-        params=param or (),
-        adapter=adapter,
-        chat=chat,
-        relative_to=target.parent if relative and target is not None else None,
-    )
+    relative_to = target.parent if relative and target is not None else None
+    mf = _built(model=model, quant=quant, system=system, params=param or (), adapter=adapter,
+                chat=chat, relative_to=relative_to)  # fmt: skip
     if target is None or output is None:
         sys.stdout.write(mf.text)
         sys.stdout.flush()
@@ -143,16 +137,8 @@ def ollama_create(
 
       OLLAMA_HOST=gpu-box:11434 llama3zh ollama-create llama3-zh ./ggml-model-q8_0.gguf
     """
-    create_in_ollama(
-        name,
-        model=model,
-        quant=quant,
-        system=system,
-        params=param or (),
-        adapter=adapter,
-        chat=chat,
-        host=host,
-    )
+    create_in_ollama(name, model=model, quant=quant, system=system, params=param or (),
+                     adapter=adapter, chat=chat, host=host)  # fmt: skip
 
 
 def create_in_ollama(

@@ -11,56 +11,65 @@ from . import _output
 from ._errors import handle_errors
 from ._options import FlashAttn, GpuLayersOpt, ThreadsOpt
 
+ModelsArg = Annotated[
+    list[Path] | None,
+    typer.Argument(
+        help="Extra .gguf files to offer (every model in `llama3zh list` is offered too).",
+        show_default=False,
+    ),
+]
+HostOpt = Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")]
+PortOpt = Annotated[int, typer.Option(help="Port (11434: where Ollama's clients look).")]
+ParallelOpt = Annotated[
+    int, typer.Option("--parallel", "-np", help="Answers generated at once.", min=1)
+]
+ServeCtxOpt = Annotated[
+    int, typer.Option("--ctx", "-c", help="Context per request (prompt + answer).", min=64)
+]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="LLAMA3ZH_API_KEY",
+        help="Require this key (Authorization: Bearer KEY or x-api-key: KEY).",
+    ),
+]
+CorsOpt = Annotated[
+    str | None,
+    typer.Option(help="Web origins allowed besides loopback ones, comma-separated ('*': any)."),
+]
+KeepAliveOpt = Annotated[
+    str, typer.Option(help="Unload an idle model after this long (5m, 1h, 0, -1: never).")
+]
+QueueOpt = Annotated[
+    int, typer.Option(help="Requests that may wait for a slot; more get 503.", min=0)
+]
+PrintConfigOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--print-config",
+        metavar="CLIENT",
+        help="Print what to enter in a client and exit: cherry-studio, chatbox, open-webui, "
+        "lobechat, dify, nextchat, vllm (the vllm serve command for a GPU server).",
+    ),
+]
+
 
 @handle_errors
 def serve(
-    models: Annotated[
-        list[Path] | None,
-        typer.Argument(
-            help="Extra .gguf files to offer (every model in `llama3zh list` is offered too).",
-            show_default=False,
-        ),
-    ] = None,
-    host: Annotated[
-        str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port (11434: where Ollama's clients look).")] = 11434,
-    parallel: Annotated[
-        int, typer.Option("--parallel", "-np", help="Answers generated at once.", min=1)
-    ] = 4,
-    ctx: Annotated[
-        int, typer.Option("--ctx", "-c", help="Context per request (prompt + answer).", min=64)
-    ] = 4096,
+    models: ModelsArg = None,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 11434,
+    parallel: ParallelOpt = 4,
+    ctx: ServeCtxOpt = 4096,
     n_gpu_layers: GpuLayersOpt = "auto",
     threads: ThreadsOpt = None,
     flash_attn: Annotated[FlashAttn, typer.Option(help="Flash attention.")] = FlashAttn.auto,
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            "--api-key",
-            envvar="LLAMA3ZH_API_KEY",
-            help="Require this key (Authorization: Bearer KEY or x-api-key: KEY).",
-        ),
-    ] = None,
-    cors: Annotated[
-        str | None,
-        typer.Option(help="Web origins allowed besides loopback ones, comma-separated ('*': any)."),
-    ] = None,
-    keep_alive: Annotated[
-        str, typer.Option(help="Unload an idle model after this long (5m, 1h, 0, -1: never).")
-    ] = "5m",
-    queue: Annotated[
-        int, typer.Option(help="Requests that may wait for a slot; more get 503.", min=0)
-    ] = 16,
-    print_config: Annotated[
-        str | None,
-        typer.Option(
-            "--print-config",
-            metavar="CLIENT",
-            help="Print what to enter in a client and exit: cherry-studio, chatbox, open-webui, "
-            "lobechat, dify, nextchat, vllm (the vllm serve command for a GPU server).",
-        ),
-    ] = None,
+    api_key: ApiKeyOpt = None,
+    cors: CorsOpt = None,
+    keep_alive: KeepAliveOpt = "5m",
+    queue: QueueOpt = 16,
+    print_config: PrintConfigOpt = None
 ) -> None:
     """Serve the local models over OpenAI's and Ollama's APIs, with a chat page at /.
 

@@ -23,24 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BackendError, UsageError
-from .engine import DEFAULT_SEED, Model, default_threads
+from .engine import (
+    ContextSettings,
+    Model,
+    SamplingParams,
+    default_threads,
+    new_context,
+    sampler_chain,
+)
 from .native import last_log_lines, lib
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Sampling settings of one request (OpenAI's and Ollama's options map onto these)."""
-
-    temperature: float = 0.8
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    seed: int | None = None
-    grammar: str | None = None  # GBNF, root rule "root"
 
 
 @dataclass(frozen=True)
@@ -48,7 +39,7 @@ class Request:
     """What to generate: prompt token ids, sampling, limits and stops."""
 
     prompt: Sequence[int]
-    sampling: Sampling = field(default_factory=Sampling)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
     max_tokens: int = -1  # -1: until a stop or the end of the sequence's context
     stop: tuple[str, ...] = ()  # stop strings (not part of the answer)
     stop_tokens: frozenset[int] = frozenset()  # besides the vocabulary's end-of-generation ids
@@ -182,24 +173,11 @@ class BatchEngine:
         self.parallel = parallel
         self.n_ctx = n_ctx
         self.max_queue = max_queue
-        cp = ll.llama_context_default_params()
-        cp.n_ctx = n_ctx * parallel
-        cp.n_batch = max(n_batch, parallel)
-        cp.n_ubatch = min(512, cp.n_batch)
-        cp.n_seq_max = parallel
-        cp.kv_unified = True
         threads = n_threads or default_threads()
-        cp.n_threads = threads
-        cp.n_threads_batch = threads
-        cp.flash_attn_type = {"auto": -1, "off": 0, "on": 1}[flash_attn]
-        cp.no_perf = True
-        self.ctx = ll.llama_init_from_model(model.ptr, cp)
-        if not self.ctx:
-            raise BackendError(
-                f"llama.cpp could not create a context of {parallel} x {n_ctx} tokens: "
-                f"{last_log_lines() or 'no reason given'}",
-                hint="try a smaller --ctx, a smaller --parallel or fewer GPU layers (-ngl)",
-            )
+        self.ctx = new_context(model, ContextSettings(
+            n_ctx=n_ctx * parallel, n_batch=max(n_batch, parallel), n_ubatch=512,
+            n_threads=threads, flash_attn=flash_attn, n_seq_max=parallel,
+        ))  # fmt: skip
         self.n_batch = int(ll.llama_n_batch(self.ctx))
         self._mem = ll.llama_get_memory(self.ctx)
         self._batch = ll.llama_batch_init(self.n_batch, 0, 1)
@@ -438,55 +416,9 @@ class BatchEngine:
         slot.t_start = time.perf_counter_ns()
         slot.last_used = time.monotonic()
         try:
-            slot.sampler = self._sampler(job.request.sampling)
+            slot.sampler = sampler_chain(self.model, job.request.sampling)
         except BackendError as err:
             self._finish(slot, "error", error=str(err))
-
-    def _sampler(self, p: Sampling) -> Any:
-        ll = self._ll
-        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-        add = ll.llama_sampler_chain_add
-        if p.grammar:
-            grammar = ll.llama_sampler_init_grammar(
-                self.model.vocab, p.grammar.encode("utf-8"), b"root"
-            )
-            if not grammar:
-                ll.llama_sampler_free(chain)
-                raise BackendError(
-                    f"llama.cpp rejected the response grammar: {last_log_lines()}",
-                    hint="simplify the JSON schema",
-                )
-            add(chain, grammar)
-        penalized = p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty
-        if penalized:
-            # The penalty sampler looks up every candidate in a hash map; penalties only touch
-            # the last repeat_last_n tokens, so cutting to top (k + repeat_last_n) first is
-            # exact, and without top-k the 1000 likeliest are kept (an approximation).
-            wide = p.top_k + p.repeat_last_n if p.top_k > 0 and p.temperature > 0 else 1000
-            add(chain, ll.llama_sampler_init_top_k(wide))
-            add(
-                chain,
-                ll.llama_sampler_init_penalties(
-                    self.model.n_vocab,
-                    p.repeat_last_n,
-                    p.repeat_penalty,
-                    p.frequency_penalty,
-                    p.presence_penalty,
-                ),
-            )
-        if p.temperature <= 0:
-            add(chain, ll.llama_sampler_init_greedy())
-            return chain
-        if p.top_k > 0:
-            add(chain, ll.llama_sampler_init_top_k(p.top_k))
-        if p.top_p < 1.0:
-            add(chain, ll.llama_sampler_init_top_p(p.top_p, 1))
-        if p.min_p > 0:
-            add(chain, ll.llama_sampler_init_min_p(p.min_p, 1))
-        add(chain, ll.llama_sampler_init_temp(p.temperature))
-        seed = DEFAULT_SEED if p.seed is None else p.seed & 0xFFFFFFFF
-        add(chain, ll.llama_sampler_init_dist(seed))
-        return chain
 
     def _finish(self, slot: _Slot, reason: str, error: str | None = None) -> None:
         job = slot.job

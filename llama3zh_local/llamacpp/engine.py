@@ -60,6 +60,14 @@ class SamplingParams:
     repeat_penalty: float = 1.1
     repeat_last_n: int = 64
     seed: int | None = None
+    # OpenAI's penalties and a response grammar (GBNF, root rule "root"): set by serve
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    grammar: str | None = None
+
+    @property
+    def penalized(self) -> bool:
+        return self.repeat_penalty != 1.0 or bool(self.frequency_penalty or self.presence_penalty)
 
     def validate(self) -> None:
         """Refuse values llama.cpp's samplers would misbehave on (NaN and infinities too).
@@ -275,14 +283,95 @@ class Model:
         return self.token_bytes(token, special=True).decode("utf-8", errors="replace")
 
 
+def sampler_chain(model: Model, p: SamplingParams) -> Any:
+    """llama.cpp's sampler chain for ``p`` on ``model``'s vocabulary (the caller frees it).
+
+    Raises:
+        BackendError: llama.cpp rejected ``p.grammar``.
+    """
+    ll = lib()
+    chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+    add = ll.llama_sampler_chain_add
+    if p.grammar:
+        grammar = ll.llama_sampler_init_grammar(model.vocab, p.grammar.encode("utf-8"), b"root")
+        if not grammar:
+            ll.llama_sampler_free(chain)
+            raise BackendError(
+                f"llama.cpp rejected the response grammar: {last_log_lines()}",
+                hint="simplify the JSON schema",
+            )
+        add(chain, grammar)
+    if p.penalized:
+        keep = 1 if p.temperature <= 0 else p.top_k  # what is sampled from after the penalties
+        lowers = p.repeat_penalty >= 1 and p.frequency_penalty >= 0 and p.presence_penalty >= 0
+        if keep > 0 and p.repeat_last_n > 0 and lowers:
+            # The penalty sampler looks up every candidate in a hash map (the whole vocab:
+            # 128k lookups a token for Llama-3). Penalties that only lower logits and touch at
+            # most repeat_last_n tokens keep the top ``keep`` after them within the top
+            # (keep + repeat_last_n) before them: cutting to that first is exact and cheap.
+            add(chain, ll.llama_sampler_init_top_k(keep + p.repeat_last_n))
+        # The first argument is the vocabulary size (0 only works while sampling on the CPU).
+        add(chain, ll.llama_sampler_init_penalties(
+            model.n_vocab, p.repeat_last_n, p.repeat_penalty, p.frequency_penalty,
+            p.presence_penalty,
+        ))  # fmt: skip
+    if p.temperature <= 0:
+        add(chain, ll.llama_sampler_init_greedy())
+        return chain
+    if p.top_k > 0:
+        add(chain, ll.llama_sampler_init_top_k(p.top_k))
+    if p.top_p < 1.0:
+        add(chain, ll.llama_sampler_init_top_p(p.top_p, 1))
+    if p.min_p > 0:
+        add(chain, ll.llama_sampler_init_min_p(p.min_p, 1))
+    add(chain, ll.llama_sampler_init_temp(p.temperature))
+    seed = DEFAULT_SEED if p.seed is None else p.seed & 0xFFFFFFFF
+    add(chain, ll.llama_sampler_init_dist(seed))
+    return chain
+
+
 @dataclass
 class ContextSettings:
-    n_ctx: int = 4096
+    n_ctx: int = 4096  # in all: n_seq_max sequences share it (each gets n_ctx / n_seq_max)
     n_batch: int = 2048
     n_ubatch: int = 512
     n_threads: int = field(default_factory=default_threads)
     n_threads_batch: int | None = None
     flash_attn: str = "auto"  # auto | on | off
+    n_seq_max: int = 1  # parallel sequences (serve's slots), in one unified KV cache
+
+
+def new_context(model: Model, settings: ContextSettings) -> Any:
+    """A llama.cpp context on ``model`` (the caller frees it with ``llama_free``).
+
+    Raises:
+        BackendError: llama.cpp could not create it (out of memory, most often).
+    """
+    ll = lib()
+    cp = ll.llama_context_default_params()
+    cp.n_ctx = settings.n_ctx
+    cp.n_batch = min(settings.n_batch, settings.n_ctx)
+    cp.n_ubatch = min(settings.n_ubatch, cp.n_batch)
+    cp.n_threads = settings.n_threads
+    cp.n_threads_batch = settings.n_threads_batch or settings.n_threads
+    cp.flash_attn_type = {"auto": -1, "off": 0, "on": 1}[settings.flash_attn]
+    cp.no_perf = True
+    if settings.n_seq_max > 1:
+        cp.n_seq_max = settings.n_seq_max
+        cp.kv_unified = True
+    ptr = ll.llama_init_from_model(model.ptr, cp)
+    if not ptr:
+        what = f"{settings.n_ctx} tokens" + (
+            f" for {settings.n_seq_max} sequences" if settings.n_seq_max > 1 else ""
+        )
+        raise BackendError(
+            f"llama.cpp could not create a context of {what}: "
+            f"{last_log_lines() or 'no reason given'}",
+            hint="try a smaller --ctx"
+            + (", a smaller --parallel" if settings.n_seq_max > 1 else "")
+            + " or fewer GPU layers (-ngl)",
+        )
+    return ptr
 
 
 class Session:
@@ -296,21 +385,7 @@ class Session:
         ll = model._ll
         self._ll = ll
         self.model = model
-        cp = ll.llama_context_default_params()
-        cp.n_ctx = settings.n_ctx
-        cp.n_batch = min(settings.n_batch, settings.n_ctx)
-        cp.n_ubatch = min(settings.n_ubatch, cp.n_batch)
-        cp.n_threads = settings.n_threads
-        cp.n_threads_batch = settings.n_threads_batch or settings.n_threads
-        cp.flash_attn_type = {"auto": -1, "off": 0, "on": 1}[settings.flash_attn]
-        cp.no_perf = True
-        self.ptr = ll.llama_init_from_model(model.ptr, cp)
-        if not self.ptr:
-            raise BackendError(
-                f"llama.cpp could not create a context of {settings.n_ctx} tokens: "
-                f"{last_log_lines() or 'no reason given'}",
-                hint="try a smaller --ctx or fewer GPU layers (-ngl)",
-            )
+        self.ptr = new_context(model, settings)
         self.n_ctx: int = ll.llama_n_ctx(self.ptr)
         self.n_batch: int = ll.llama_n_batch(self.ptr)
         self._mem = ll.llama_get_memory(self.ptr)
@@ -342,36 +417,7 @@ class Session:
             return self._sampler
         if self._sampler is not None:
             ll.llama_sampler_free(self._sampler)
-        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-        # The first argument is the vocabulary size (0 only works while sampling on the CPU).
-        penalties = None
-        if p.repeat_penalty != 1.0:
-            penalties = ll.llama_sampler_init_penalties(
-                self.model.n_vocab, p.repeat_last_n, p.repeat_penalty, 0, 0
-            )
-        add = ll.llama_sampler_chain_add
-        if p.temperature <= 0:
-            if penalties is not None:
-                add(chain, penalties)
-            add(chain, ll.llama_sampler_init_greedy())
-        else:
-            if p.repeat_penalty != 1.0 and p.top_k > 0:
-                # The penalty sampler looks up every candidate in a hash map (the whole vocab:
-                # 128k lookups a token for Llama-3). Penalties only lower logits and touch at
-                # most repeat_last_n tokens, so the top-k after penalties lies within the
-                # top (k + repeat_last_n) before them: cutting to that first is exact and cheap.
-                add(chain, ll.llama_sampler_init_top_k(p.top_k + p.repeat_last_n))
-            if penalties is not None:
-                add(chain, penalties)
-            if p.top_k > 0:
-                add(chain, ll.llama_sampler_init_top_k(p.top_k))
-            if p.top_p < 1.0:
-                add(chain, ll.llama_sampler_init_top_p(p.top_p, 1))
-            if p.min_p > 0:
-                add(chain, ll.llama_sampler_init_min_p(p.min_p, 1))
-            add(chain, ll.llama_sampler_init_temp(p.temperature))
-            seed = DEFAULT_SEED if p.seed is None else p.seed & 0xFFFFFFFF
-            add(chain, ll.llama_sampler_init_dist(seed))
+        chain = sampler_chain(self.model, p)
         self._sampler, self._sampler_key = chain, p
         return chain
 

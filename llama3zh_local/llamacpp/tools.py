@@ -8,7 +8,7 @@ libraries that llama-cpp-python installed: a tool runs the same llama.cpp, with 
 (CPU, CUDA, Metal), as the chat engine.
 
 llama-server (for bench/serve_speed.py) is built the same way: tools/server's sources, all of
-common, the web UI's generated asset table (``ui_sources``: empty, the sdist ships no built UI)
+common, the web UI's generated asset table (``serverui.py``: empty, the sdist ships no built UI)
 and llama-cpp-python's libmtmd for its multimodal part; mtmd's headers are all of tools/mtmd it
 copies.
 
@@ -56,7 +56,7 @@ from pathlib import Path
 
 from ..errors import BackendError, UsageError
 from ..files import atomic
-from . import installed, process, repack, sdist
+from . import installed, process, repack, sdist, serverui
 from .installed import DIST
 from .process import Say
 
@@ -67,8 +67,6 @@ SOURCE_FILES = ("LICENSE",)
 # llama-server's web UI (tools/ui): the templates of the generated ui.h/ui.cpp, and the built
 # assets if an sdist ever ships them (0.3.36's has none: the UI is then an empty table, and
 # llama-server answers its API without serving a page).
-UI_TEMPLATES = ("tools/ui/ui.h.in", "tools/ui/ui.cpp.in")
-UI_DIST = "tools/ui/dist"
 HTTPLIB = "vendor/cpp-httplib/httplib.cpp"
 # cpp-httplib's compile definitions, from vendor/cpp-httplib/CMakeLists.txt.
 HTTPLIB_DEFINES = (
@@ -166,8 +164,9 @@ TOOLS: dict[str, ToolSpec] = {
 def wanted_source(rel: str, tool_dirs: Iterable[str], header_dirs: Iterable[str] = ()) -> bool:
     """Whether a path of the llama.cpp tree (``common/arg.cpp``) is needed to build the tools:
     all of ``tools/<tool_dirs>``, the top-level headers of ``tools/<header_dirs>``."""
-    dirs = (*SOURCE_DIRS, UI_DIST, *(f"tools/{d}" for d in tool_dirs))
-    if rel in SOURCE_FILES or rel in UI_TEMPLATES or any(rel.startswith(d + "/") for d in dirs):
+    dirs = (*SOURCE_DIRS, serverui.UI_DIST, *(f"tools/{d}" for d in tool_dirs))
+    files = (*SOURCE_FILES, *serverui.UI_TEMPLATES)
+    if rel in files or any(rel.startswith(d + "/") for d in dirs):
         return True
     head, _, name = rel.rpartition("/")
     if name.endswith(".h") and head in {f"tools/{d}" for d in header_dirs}:
@@ -352,7 +351,7 @@ def _build(spec: ToolSpec, version: str, out: Path, libs: Path, say: Say) -> Pat
         includes += [src / "tools" / d for d in spec.headers_from] + [src]
     units: dict[str, tuple[Path, list[Path]]] = {}
     if spec.ui:
-        ui_cpp = _write_ui(src, build / "ui")
+        ui_cpp = serverui.write_ui(src, build / "ui")
         includes.append(ui_cpp.parent)
         units[str(ui_cpp)] = (build / "ui" / f"ui-{_flags_hash(cxx)}.o", [ui_cpp.parent])
     units.update(
@@ -461,76 +460,6 @@ def _write_build_info(src: Path, build: Path, cxx: str, commit: str | None) -> P
         for stale in build.glob("build-info-*.o"):
             stale.unlink(missing_ok=True)
     return out
-
-
-# scripts/ui-assets.cmake's mime_from_ext
-UI_MIME = {
-    "html": "text/html; charset=utf-8", "css": "text/css", "js": "application/javascript",
-    "json": "application/json", "webmanifest": "application/manifest+json",
-    "svg": "image/svg+xml", "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg",
-    "ico": "image/x-icon", "woff": "font/woff", "woff2": "font/woff2",
-}  # fmt: skip
-
-
-def ui_sources(src: Path) -> tuple[str, str]:
-    """The text of tools/ui's generated ui.h and ui.cpp, as scripts/ui-assets.cmake writes them:
-    every file of tools/ui/dist as a byte array (uncompressed: its gzip option only saves
-    bandwidth), or an empty table when there is no dist/index.html (0.3.36's sdist)."""
-    dist = src / UI_DIST
-    assets: list[str] = []
-    if (dist / "index.html").is_file():
-        assets = sorted(
-            rel
-            for rel in (p.relative_to(dist).as_posix() for p in dist.rglob("*") if p.is_file())
-            if not rel.startswith("_gzip/")
-        )
-    arrays, table = [], []
-    for i, name in enumerate(assets):
-        data = (dist / name).read_bytes()
-        hex_bytes = "".join(f"0x{b:02x}," for b in data)
-        arrays.append(f"static const unsigned char asset_{i}[] = {{{hex_bytes}}};\n")
-        etag = hashlib.sha256(data).hexdigest()
-        ext = name.rpartition(".")[2] if "." in name else ""
-        mime = UI_MIME.get(ext, "application/octet-stream")
-        table.append(
-            f'    {{ "{name}", asset_{i}, sizeof(asset_{i}), "\\"{etag}\\"", "{mime}" }},\n'
-        )
-    values = {
-        "ASSET_ARRAYS": "".join(arrays),
-        "ASSET_TABLE": "".join(table),
-        "N_ASSETS": str(len(assets)),
-        "USE_GZIP": "false",
-    }
-
-    def configure(text: str) -> str:  # cmake's configure_file(... @ONLY)
-        text = re.sub(
-            r"^#cmakedefine (\w+)(.*)$",
-            lambda m: (
-                f"#define {m.group(1)}{m.group(2)}" if assets else f"/* #undef {m.group(1)} */"
-            ),
-            text,
-            flags=re.M,
-        )
-        return re.sub(r"@(\w+)@", lambda m: values.get(m.group(1), m.group(0)), text)
-
-    header, cpp = (src / t for t in UI_TEMPLATES)
-    return configure(header.read_text(encoding="utf-8")), configure(cpp.read_text(encoding="utf-8"))
-
-
-def _write_ui(src: Path, folder: Path) -> Path:
-    """ui.h and ui.cpp in ``folder``; rewritten, and the object dropped, only on a change."""
-    header, cpp = ui_sources(src)
-    folder.mkdir(parents=True, exist_ok=True)
-    changed = False
-    for name, text in (("ui.h", header), ("ui.cpp", cpp)):
-        path = folder / name
-        if not path.is_file() or path.read_text(encoding="utf-8") != text:
-            atomic.write_text(path, text)
-            changed = True
-    if changed:
-        for stale in folder.glob("ui-*.o"):
-            stale.unlink(missing_ok=True)
-    return folder / "ui.cpp"
 
 
 def _undefined_symbols(linker_output: str) -> bool:

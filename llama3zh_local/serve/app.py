@@ -164,6 +164,70 @@ class Guard:
         digest = hashlib.sha256
         return hmac.compare_digest(digest(given.encode()).digest(), digest(self.key).digest())
 
+    def _refusal(
+        self,
+        scope: Any,
+        headers: dict[str, str],
+        cors: list[tuple[bytes, bytes]],
+        *,
+        ollama: bool,
+    ) -> Response | None:
+        """What to answer instead of the app: a 403 for a foreign Host or Origin, a CORS
+        preflight's 204, a 401 without the key, a 413 for a body over the limit; else None."""
+        path: str = scope["path"]
+        origin = headers.get("origin")
+
+        def refuse(status: int, message: str, code: str, kind: str) -> Response:
+            return error_response(ApiError(status, message, code=code, kind=kind), ollama=ollama)
+
+        # DNS rebinding: a loopback server answers only to loopback host names
+        host = headers.get("host", "")
+        hostname = urlsplit("//" + host).hostname or ""
+        if self.check_host and host and not is_loopback_host(hostname):
+            why = (
+                f"host {host!r} is not allowed: this server listens on loopback only; use "
+                "http://127.0.0.1 or http://localhost (or start it with --host)"
+            )
+            return refuse(403, why, "forbidden_host", "permission")
+        if origin is not None and not cors:
+            # a web page elsewhere may not drive this server (nor read its answers)
+            return refuse(
+                403,
+                f"origin {origin!r} is not allowed; start the server with --cors {origin}",
+                "forbidden_origin",
+                "permission",
+            )
+        if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+            resp = Response(status_code=204)
+            resp.headers.update(
+                {
+                    "access-control-allow-methods": "GET, POST, HEAD, OPTIONS",
+                    "access-control-allow-headers": headers.get(
+                        "access-control-request-headers", "authorization, content-type"
+                    ),
+                    "access-control-max-age": "600",
+                }
+            )
+            return resp
+        if path not in OPEN_PATHS and not self.key_ok(headers):
+            return refuse(
+                401,
+                "invalid or missing API key: send it as 'Authorization: Bearer KEY' or "
+                "'x-api-key: KEY'",
+                "invalid_api_key",
+                "invalid_request_error",
+            )
+        length = headers.get("content-length")
+        limit = self.server.config.max_body_bytes
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return refuse(
+                413,
+                f"the request body is larger than {limit:,} bytes",
+                "body_too_large",
+                "invalid_request_error",
+            )
+        return None
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -183,66 +247,11 @@ class Guard:
             resp.headers.update({k.decode(): v.decode() for k, v in cors})
             await resp(scope, receive, send)
 
-        def refuse(status: int, message: str, code: str, kind: str) -> Response:
-            return error_response(ApiError(status, message, code=code, kind=kind), ollama=ollama)
-
-        # DNS rebinding: a loopback server answers only to loopback host names
-        host = headers.get("host", "")
-        hostname = urlsplit("//" + host).hostname or ""
-        if self.check_host and host and not is_loopback_host(hostname):
-            why = (
-                f"host {host!r} is not allowed: this server listens on loopback only; use "
-                "http://127.0.0.1 or http://localhost (or start it with --host)"
-            )
-            await reply(refuse(403, why, "forbidden_host", "permission"))
+        refusal = self._refusal(scope, headers, cors, ollama=ollama)
+        if refusal is not None:
+            await reply(refusal)
             return
-        if origin is not None and not cors:
-            # a web page elsewhere may not drive this server (nor read its answers)
-            await reply(
-                refuse(
-                    403,
-                    f"origin {origin!r} is not allowed; start the server with --cors {origin}",
-                    "forbidden_origin",
-                    "permission",
-                )
-            )
-            return
-        if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
-            resp = Response(status_code=204)
-            resp.headers.update(
-                {
-                    "access-control-allow-methods": "GET, POST, HEAD, OPTIONS",
-                    "access-control-allow-headers": headers.get(
-                        "access-control-request-headers", "authorization, content-type"
-                    ),
-                    "access-control-max-age": "600",
-                }
-            )
-            await reply(resp)
-            return
-        if path not in OPEN_PATHS and not self.key_ok(headers):
-            await reply(
-                refuse(
-                    401,
-                    "invalid or missing API key: send it as 'Authorization: Bearer KEY' or "
-                    "'x-api-key: KEY'",
-                    "invalid_api_key",
-                    "invalid_request_error",
-                )
-            )
-            return
-        length = headers.get("content-length")
         limit = self.server.config.max_body_bytes
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            await reply(
-                refuse(
-                    413,
-                    f"the request body is larger than {limit:,} bytes",
-                    "body_too_large",
-                    "invalid_request_error",
-                )  # fmt: skip
-            )
-            return
         received = 0
 
         async def limited_receive() -> Any:

@@ -17,6 +17,7 @@ from .. import __version__
 from ..errors import UsageError
 from ..gguf.info import read_gguf_info
 from ..llamacpp.batch import Record, Request
+from ..llamacpp.engine import SamplingParams
 from . import params as P
 from .registry import ModelEntry
 from .scheduler import parse_duration
@@ -129,7 +130,7 @@ async def show(request: HttpRequest) -> Response:
     )
 
 
-def _options(body: dict[str, Any]) -> tuple[P.Sampling, int | None, tuple[str, ...]]:
+def _options(body: dict[str, Any]) -> tuple[SamplingParams, int | None, tuple[str, ...]]:
     opts = body.get("options") or {}
     if not isinstance(opts, dict):
         raise P.bad("options must be an object", "options")
@@ -181,11 +182,8 @@ async def chat(request: HttpRequest) -> Response:
         raise P.bad("tools are not supported by this server", "tools")
     server.check_prompt_chars(msgs)
 
-    def build(res: Any) -> Request:
-        return P.chat_request(
-            res, msgs, sampling=sampling, max_tokens=limit, stop=stop,
-            default_system=server.scheduler.default_system,
-        )  # fmt: skip
+    build = P.chat_builder(msgs, sampling=sampling, max_tokens=limit, stop=stop,
+                           default_system=server.scheduler.default_system)  # fmt: skip
 
     return await _run(request, name, build, keep=keep, stream=stream, chat=True)
 
@@ -213,17 +211,15 @@ async def generate(request: HttpRequest) -> Response:
     stream = P.opt_bool(body, "stream", True)
     server.check_prompt_chars([{"content": prompt}, {"content": system or ""}])
 
-    def build(res: Any) -> Request:
-        if raw:
-            ids = res.model.tokenize(prompt, add_special=res.model.add_bos, parse_special=True)
-            return P.limited(res, ids, sampling=sampling, max_tokens=limit, stop=stop)
-        msgs = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": prompt}
-        ]
-        return P.chat_request(
-            res, msgs, sampling=sampling, max_tokens=limit, stop=stop,
-            default_system=server.scheduler.default_system,
-        )  # fmt: skip
+    def raw_request(res: Any) -> Request:  # the prompt as it is: no template around it
+        ids = res.model.tokenize(prompt, add_special=res.model.add_bos, parse_special=True)
+        return P.limited(res, ids, sampling=sampling, max_tokens=limit, stop=stop)
+
+    msgs = [{"role": "system", "content": system}] if system else []
+    build = raw_request if raw else P.chat_builder(
+        [*msgs, {"role": "user", "content": prompt}], sampling=sampling, max_tokens=limit,
+        stop=stop, default_system=server.scheduler.default_system,
+    )  # fmt: skip
 
     return await _run(request, name, build, keep=keep, stream=stream, chat=False)
 

@@ -13,6 +13,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 
 from ..llamacpp.batch import Record, Request
+from ..llamacpp.engine import SamplingParams
 from . import params as P
 from .streams import Generation, StreamResponse, collect
 
@@ -64,7 +65,9 @@ async def get_model(request: HttpRequest) -> Response:
     )
 
 
-def _common(body: dict[str, Any], *, chat: bool) -> tuple[P.Sampling, int | None, tuple[str, ...]]:
+def _common(
+    body: dict[str, Any], *, chat: bool
+) -> tuple[SamplingParams, int | None, tuple[str, ...]]:
     n = P.opt_int(body, "n", 1, 1 << 30)
     if n not in (None, 1):
         raise P.bad("n must be 1: this server makes one answer per request", "n")
@@ -95,11 +98,8 @@ async def chat_completions(request: HttpRequest) -> Response:
     include_usage = bool(opts and opts.get("include_usage"))
     server.check_prompt_chars(msgs)
 
-    def build(res: Any) -> Request:
-        return P.chat_request(
-            res, msgs, sampling=sampling, max_tokens=limit, stop=stop,
-            default_system=server.scheduler.default_system,
-        )  # fmt: skip
+    build = P.chat_builder(msgs, sampling=sampling, max_tokens=limit, stop=stop,
+                           default_system=server.scheduler.default_system)  # fmt: skip
 
     return await _run(request, name, build, stream=stream, chat=True, include_usage=include_usage)
 

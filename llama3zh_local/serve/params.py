@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 from ..chat.prompt_tokens import chat_prompt_tokens
 from ..errors import Llama3zhError
-from ..llamacpp.batch import Request, Sampling
+from ..llamacpp.batch import Request
 from ..llamacpp.engine import SamplingParams
 
 MAX_STOPS = 16
@@ -208,7 +209,9 @@ def response_grammar(fmt: Any, *, param: str) -> str | None:
         raise bad(f"{param}: the JSON schema cannot be enforced: {err}", param) from None
 
 
-def sampling(body: dict[str, Any], *, where: str = "", grammar: str | None = None) -> Sampling:
+def sampling(
+    body: dict[str, Any], *, where: str = "", grammar: str | None = None
+) -> SamplingParams:
     """Sampling from a body (OpenAI) or Ollama's ``options``; unset fields take chat's defaults."""
     base = SamplingParams()
     temp = opt_number(body, "temperature", 0, 2 if not where else 100, where=where)
@@ -220,7 +223,7 @@ def sampling(body: dict[str, Any], *, where: str = "", grammar: str | None = Non
     rep = opt_number(body, "repeat_penalty", 0.01, 100, where=where)
     last_n = opt_int(body, "repeat_last_n", 0, 1 << 20, where=where)
     seed = opt_int(body, "seed", -(1 << 63), (1 << 64) - 1, where=where)
-    return Sampling(
+    return SamplingParams(
         temperature=base.temperature if temp is None else temp,
         top_p=base.top_p if top_p is None or top_p == 0 else top_p,
         top_k=base.top_k if top_k is None else top_k,
@@ -238,7 +241,7 @@ def chat_request(
     res: Any,
     msgs: list[dict[str, str]],
     *,
-    sampling: Sampling,
+    sampling: SamplingParams,
     max_tokens: int | None,
     stop: tuple[str, ...],
     default_system: str | None,
@@ -255,11 +258,29 @@ def chat_request(
     return limited(res, prompt, sampling=sampling, max_tokens=max_tokens, stop=stop)
 
 
+def chat_builder(
+    msgs: list[dict[str, str]],
+    *,
+    sampling: SamplingParams,
+    max_tokens: int | None,
+    stop: tuple[str, ...],
+    default_system: str | None,
+) -> Callable[[Any], Request]:
+    """``chat_request`` for the resident model the scheduler hands over (its tokenizer and
+    template are only known then)."""
+
+    def build(res: Any) -> Request:
+        return chat_request(res, msgs, sampling=sampling, max_tokens=max_tokens, stop=stop,
+                            default_system=default_system)  # fmt: skip
+
+    return build
+
+
 def limited(
     res: Any,
     prompt: list[int],
     *,
-    sampling: Sampling,
+    sampling: SamplingParams,
     max_tokens: int | None,
     stop: tuple[str, ...],
 ) -> Request:
