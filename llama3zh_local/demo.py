@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import Llama3zhError, UsageError
-from .files import atomic, guard, state
+from .files import atomic, state
 from .progress import DONE, NOTE, REUSE, START, Callback, emitter
 
 # The stages are imported where the demo runs them, not here: cli/demo.py reads this module's
@@ -235,6 +235,7 @@ def check_outputs(out: Path) -> None:
     Raises:
         UsageError: a demo file (or a file in the checkpoint folder) that llama3zh did not write.
     """
+    from .files import guard
     from .pipeline import F16, refuse_foreign
     from .quant.quantize import parse_type
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from importlib import resources
 from pathlib import Path
 
 
@@ -35,4 +34,6 @@ def config_dir() -> Path:
 
 def data_file(name: str) -> Path:
     """A file shipped in ``llama3zh_local/data`` (calibration and evaluation text, templates)."""
+    from importlib import resources  # here, not at the top: `llama3zh --help` does not need it
+
     return Path(str(resources.files("llama3zh_local.data").joinpath(name)))

@@ -14,7 +14,6 @@ import typer
 
 from .. import catalog
 from ..catalog import DEFAULT_ALIAS, DEFAULT_SYSTEM_PROMPT
-from ..chat.conversation import Conversation, check_text, decode_input, quoted
 from ..errors import InputError, Llama3zhError
 from ..paths import config_dir
 from . import _output
@@ -119,6 +118,7 @@ def chat(
 
 def _question(prompt: str | None, system: str) -> str | None:
     """The one question to answer (-p or stdin), or None for the REPL; checked before loading."""
+    from ..chat.conversation import check_text, decode_input
 
     if prompt is not None:
         check_text(prompt, "-p")
@@ -164,6 +164,7 @@ def talk(
 
     Shared by ``chat`` and ``run``; ``gpu_layers`` is parsed already (None: auto).
     """
+    from ..chat.conversation import Conversation
     from ..chat.session import format_stats, open_chat
     from ..hub import store
 
@@ -326,6 +327,7 @@ def _command(
     chat: Chat, cmd: str, arg: str, *, show_stats: bool, last: list[GenerationRecord]
 ) -> bool:
     """Run one REPL command (not /exit); returns whether timings show after each answer."""
+    from ..chat.conversation import Conversation, check_text, quoted
     from ..chat.session import format_stats
 
     if cmd == "/help":

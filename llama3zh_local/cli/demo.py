@@ -9,7 +9,6 @@ import typer
 
 from .. import paths
 from ..demo import DEFAULT_CHUNKS, DEFAULT_CTX, HF_NAME, PROMPT, QUANT, STEPS, run_demo
-from ..hardware import check_threads
 from . import _output
 from ._errors import handle_errors
 from ._options import ThreadsOpt
@@ -54,6 +53,8 @@ def demo(
 
       llama3zh demo --out ./smollm2-demo --chunks 16 --threads 4
     """
+    from ..hardware import check_threads
+
     check_threads(threads)
     out_dir = out if out is not None else paths.home() / "demo"
     _output.note(
