@@ -13,7 +13,9 @@ from typer.core import TyperCommand
 
 from .. import __version__
 from . import (
+    _errors,
     _options,
+    _output,
     _signals,
     chat,
     convert,
@@ -57,8 +59,6 @@ def _main(
     ] = False,
 ) -> None:
     """Pull, convert, quantize and chat with the Chinese Llama-3 models on your own machine."""
-    from . import _errors, _output
-
     _output.route_logs(debug=_errors.debug())
 
 

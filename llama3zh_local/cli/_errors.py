@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import typer
 
+from .. import errors
 from ..errors import Llama3zhError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -70,8 +71,6 @@ def _silence_stdout() -> None:
 
 def default_hint(err: Llama3zhError) -> str:
     """The next step for an error raised without a hint of its own: every error gets one."""
-    from .. import errors
-
     hints: tuple[tuple[type[Llama3zhError], str], ...] = (
         (errors.UsageError, "see the options and examples: llama3zh COMMAND --help"),
         (errors.ModelNotFoundError, "check the path or alias (`llama3zh list` shows the models)"),

@@ -10,6 +10,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperCommand
 
+from ._errors import report
+
+# Library modules are imported inside the functions that need them: `llama3zh --help` stays quick.
+
 if TYPE_CHECKING:
     from ..quant.options import ChunkOptions
 
@@ -146,8 +150,6 @@ class FlagHintCommand(TyperCommand):
                 raise
             for flag, value in zip(given[:-1], given[1:], strict=True):
                 if flag in self.flag_hints and not value.startswith("-") and value in message:
-                    from ._errors import report
-
                     report(
                         f"{flag} takes no value, but {value} follows it",
                         self.flag_hints[flag].format(value=shlex.quote(value)),

@@ -15,6 +15,8 @@ from ._options import ThreadsOpt
 from ._progress import Progress
 from .run import show_plan
 
+# The hardware checks are imported inside the command: `llama3zh --help` does not load llama.cpp.
+
 
 @handle_errors
 def demo(

@@ -11,6 +11,9 @@ from . import _output
 from ._errors import handle_errors
 from ._options import FlashAttn, GpuLayersOpt, ThreadsOpt
 
+# The server (starlette, uvicorn, llama.cpp) is imported inside the command: `llama3zh --help`
+# starts without it.
+
 ModelsArg = Annotated[
     list[Path] | None,
     typer.Argument(
