@@ -370,39 +370,43 @@ def _build(spec: ToolSpec, version: str, out: Path, libs: Path, say: Say) -> Pat
     fallback = False
     t_compile = time.perf_counter()
     _compile_all(cxx, src, units, say)
-    tmp = atomic.temp_path(out)  # journaled: gc removes it after a kill
-    say(f"linking {spec.name}")
-    done = process.run(link_command(cxx, [o for o, _ in units.values()], tmp, libs, spec.libs))
-    if done.returncode != 0 and _undefined_symbols(done.stderr):
-        # this llama.cpp needs more of common than ToolSpec.common lists: compile all of it
-        fallback = True
-        say(f"{spec.name} needs more of llama.cpp's common library; compiling all of it")
-        add(common_sources(src, spec, everything=True))
-        _compile_all(cxx, src, units, say)
-        done = process.run(link_command(cxx, [o for o, _ in units.values()], tmp, libs, spec.libs))
-    if done.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise BackendError(
-            f"linking {spec.name} failed: {process.tail(done.stderr or done.stdout)}",
-            hint=f"the libraries in {libs} may not match {DIST} {version}; reinstall it",
-        )
-    seconds = time.perf_counter() - t0
-    record = {
-        "tool": spec.name,
-        "llama_cpp_python": version,
-        "llama_cpp_commit": info.get("llama_cpp_commit"),
-        "lib_dir": str(libs),
-        "lib_key": out.parent.name,
-        "compiler": cxx,
-        "flags": [*CXXFLAGS, f"tools: {OPT_TOOL}", f"common: {OPT_COMMON}"],
-        "sources": sorted(units),
-        "all_of_common": fallback or spec.common is COMMON_ALL,
-        "seconds": round(seconds, 1),
-        "compile_seconds": round(time.perf_counter() - t_compile, 1),
-        "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    atomic.write_text(out.with_name(out.name + ".json"), json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, out)
+    # journaled (gc removes it after a kill), renamed onto out when linked and recorded
+    with atomic.replacing(out, sweep_first=False) as tmp:
+        say(f"linking {spec.name}")
+
+        def link() -> subprocess.CompletedProcess[str]:
+            objects = [o for o, _ in units.values()]
+            return process.run(link_command(cxx, objects, tmp, libs, spec.libs))
+
+        done = link()
+        if done.returncode != 0 and _undefined_symbols(done.stderr):
+            # this llama.cpp needs more of common than ToolSpec.common lists: compile all of it
+            fallback = True
+            say(f"{spec.name} needs more of llama.cpp's common library; compiling all of it")
+            add(common_sources(src, spec, everything=True))
+            _compile_all(cxx, src, units, say)
+            done = link()
+        if done.returncode != 0:
+            raise BackendError(
+                f"linking {spec.name} failed: {process.tail(done.stderr or done.stdout)}",
+                hint=f"the libraries in {libs} may not match {DIST} {version}; reinstall it",
+            )
+        seconds = time.perf_counter() - t0
+        record = {
+            "tool": spec.name,
+            "llama_cpp_python": version,
+            "llama_cpp_commit": info.get("llama_cpp_commit"),
+            "lib_dir": str(libs),
+            "lib_key": out.parent.name,
+            "compiler": cxx,
+            "flags": [*CXXFLAGS, f"tools: {OPT_TOOL}", f"common: {OPT_COMMON}"],
+            "sources": sorted(units),
+            "all_of_common": fallback or spec.common is COMMON_ALL,
+            "seconds": round(seconds, 1),
+            "compile_seconds": round(time.perf_counter() - t_compile, 1),
+            "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        atomic.write_text(out.with_name(out.name + ".json"), json.dumps(record, indent=2) + "\n")
     say(f"built {spec.name} in {seconds:.0f} s: {out}")
     return out
 
@@ -422,15 +426,13 @@ def _compile_all(
     counter = itertools.count(1)
 
     def one(rel: str, obj: Path, inc: list[Path]) -> None:
-        tmp = atomic.temp_path(obj)
-        done = process.run(compile_command(cxx, src, rel, tmp, extra_includes=inc))
-        if done.returncode != 0:
-            tmp.unlink(missing_ok=True)
-            raise BackendError(
-                f"compiling {rel} failed: {process.tail(done.stderr or done.stdout, 6)}",
-                hint=f"{Path(cxx).name} must support C++17 (gcc >= 9, clang >= 10)",
-            )
-        os.replace(tmp, obj)
+        with atomic.replacing(obj, sweep_first=False) as tmp:
+            done = process.run(compile_command(cxx, src, rel, tmp, extra_includes=inc))
+            if done.returncode != 0:
+                raise BackendError(
+                    f"compiling {rel} failed: {process.tail(done.stderr or done.stdout, 6)}",
+                    hint=f"{Path(cxx).name} must support C++17 (gcc >= 9, clang >= 10)",
+                )
         say(f"compiled {Path(rel).name} [{next(counter)}/{len(todo)}]")
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
