@@ -11,7 +11,6 @@ import typer
 from . import _output
 from ._errors import handle_errors
 from ._options import DryRunOpt, ForceOpt
-from ._progress import Progress
 
 # Library modules are imported inside the commands: `llama3zh --help` starts faster.
 
@@ -77,6 +76,7 @@ def convert(
     from .. import catalog, paths
     from ..convert.llama import convert as run
     from ..hub import store
+    from ._progress import Progress
 
     src = store.resolve_hf_dir(source)
     repo = None
@@ -163,6 +163,7 @@ def merge_lora(
     from ..convert.lora import merge_lora as run
     from ..convert.peft import find_base
     from ..hub import store
+    from ._progress import Progress
 
     alias = None if store.looks_like_path(lora) else lora
     lora_dir = store.resolve_hf_dir(lora, variant=catalog.Variant.LORA)

@@ -12,7 +12,6 @@ from ..demo import DEFAULT_CHUNKS, DEFAULT_CTX, HF_NAME, PROMPT, QUANT, STEPS, r
 from . import _output
 from ._errors import handle_errors
 from ._options import ThreadsOpt
-from ._progress import Progress
 from .run import show_plan
 
 # The hardware checks are imported inside the command: `llama3zh --help` does not load llama.cpp.
@@ -56,6 +55,7 @@ def demo(
       llama3zh demo --out ./smollm2-demo --chunks 16 --threads 4
     """
     from ..hardware import check_threads
+    from ._progress import Progress
 
     check_threads(threads)
     out_dir = out if out is not None else paths.home() / "demo"

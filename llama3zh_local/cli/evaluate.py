@@ -11,7 +11,6 @@ import typer
 from . import _format, _output
 from ._errors import handle_errors
 from ._options import GpuLayersOpt, JsonOpt, ThreadsOpt, chunk_options
-from ._progress import Progress
 
 # Library modules are imported inside the command: `llama3zh --help` stays quick.
 if TYPE_CHECKING:
@@ -64,6 +63,7 @@ def eval_models(
     """
     from ..hub import store
     from ..quant.evaluate import evaluate
+    from ._progress import Progress
 
     paths = [store.resolve_gguf(m) for m in models]
     options = chunk_options(text=text, ctx=ctx, chunks=chunks, n_gpu_layers=n_gpu_layers,

@@ -17,7 +17,6 @@ from ..errors import UsageError
 from . import _output
 from ._errors import handle_errors
 from ._options import ModelArg, QuantOpt
-from ._progress import Progress
 
 if TYPE_CHECKING:
     from ..ollama.modelfile import Modelfile
@@ -158,6 +157,7 @@ def create_in_ollama(
     """
     from ..ollama.client import ollama_create
     from ..ollama.quoting import check_ollama_name
+    from ._progress import Progress
 
     check_ollama_name(name)
     mf = _built(model=model, quant=quant, system=system, params=params, adapter=adapter, chat=chat)

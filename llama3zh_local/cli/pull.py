@@ -8,16 +8,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..catalog import DEFAULT_ALIAS
-from ..progress import ADVANCE, DONE, START, Callback, Event
 from . import _format, _output
 from ._errors import handle_errors
 from ._options import HubModelArg, QuantsOpt, SourceChoice, SourceOpt, VariantOpt
-from ._progress import Progress
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from ..hub.pull import PullPlan, PullResult
+    from ..progress import Callback
+    from ._progress import Progress
 
 # Library modules are imported inside the command: `llama3zh --help` starts faster.
 
@@ -114,6 +114,7 @@ def _print_plan(plan: PullPlan, console: Console) -> None:
 
 def _run(plan: PullPlan) -> PullResult:
     from ..hub import pull as hub
+    from ._progress import Progress
 
     cancel = threading.Event()
     # finished files keep their bars; a total bar on top when they are drawn
@@ -123,6 +124,8 @@ def _run(plan: PullPlan) -> PullResult:
 
 def _with_total(bar: Progress, plan: PullPlan) -> Callback:
     """``bar`` plus a "total" bar over all files (the threads report at once: locked)."""
+    from ..progress import ADVANCE, DONE, START, Event
+
     have: dict[str, int] = {}
     lock = threading.Lock()
     bar(Event("pull", START, "total", total=plan.total_bytes, unit="bytes"))

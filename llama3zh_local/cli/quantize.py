@@ -11,7 +11,6 @@ import typer
 from . import _format, _output
 from ._errors import handle_errors
 from ._options import DryRunOpt, ForceOpt, GpuLayersOpt, JsonOpt, ThreadsOpt, chunk_options
-from ._progress import Progress
 
 # Library modules are imported inside the commands: `llama3zh --help` stays quick.
 if TYPE_CHECKING:
@@ -80,6 +79,7 @@ def imatrix(
     """
     from ..quant.imatrix import compute_imatrix, plan_imatrix
     from ..quant.source import resolve_source, source_gguf
+    from ._progress import Progress
 
     src = source_gguf(resolve_source(model), dry_run=dry_run)
     if src.note:
@@ -191,6 +191,7 @@ def quantize(
     from ..quant.quantize import plan_quantize
     from ..quant.quantize import quantize as run
     from ..quant.source import resolve_source
+    from ._progress import Progress
 
     source = resolve_source(model)
     options = chunk_options(text=calibration, ctx=ctx, chunks=chunks, n_gpu_layers=n_gpu_layers,

@@ -15,7 +15,6 @@ from ..errors import UsageError
 from . import _output
 from ._errors import handle_errors
 from ._options import GpuLayersOpt, SourceChoice, SourceOpt, ThreadsOpt, YesOpt
-from ._progress import Progress
 from .chat import talk
 from .modelfile import create_in_ollama
 
@@ -81,6 +80,7 @@ def run(
     """
     from ..hardware import check_threads, parse_gpu_layers
     from ..pipeline import execute, plan_run
+    from ._progress import Progress
 
     check_threads(threads)
     gpu_layers = parse_gpu_layers(n_gpu_layers)
