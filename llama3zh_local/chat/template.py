@@ -57,7 +57,7 @@ class ChatTemplate:
         where = f"the chat template from {self.origin}"
         try:
             with _deadline(MAX_RENDER_SECONDS):
-                template = _sandbox().from_string(self.source)
+                template = _compiled(self.source)
                 pieces, size = [], 0
                 for piece in template.generate(
                     messages=messages,
@@ -171,6 +171,13 @@ def _bounded_filter(fn: Callable[..., Any]) -> Callable[..., Any]:
         return _checked(fn(*args, **kwargs))
 
     return call
+
+
+@lru_cache(maxsize=8)
+def _compiled(source: str) -> Any:
+    """The template compiled once: compiling took about as long as rendering, and a server
+    renders one template per request. (A failure is not cached: it is raised again each time.)"""
+    return _sandbox().from_string(source)
 
 
 @lru_cache(maxsize=1)

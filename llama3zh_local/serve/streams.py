@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -13,16 +16,60 @@ from ..llamacpp.batch import Busy, Record, Request
 from .params import ApiError, busy
 
 
+class _Mailbox:
+    """Records from engine threads to one event loop, with one wake-up for all those that came
+    meanwhile: an engine step that emits a record for each of its slots wakes the loop once, and
+    a loop that is behind takes what piled up at once (not a self-pipe write per token)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.items: deque[tuple[asyncio.Queue[Record], Record]] = deque()
+        self.lock = threading.Lock()
+        self.scheduled = False
+
+    def post(self, q: asyncio.Queue[Record], rec: Record) -> None:
+        """(Any thread.) Raises RuntimeError once the loop is closed, as call_soon_threadsafe."""
+        self.items.append((q, rec))
+        with self.lock:
+            if self.scheduled:
+                return  # a drain is due: it runs after this append (it clears the flag first)
+            self.scheduled = True
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except BaseException:
+                self.scheduled = False
+                raise
+
+    def _drain(self) -> None:
+        with self.lock:
+            self.scheduled = False
+        items = self.items
+        while items:
+            q, rec = items.popleft()
+            q.put_nowait(rec)
+
+
+_mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _mailbox(loop: asyncio.AbstractEventLoop) -> _Mailbox:
+    box = _mailboxes.get(loop)
+    if box is None:
+        box = _mailboxes[loop] = _Mailbox(loop)
+    return box
+
+
 class Generation:
     """One request on the resident model's engine."""
 
     def __init__(self, res: Any, request: Request) -> None:
-        loop = asyncio.get_running_loop()
-        self._q: asyncio.Queue[Record] = asyncio.Queue()
+        post = _mailbox(asyncio.get_running_loop()).post
+        q: asyncio.Queue[Record] = asyncio.Queue()
+        self._q = q
         try:
-            self.job = res.engine.submit(
-                request, lambda rec: loop.call_soon_threadsafe(self._q.put_nowait, rec)
-            )
+            self.job = res.engine.submit(request, lambda rec: post(q, rec))
         except Busy as err:
             raise busy(err) from None
         except UsageError as err:
