@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,6 +26,17 @@ FLAGS = [
 ]  # fmt: skip
 FRANCE = "What is the capital of France? Answer in English."
 LONG = "Write a very long story about a dragon who learns to cook. Make it at least 2000 words."
+
+
+def wait_until(page: object, js: str, timeout: float = 30.0) -> None:
+    """Poll ``js`` (a function expression) until it is truthy. Playwright's wait_for_function
+    polls through eval, which the page's CSP (script-src 'self') refuses at random; evaluate
+    calls the function through the debugger protocol, which the CSP does not cover."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(js):  # type: ignore[attr-defined]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not true within {timeout:.0f} s: {js}")
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +81,7 @@ def test_chat_page(browser: object, tmp_path: Path, smollm2_gguf: Path) -> None:
                 "model: ''}))"
             )
             page.reload()
-            page.wait_for_function("document.querySelector('#model').options.length > 0")
+            wait_until(page, "() => document.querySelector('#model').options.length > 0")
             assert page.input_value("#model") == "smollm2-135m-instruct:q4_1"
 
             # ask: the answer streams in, with tokens/s from usage
@@ -83,16 +95,18 @@ def test_chat_page(browser: object, tmp_path: Path, smollm2_gguf: Path) -> None:
             # a long answer, stopped while it streams
             page.fill("#input", LONG)
             page.press("#input", "Enter")
-            page.wait_for_function(
+            wait_until(
+                page,
                 "() => { const b = [...document.querySelectorAll('.msg.assistant .body')].pop();"
                 " return b && b.textContent.length > 40; }",
-                timeout=120_000,
+                timeout=120,
             )
             assert page.is_visible("#stop")
             page.click("#stop")
-            page.wait_for_function(
+            wait_until(
+                page,
                 "() => [...document.querySelectorAll('.msg.assistant .stats')].pop()"
-                "?.textContent.includes('Stopped')"
+                "?.textContent.includes('Stopped')",
             )
             assert page.is_visible("#send") and not page.is_visible("#stop")
             assert serveproc.wait_idle(srv) < 5  # the server stopped generating too
