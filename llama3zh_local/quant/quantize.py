@@ -494,11 +494,8 @@ class _Writer:
 
         try:
             run, back = self._write(target, on_tensor)
-        except (BackendError, InvalidModelError) as e:
+        except (BackendError, InvalidModelError, DiskSpaceError) as e:
             self.emit(p.FAILED, task, message=str(e))
-            full = _full_disk(target, e)
-            if full is not None:
-                raise full from e
             raise
         self.emit(p.DONE, task, done=n_tensors, total=n_tensors, unit="tensors")
         return QuantizedFile(
@@ -518,16 +515,23 @@ class _Writer:
         plan, path = self.plan, target.path
         assert plan.info is not None
         with atomic.replacing(path) as tmp:
-            run = quant.quantize_file(
-                source=plan.source,
-                output=tmp,
-                ftype=target.type.ftype,
-                imatrix=self.imatrix.entries if self.imatrix is not None else None,
-                kv_overrides=self.overrides,
-                allow_requantize=plan.allow_requantize,
-                nthread=plan.threads or 0,
-                on_tensor=on_tensor,
-            )
+            try:
+                run = quant.quantize_file(
+                    source=plan.source,
+                    output=tmp,
+                    ftype=target.type.ftype,
+                    imatrix=self.imatrix.entries if self.imatrix is not None else None,
+                    kv_overrides=self.overrides,
+                    allow_requantize=plan.allow_requantize,
+                    nthread=plan.threads or 0,
+                    on_tensor=on_tensor,
+                )
+            except (BackendError, InvalidModelError) as e:
+                # asked while the partial output still takes its room (it is removed after)
+                full = _full_disk(target, e)
+                if full is not None:
+                    raise full from e
+                raise
             back = read_back(tmp, expect=target.type, source_tensors=plan.info.tensor_count)
             if not plan.named:  # recorded before the rename: the next --force may replace it
                 path.unlink(missing_ok=True)  # ours (checked when planning); no stale record
