@@ -88,14 +88,7 @@ def fresh_consoles() -> Iterator[None]:
 def _isolate_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Point every cache and config dir at ``tmp_path`` and keep the hubs offline."""
     env = tmp_path / "_env"
-    for var, sub in {
-        "LLAMA3ZH_HOME": "llama3zh-home",
-        "LLAMA3ZH_CONFIG_DIR": "llama3zh-config",
-        "XDG_CACHE_HOME": "xdg-cache",
-        "XDG_CONFIG_HOME": "xdg-config",
-        "HF_HOME": "hf-home",
-        "MODELSCOPE_CACHE": "modelscope-cache",
-    }.items():
+    for var, sub in models.ISOLATED_DIRS.items():
         monkeypatch.setenv(var, str(env / sub))
     # these override HF_HOME's cache when set
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_XET_CACHE", "HF_ASSETS_CACHE"):

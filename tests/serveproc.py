@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from . import models
+
 KEY = "test-key-123"
 
 
@@ -26,14 +28,7 @@ def free_port() -> int:
 def env_for(home: Path) -> dict[str, str]:
     """The environment of a server whose caches and config live under ``home``."""
     env = dict(os.environ)
-    for var, sub in {
-        "LLAMA3ZH_HOME": "llama3zh-home",
-        "LLAMA3ZH_CONFIG_DIR": "llama3zh-config",
-        "XDG_CACHE_HOME": "xdg-cache",
-        "XDG_CONFIG_HOME": "xdg-config",
-        "HF_HOME": "hf-home",
-        "MODELSCOPE_CACHE": "modelscope-cache",
-    }.items():
+    for var, sub in models.ISOLATED_DIRS.items():
         env[var] = str(home / sub)
     env["HF_HUB_OFFLINE"] = "1"
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
