@@ -6,12 +6,15 @@
 Both servers run as processes on 127.0.0.1 and are measured through the same OpenAI
 ``/v1/chat/completions`` requests (temperature 0):
 
-* single: one stream; decode tokens/s from each server's own ``timings.predicted_per_second``
-  (llama-server's field, which serve reports too), median over the runs.
+* single: one request; decode tokens/s from each server's own ``timings.predicted_per_second``
+  (llama-server's field, which serve reports too), median over the runs: answered whole, and
+  streamed (SSE, the ``timings`` of the last chunk).
 * parallel: ``--parallel`` streams at once, each of ``--tokens``; aggregate tokens/s = all
   completion tokens / wall time from the first request to the last answer.
 * second turn: time to the first streamed token of a conversation's second turn (its prefix is in
-  the slot's cache on both servers), median over the runs.
+  the slot's cache on both servers), median over the runs; sent ``--pause`` seconds (default 1)
+  after the first answer came, as a user reads it and types, and also at once (a client that
+  sends its next request the moment an answer ends, e.g. a title request).
 
 llama-server is built like llama-bench (llama3zh_local/llamacpp/tools.py): from the llama.cpp
 source of the installed llama-cpp-python's sdist, linked to the libllama/libggml/libmtmd that
@@ -101,9 +104,14 @@ def running(cmd: list[str], port: int, env: dict[str, str] | None = None) -> Ite
                 proc.kill()
 
 
+# One client for all requests (building one costs ~15 ms of TLS set-up, noise in a first-token
+# time); a new connection per request, as llama-server closes a kept-alive one after a stream.
+CLIENT = httpx.Client(timeout=900, headers={"Connection": "close"})
+
+
 def chat(url: str, messages: list[dict[str, str]], tokens: int) -> dict[str, Any]:
     body = {"messages": messages, "max_tokens": tokens, "temperature": 0}
-    r = httpx.post(url + "/v1/chat/completions", json=body, timeout=900)
+    r = CLIENT.post(url + "/v1/chat/completions", json=body)
     r.raise_for_status()
     return dict(r.json())
 
@@ -111,7 +119,7 @@ def chat(url: str, messages: list[dict[str, str]], tokens: int) -> dict[str, Any
 def first_token_seconds(url: str, messages: list[dict[str, str]]) -> float:
     body = {"messages": messages, "max_tokens": 8, "temperature": 0, "stream": True}
     t0 = time.perf_counter()
-    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=900) as r:
+    with CLIENT.stream("POST", url + "/v1/chat/completions", json=body) as r:
         for line in r.iter_lines():
             if line.startswith("data: {") and json.loads(line[6:])["choices"]:
                 delta = json.loads(line[6:])["choices"][0].get("delta", {})
@@ -120,12 +128,28 @@ def first_token_seconds(url: str, messages: list[dict[str, str]]) -> float:
     return float("nan")
 
 
-def measure(url: str, *, tokens: int, parallel: int, runs: int) -> dict[str, float]:
+def streamed_tps(url: str, messages: list[dict[str, str]], tokens: int) -> float:
+    body = {"messages": messages, "max_tokens": tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    tps = float("nan")
+    with CLIENT.stream("POST", url + "/v1/chat/completions", json=body) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                timings = json.loads(line[6:]).get("timings")
+                if timings:
+                    tps = float(timings["predicted_per_second"])
+    return tps
+
+
+def measure(url: str, *, tokens: int, parallel: int, runs: int, pause: float) -> dict[str, float]:
     chat(url, [{"role": "user", "content": "Hi"}], 4)  # warm up (and load the model)
     single = []
     for _ in range(runs):
         done = chat(url, [{"role": "user", "content": STORY}], tokens)
         single.append(float(done["timings"]["predicted_per_second"]))
+    streamed = [
+        streamed_tps(url, [{"role": "user", "content": STORY}], tokens) for _ in range(runs)
+    ]
     agg = []
     for r in range(runs):
         qs = [QUESTIONS[(r + i) % len(QUESTIONS)] for i in range(parallel)]
@@ -136,17 +160,21 @@ def measure(url: str, *, tokens: int, parallel: int, runs: int) -> dict[str, flo
             )
         wall = time.perf_counter() - t0
         agg.append(sum(a["usage"]["completion_tokens"] for a in answers) / wall)
-    ttft = []
+    ttft: dict[float, list[float]] = {pause: [], 0.0: []}
     for r in range(runs):
-        first = [{"role": "user", "content": f"{STORY} (version {r})"}]
-        answer = chat(url, first, 64)["choices"][0]["message"]["content"]
-        second = [*first, {"role": "assistant", "content": answer},
-                  {"role": "user", "content": "Now give it a title."}]  # fmt: skip
-        ttft.append(first_token_seconds(url, second))
+        for wait in ttft:
+            first = [{"role": "user", "content": f"{STORY} (version {r}, {wait})"}]
+            answer = chat(url, first, 64)["choices"][0]["message"]["content"]
+            second = [*first, {"role": "assistant", "content": answer},
+                      {"role": "user", "content": "Now give it a title."}]  # fmt: skip
+            time.sleep(wait)
+            ttft[wait].append(first_token_seconds(url, second))
     return {
         "single_tps": statistics.median(single),
+        "streamed_tps": statistics.median(streamed),
         "parallel_tps": statistics.median(agg),
-        "second_turn_ttft_ms": statistics.median(ttft) * 1000,
+        "second_turn_ttft_ms": statistics.median(ttft[pause]) * 1000,
+        "at_once_ttft_ms": statistics.median(ttft[0.0]) * 1000,
     }
 
 
@@ -164,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ctx", type=int, default=2048, help="tokens per sequence")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument(
+        "--pause", type=float, default=1.0, help="seconds between an answer and the next turn"
+    )
     ap.add_argument("--ngl", default="0")
     ap.add_argument(
         "--repack",
@@ -206,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"serve: {' '.join(ours)}")
     with running(ours, port, env) as url:
         results["llama3zh serve"] = measure(
-            url, tokens=args.tokens, parallel=args.parallel, runs=args.runs
+            url, tokens=args.tokens, parallel=args.parallel, runs=args.runs, pause=args.pause
         )
     port = free_port()
     ngl = "99" if args.ngl == "all" else ("0" if args.ngl == "auto" else args.ngl)
@@ -217,21 +248,26 @@ def main(argv: list[str] | None = None) -> int:
     log(f"llama-server: {' '.join(theirs)}")
     with running(theirs, port, server_env) as url:
         results["llama-server"] = measure(
-            url, tokens=args.tokens, parallel=args.parallel, runs=args.runs
+            url, tokens=args.tokens, parallel=args.parallel, runs=args.runs, pause=args.pause
         )
-    keys = ["single_tps", "parallel_tps", "second_turn_ttft_ms"]
+    keys = ["single_tps", "streamed_tps", "parallel_tps", "second_turn_ttft_ms", "at_once_ttft_ms"]
     print(f"model {model.name}, threads {args.threads}, parallel {args.parallel}, "
           f"{args.tokens} tokens, median of {args.runs}, weight repacking {repacking}")  # fmt: skip
-    print("| server | single-stream tok/s | aggregate tok/s | second-turn first token (ms) |")
-    print("|---|---|---|---|")
+    print(
+        "| server | single-stream tok/s | single, streamed tok/s | aggregate tok/s | second turn "
+        f"after {args.pause:g} s: first token (ms) | second turn at once: first token (ms) |"
+    )
+    print("|---|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | " + " | ".join(f"{r[k]:.1f}" for k in keys) + " |")
     if len(results) == 2:
         a, b = results["llama3zh serve"], results["llama-server"]
         print(
             f"| ratio | {a['single_tps'] / b['single_tps']:.3f} | "
+            f"{a['streamed_tps'] / b['streamed_tps']:.3f} | "
             f"{a['parallel_tps'] / b['parallel_tps']:.3f} | "
-            f"{a['second_turn_ttft_ms'] / b['second_turn_ttft_ms']:.3f} |"
+            f"{a['second_turn_ttft_ms'] / b['second_turn_ttft_ms']:.3f} | "
+            f"{a['at_once_ttft_ms'] / b['at_once_ttft_ms']:.3f} |"
         )
     return 0
 

@@ -60,3 +60,54 @@ def test_batch_engine(smollm2_gguf: Path) -> None:
 
         with pytest.raises(UsageError):
             e.submit(Request([1] * 256, greedy), lambda _r: None)
+
+
+def test_unstreamed_answer_and_next_turn_prefill(smollm2_gguf: Path) -> None:
+    """A non-streamed request gets its answer in one record; after an answer ends, the idle slot
+    evaluates the template's next-turn tokens, and the next turn evaluates only what is new and
+    answers exactly as it does without them cached."""
+    from llama3zh_local.chat.prompt_tokens import chat_prompt_tokens, next_turn_tokens
+    from llama3zh_local.chat.template import choose_template
+    from llama3zh_local.llamacpp.batch import BatchEngine, Request
+    from llama3zh_local.llamacpp.engine import Model
+    from llama3zh_local.llamacpp.engine import SamplingParams as Sampling
+
+    greedy = Sampling(temperature=0, repeat_penalty=1.0)
+    with Model(smollm2_gguf) as m:
+        template = choose_template(m, "auto")
+        nxt = next_turn_tokens(m, template)
+        # ChatML: <|im_end|> \n <|im_start|> user \n
+        assert [m.token_id(t) for t in ("<|im_end|>", "<|im_start|>")] == [nxt[0], nxt[2]]
+        assert len(nxt) == 5
+        first = [{"role": "user", "content": "What is 2+2?"}]
+        p1 = chat_prompt_tokens(m, template, first).ids
+
+        def turns(engine: BatchEngine, then: tuple[int, ...], limit: int) -> tuple[str, object]:
+            recs = list(engine.generate(Request(p1, greedy, max_tokens=limit, next_turn=then)))
+            answer = "".join(r.text for r in recs)
+            deadline = time.monotonic() + 10  # the idle slot evaluates the next-turn tokens
+            while any(s.prefill for s in engine.slots) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            second = [*first, {"role": "assistant", "content": answer},
+                      {"role": "user", "content": "And of Germany?"}]  # fmt: skip
+            p2 = chat_prompt_tokens(m, template, second).ids
+            recs2 = list(engine.generate(Request(p2, greedy, max_tokens=8)))
+            return "".join(r.text for r in recs2), recs2[-1]
+
+        for limit, reason in ((64, "stop"), (5, "length")):  # ends with <|im_end|>; cut
+            with BatchEngine(m, parallel=1, n_ctx=512) as e:
+                streamed = list(e.generate(Request(p1, greedy, max_tokens=limit)))
+                held = list(e.generate(Request(p1, greedy, max_tokens=limit, stream=False)))
+                assert len(held) == 1 and held[0].finish_reason == reason
+                assert streamed[-1].finish_reason == reason
+                assert held[0].text == "".join(r.text for r in streamed)
+                assert held[0].tokens == tuple(t for r in streamed for t in r.tokens)
+                assert held[0].completion_tokens == streamed[-1].completion_tokens
+            with BatchEngine(m, parallel=1, n_ctx=512) as e:
+                plain, plain_last = turns(e, (), limit)
+            with BatchEngine(m, parallel=1, n_ctx=512) as e:
+                cached, cached_last = turns(e, nxt, limit)
+            assert cached == plain
+            # at the length limit the last sampled token was not evaluated yet: it is now too
+            saved = len(nxt) + (1 if reason == "length" else 0)
+            assert cached_last.prompt_evaluated == plain_last.prompt_evaluated - saved  # type: ignore[attr-defined]

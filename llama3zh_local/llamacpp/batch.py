@@ -9,6 +9,12 @@ never waits for another to finish and never cancels it (cf. llama-cpp-python #89
 Each slot remembers the tokens whose keys/values it holds; a request goes to the free slot whose
 tokens its prompt mostly reuses (else an empty or the least recently used one) and only the rest
 of its prompt is evaluated (``llama_memory_seq_rm`` trims the slot's KV to the shared prefix).
+
+A chat request may name the tokens that follow its answer when the conversation goes on (the
+template's end of the assistant turn and the next user header, ``Request.next_turn``). When the
+answer ends, the idle slot evaluates them in the next steps, while the user reads and types, so
+the next turn's prompt finds them cached and its first token comes that much sooner. (llama-server
+and Ollama evaluate them with the next prompt.) A next turn that goes another way just trims them.
 """
 
 from __future__ import annotations
@@ -43,6 +49,11 @@ class Request:
     max_tokens: int = -1  # -1: until a stop or the end of the sequence's context
     stop: tuple[str, ...] = ()  # stop strings (not part of the answer)
     stop_tokens: frozenset[int] = frozenset()  # besides the vocabulary's end-of-generation ids
+    # False: no record per token, the text and tokens come in the last record (a non-streamed
+    # answer then costs the consumer's thread nothing per token, on CPUs the decode shares)
+    stream: bool = True
+    # tokens that follow the answer when the conversation goes on, evaluated once it ends
+    next_turn: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -124,6 +135,7 @@ class _Slot:
         self.tokens: list[int] = []  # tokens whose KV this sequence holds, in order
         self.job: Job | None = None
         self.last_used = 0.0
+        self.prefill: list[int] = []  # next_turn tokens to evaluate while the slot is idle
         self._reset_request()
 
     def _reset_request(self) -> None:
@@ -135,6 +147,8 @@ class _Slot:
         self.stopper = _StopFilter(())
         self.pending: int | None = None  # sampled, not yet decoded
         self.generated = 0
+        self.held_text: list[str] = []  # a non-streamed answer's text, delivered at its end
+        self.held_tokens: list[int] = []
         self.batch_index = -1
         self.t_start = 0
         self.t_first = 0
@@ -303,7 +317,7 @@ class BatchEngine:
             self._ready.set()
         try:
             while True:
-                active = any(s.job is not None for s in self.slots)
+                active = any(s.job is not None or s.prefill for s in self.slots)
                 try:
                     item = self._inbox.get(block=not active and not self._waiting, timeout=None)
                     while True:
@@ -316,7 +330,7 @@ class BatchEngine:
                     pass
                 self._reap_cancelled()
                 self._assign()
-                if any(s.job is not None for s in self.slots):
+                if any(s.job is not None or s.prefill for s in self.slots):
                     self._step()
         except BaseException as err:  # noqa: BLE001 - never leave a client waiting forever
             why = f"the engine stopped: {type(err).__name__}: {err}"
@@ -352,6 +366,7 @@ class BatchEngine:
             if slot.job is not None:
                 self._finish(slot, "error", error=why)
             slot.tokens = []
+            slot.prefill = []
         while self._waiting:
             self._finish_waiting(self._waiting.popleft(), "error", error=why)
         self._ll.llama_memory_clear(self._mem, True)
@@ -428,6 +443,7 @@ class BatchEngine:
             keep = 0
         del slot.tokens[keep:]
         slot._reset_request()
+        slot.prefill = []
         slot.job = job
         slot.prompt = prompt
         slot.n_past_prompt = keep
@@ -441,14 +457,23 @@ class BatchEngine:
         except BackendError as err:
             self._finish(slot, "error", error=str(err))
 
-    def _finish(self, slot: _Slot, reason: str, error: str | None = None) -> None:
+    def _finish(
+        self, slot: _Slot, reason: str, error: str | None = None, *, then: Sequence[int] = ()
+    ) -> None:
+        """End the slot's request; ``then``: tokens to evaluate into the idle slot next."""
         job = slot.job
         assert job is not None
         text = ""
         if reason in ("stop", "length") and slot.stopper.held:
             text = slot.stopper.flush()
+        tokens: tuple[int, ...] = ()
+        if not job.request.stream:
+            text = "".join(slot.held_text) + text
+            tokens = tuple(slot.held_tokens)
+        if then and len(slot.tokens) + len(then) < self.n_ctx:
+            slot.prefill = list(then)  # before the answer is out: the next turn may come at once
         now = time.perf_counter_ns()
-        self._deliver(job, self._record(slot, text, (), now, reason, error))
+        self._deliver(job, self._record(slot, text, tokens, now, reason, error))
         if slot.sampler:
             self._ll.llama_sampler_free(slot.sampler)
         slot._reset_request()
@@ -523,6 +548,20 @@ class BatchEngine:
             n = end
             slot.tokens.extend(chunk)
             slot.n_past_prompt += len(chunk)
+        # then the next-turn tokens of idle slots (no logits: nothing is sampled there)
+        for slot in slots:
+            if slot.job is not None or not slot.prefill or n >= self.n_batch:
+                continue
+            chunk = slot.prefill[: self.n_batch - n]
+            del slot.prefill[: len(chunk)]
+            pos0, seq = len(slot.tokens), slot.seq
+            for i, tok in enumerate(chunk):
+                b_token[n + i] = tok
+                b_pos[n + i] = pos0 + i
+                b_seq[n + i][0] = seq
+                b_logits[n + i] = False
+            n += len(chunk)
+            slot.tokens.extend(chunk)
         if n == 0:
             return
         b.n_tokens = n
@@ -547,17 +586,22 @@ class BatchEngine:
     def _accept(self, slot: _Slot, tok: int, now: int) -> None:
         job = slot.job
         assert job is not None
+        then = job.request.next_turn
         if self.model.is_eog(tok) or tok in job.request.stop_tokens:
-            self._finish(slot, "stop")
+            self._finish(slot, "stop", then=then)
             return
         slot.generated += 1
         text, stopped = slot.stopper.feed(slot.decoder.decode(self.model.token_bytes(tok)))
-        self._deliver(job, self._record(slot, text, (tok,), now))
+        if job.request.stream:
+            self._deliver(job, self._record(slot, text, (tok,), now))
+        else:
+            slot.held_text.append(text)
+            slot.held_tokens.append(tok)
         if stopped:
-            self._finish(slot, "stop")
+            self._finish(slot, "stop")  # the answer ends inside a token: the next turn differs
             return
         limit = job.request.max_tokens
         if (limit > 0 and slot.generated >= limit) or len(slot.tokens) + 1 >= self.n_ctx:
-            self._finish(slot, "length")
+            self._finish(slot, "length", then=(tok, *then) if then else ())
             return
         slot.pending = tok

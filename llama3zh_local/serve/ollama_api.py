@@ -249,7 +249,7 @@ async def _run(
     stack = contextlib.AsyncExitStack()
     try:
         res, load_ns = await stack.enter_async_context(server.scheduler.use(name, keep_alive=keep))
-        gen = Generation(res, build(res))
+        gen = Generation(res, build(res), stream=stream)
     except BaseException:
         await stack.aclose()
         raise

@@ -153,7 +153,7 @@ async def _run(
     stack = contextlib.AsyncExitStack()
     try:
         res, _load_ns = await stack.enter_async_context(server.scheduler.use(name))
-        gen = Generation(res, build(res))
+        gen = Generation(res, build(res), stream=stream)
     except BaseException:
         await stack.aclose()
         raise

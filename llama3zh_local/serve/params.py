@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from ..chat.prompt_tokens import chat_prompt_tokens
@@ -255,7 +256,8 @@ def chat_request(
         prompt = chat_prompt_tokens(res.model, res.template, msgs).ids
     except Llama3zhError as err:
         raise ApiError(500, f"{err}", kind="server_error") from None
-    return limited(res, prompt, sampling=sampling, max_tokens=max_tokens, stop=stop)
+    request = limited(res, prompt, sampling=sampling, max_tokens=max_tokens, stop=stop)
+    return replace(request, next_turn=res.next_turn)
 
 
 def chat_builder(

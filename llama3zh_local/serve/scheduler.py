@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import hardware
 from ..catalog import DEFAULT_SYSTEM_PROMPT
+from ..chat.prompt_tokens import next_turn_tokens
 from ..chat.template import choose_template
 from ..errors import UsageError
 from ..gguf.info import read_gguf_info
@@ -69,6 +70,7 @@ class Resident:
     loaded_at: float
     load_ns: int
     info: Any = None  # gguf.info.GGUFInfo
+    next_turn: tuple[int, ...] = ()  # the template's tokens after an answer (chat requests)
     users: int = 0
     keep_alive: float = 300.0
     expires: float = field(default=float("inf"))
@@ -127,6 +129,7 @@ def load(entry: ModelEntry, settings: EngineSettings) -> Resident:
         load_ns=time.perf_counter_ns() - t0,
         info=info,
         keep_alive=settings.keep_alive,
+        next_turn=next_turn_tokens(model, template),
     )
 
 

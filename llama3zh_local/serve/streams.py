@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 import weakref
 from collections import deque
@@ -64,10 +65,12 @@ def _mailbox(loop: asyncio.AbstractEventLoop) -> _Mailbox:
 class Generation:
     """One request on the resident model's engine."""
 
-    def __init__(self, res: Any, request: Request) -> None:
+    def __init__(self, res: Any, request: Request, *, stream: bool = True) -> None:
         post = _mailbox(asyncio.get_running_loop()).post
         q: asyncio.Queue[Record] = asyncio.Queue()
         self._q = q
+        if not stream:  # the whole answer in the last record: no wake-up of the loop per token
+            request = dataclasses.replace(request, stream=False)
         try:
             self.job = res.engine.submit(request, lambda rec: post(q, rec))
         except Busy as err:
