@@ -11,6 +11,7 @@ from .. import hardware
 from ..catalog import DEFAULT_SYSTEM_PROMPT, LLAMA3_STOPS
 from ..errors import InputError, UsageError
 from ..gguf.info import GGUFInfo, read_gguf_info
+from ..hf.engine import HFModel, HFSession
 from ..llamacpp.engine import (
     ContextSettings,
     GenerationRecord,
@@ -35,7 +36,7 @@ class Chat:
 
     def __init__(
         self,
-        session: Session,
+        session: Session | HFSession,
         *,
         template: ChatTemplate,
         sampling: SamplingParams,
@@ -44,7 +45,7 @@ class Chat:
         notify: Callable[[str], None] = lambda _msg: None,
     ) -> None:
         self.session = session
-        self.model = session.model
+        self.model: Model | HFModel = session.model
         self.template = template
         self.sampling = sampling
         self.conversation = conversation or Conversation()
@@ -257,3 +258,70 @@ def open_chat(
     elif plan.n_gpu_layers > info.n_layer:
         chat.speed_device = "gpu"
     return LoadedChat(chat=chat, info=info, plan=plan, n_ctx=session.n_ctx, n_threads=n_threads)
+
+
+@dataclass(frozen=True)
+class LoadedHFChat:
+    """What ``open_hf_chat`` made, and the facts the CLI reports."""
+
+    chat: Chat
+    model: HFModel
+    n_ctx: int
+
+
+def open_hf_chat(
+    path: Path,
+    *,
+    lora: Path | None = None,
+    n_ctx: int | None = None,
+    threads: int | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    template: str = "auto",
+    sampling: SamplingParams | None = None,
+    system: str | None = DEFAULT_SYSTEM_PROMPT,
+    max_tokens: int = -1,
+    notify: Callable[[str], None] = lambda _msg: None,
+) -> LoadedHFChat:
+    """Load an HF checkpoint (and an unmerged LoRA) with transformers; a chat ready to ``ask``.
+
+    The same template choice, stops and context trimming as ``open_chat`` on a GGUF.
+
+    Raises:
+        MissingExtraError: torch / transformers / peft are not installed.
+        ModelNotFoundError, InvalidModelError: not an HF checkpoint (or not a LoRA folder).
+        UsageError: options out of range.
+    """
+    sampling = sampling or SamplingParams()
+    sampling.validate()
+    if sampling.grammar:
+        raise UsageError("response grammars need the GGUF engine", hint="leave out --engine hf")
+    check_max_tokens(max_tokens)
+    hardware.check_threads(threads)
+    model = HFModel(path, lora=lora, device=device, dtype=dtype)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    ctx = n_ctx or min(8192, model.n_ctx_train or 8192)
+    if model.n_ctx_train and ctx > model.n_ctx_train:
+        model.close()
+        raise UsageError(
+            f"--ctx {ctx} exceeds the {model.n_ctx_train} tokens {path.name} was trained on",
+            hint=f"use --ctx {model.n_ctx_train} or less",
+        )
+    session = HFSession(model, n_ctx=ctx)
+    try:
+        tmpl = choose_template(model, template)
+    except Exception:
+        model.close()
+        raise
+    chat = Chat(
+        session,
+        template=tmpl,
+        sampling=sampling,
+        conversation=Conversation(system=system),
+        max_tokens=max_tokens,
+        notify=notify,
+    )
+    return LoadedHFChat(chat=chat, model=model, n_ctx=ctx)

@@ -17,6 +17,7 @@ from typing import Any
 from .. import paths
 from ..catalog import LLAMA3_STOPS
 from ..errors import ChatTemplateError
+from ..hf.engine import HFModel
 from ..llamacpp.engine import Model
 
 __all__ = ["LLAMA3_STOPS", "ChatTemplate", "choose_template", "llama3_template"]
@@ -239,7 +240,7 @@ def _sandbox() -> Any:
     return env
 
 
-def choose_template(model: Model, which: str = "auto") -> ChatTemplate:
+def choose_template(model: Model | HFModel, which: str = "auto") -> ChatTemplate:
     """The template to chat with: ``auto`` (the GGUF's own, else Llama-3), ``llama3``, ``gguf``."""
     bos = model.bos_text() or "<|begin_of_text|>"
     eot = model.token_id("<|eot_id|>")

@@ -339,6 +339,7 @@ class ContextSettings:
     n_threads_batch: int | None = None
     flash_attn: str = "auto"  # auto | on | off
     n_seq_max: int = 1  # parallel sequences (serve's slots), in one unified KV cache
+    kv_f32: bool = False  # keys and values in f32, not f16 (fidelity: only the weights differ)
 
 
 def new_context(model: Model, settings: ContextSettings) -> Any:
@@ -356,6 +357,8 @@ def new_context(model: Model, settings: ContextSettings) -> Any:
     cp.n_threads_batch = settings.n_threads_batch or settings.n_threads
     cp.flash_attn_type = {"auto": -1, "off": 0, "on": 1}[settings.flash_attn]
     cp.no_perf = True
+    if settings.kv_f32:
+        cp.type_k = cp.type_v = 0  # GGML_TYPE_F32
     if settings.n_seq_max > 1:
         cp.n_seq_max = settings.n_seq_max
         cp.kv_unified = True
@@ -550,3 +553,50 @@ class Session:
             cached.append(tok)
 
 
+
+    def all_logits(self, tokens: Sequence[int]) -> Any:
+        """The logits of every position of ``tokens`` (a float32 numpy array, tokens x vocab).
+
+        Evaluates ``tokens`` from an empty KV cache with an output for each position (what
+        ``llama-perplexity`` reads, in-process); the cache is empty again afterwards.
+
+        Raises:
+            UsageError: more tokens than the context holds.
+            BackendError: llama.cpp failed to evaluate them.
+        """
+        import numpy as np
+
+        if len(tokens) > self.n_ctx:
+            raise UsageError(
+                f"{len(tokens)} tokens exceed the context of {self.n_ctx}",
+                hint="use a larger context, or shorter windows",
+            )
+        ll = self._ll
+        self.reset()
+        n_vocab = self.model.n_vocab
+        out = np.empty((len(tokens), n_vocab), dtype=np.float32)
+        batch = ll.llama_batch_init(self.n_batch, 0, 1)
+        try:
+            for start in range(0, len(tokens), self.n_batch):
+                chunk = tokens[start : start + self.n_batch]
+                for i, tok in enumerate(chunk):
+                    batch.token[i] = tok
+                    batch.pos[i] = start + i
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = 0
+                    batch.logits[i] = True
+                batch.n_tokens = len(chunk)
+                rc = ll.llama_decode(self.ptr, batch)
+                if rc != 0:
+                    raise BackendError(
+                        f"llama.cpp failed to evaluate {len(chunk)} tokens (llama_decode "
+                        f"returned {rc}): {last_log_lines() or 'no reason given'}",
+                        hint="try fewer tokens, or fewer GPU layers",
+                    )
+                for i in range(len(chunk)):
+                    row = ll.llama_get_logits_ith(self.ptr, i)
+                    out[start + i] = np.ctypeslib.as_array(row, shape=(n_vocab,))
+        finally:
+            ll.llama_batch_free(batch)
+            self.reset()
+        return out
