@@ -91,6 +91,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
 COMMAND_CLASSES: dict[str, type[TyperCommand]] = {
     "run": _options.RunCommand,
     "quantize": _options.QuantizeCommand,
+    "eval": evaluate.EvalCommand,
 }
 for _name, _func in COMMANDS.items():
     app.command(_name, help=help_text(_func.__doc__), cls=COMMAND_CLASSES.get(_name))(_func)

@@ -71,6 +71,11 @@ class FlashAttn(str, Enum):
     off = "off"
 
 
+class Engine(str, Enum):
+    gguf = "gguf"
+    hf = "hf"
+
+
 class TemplateChoice(str, Enum):
     auto = "auto"
     llama3 = "llama3"

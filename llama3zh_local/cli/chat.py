@@ -20,6 +20,7 @@ from . import _output
 from ._errors import handle_errors
 from ._options import (
     CtxOpt,
+    Engine,
     FlashAttn,
     GpuLayersOpt,
     ModelArg,
@@ -78,6 +79,21 @@ def chat(
     load: Annotated[
         Path | None, typer.Option("--load", help="Continue a conversation saved with /save.")
     ] = None,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            help="gguf: llama.cpp on a .gguf; hf: transformers on an HF checkpoint folder (or an "
+            "alias pulled with --variant full); needs torch and transformers.",
+        ),
+    ] = Engine.gguf,
+    lora: Annotated[
+        str | None,
+        typer.Option(
+            "--lora",
+            help="With --engine hf: a PEFT LoRA folder (or an alias pulled with --variant lora), "
+            "applied unmerged.",
+        ),
+    ] = None,
 ) -> None:
     """Chat with a model: interactive, or one answer with -p / a question on stdin.
 
@@ -88,6 +104,8 @@ def chat(
       llama3zh chat ./ggml-model-q4_k.gguf -p "用一句话介绍北京"
 
       echo "What is GGUF?" | llama3zh chat instruct-v3 --temp 0 --stats
+
+      llama3zh chat ./Llama-3-Chinese-8B-Instruct-v3 --engine hf --lora ./my-lora
     """
     from ..hardware import parse_gpu_layers
     from ..llamacpp.engine import SamplingParams
@@ -113,6 +131,9 @@ def chat(
         max_tokens=max_tokens,
         stats=stats,
         load=load,
+        engine=engine,
+        lora=lora,
+        gpu_layers_given=n_gpu_layers != "auto",
     )
 
 
@@ -159,6 +180,9 @@ def talk(
     max_tokens: int = -1,
     stats: bool = False,
     load: Path | None = None,
+    engine: Engine = Engine.gguf,
+    lora: str | None = None,
+    gpu_layers_given: bool = False,
 ) -> None:
     """Open a chat on ``model`` and run the REPL, or answer one question (-p or stdin).
 
@@ -168,9 +192,16 @@ def talk(
     from ..chat.session import format_stats, open_chat
     from ..hub import store
 
+    _check_engine_options(engine, lora=lora, quant=quant, gpu_layers_given=gpu_layers_given,
+                          flash_attn=flash_attn)  # fmt: skip
     question = _question(prompt, system)
     # a saved conversation is checked before gigabytes are loaded
     conversation = Conversation.load(load) if load is not None else None
+    if engine is Engine.hf:
+        _talk_hf(model, question=question, system=system, template=template, lora=lora, ctx=ctx,
+                 threads=threads, sampling=sampling, max_tokens=max_tokens, stats=stats,
+                 conversation=conversation)  # fmt: skip
+        return
     path = store.resolve_gguf(model, quant=quant)
     if not store.looks_like_path(model) and not catalog.get_model(model).chat:
         _output.warn(
@@ -200,6 +231,85 @@ def talk(
         f"{path.name}: {loaded.info.file_type}, {loaded.info.n_layer} layers"
         f" · {loaded.plan.summary}"
         f" · ctx {loaded.n_ctx} · {loaded.n_threads} threads · template: {chat.template.origin}"
+    )
+    try:
+        if question is None:
+            _repl(chat, show_stats=stats)
+        else:
+            last = _answer(chat, question.strip())
+            if stats and last is not None:
+                _output.note(format_stats(last))
+    finally:
+        chat.session.close()
+        chat.model.close()
+
+
+def _check_engine_options(
+    engine: Engine, *, lora: str | None, quant: str | None, gpu_layers_given: bool,
+    flash_attn: FlashAttn,
+) -> None:
+    """Options that belong to the other engine, refused before anything loads."""
+    from ..errors import UsageError
+
+    if engine is Engine.gguf:
+        if lora is not None:
+            raise UsageError(
+                "--lora applies an adapter with transformers: it needs --engine hf",
+                hint="add --engine hf (and give the HF base folder), or merge it into a GGUF: "
+                "llama3zh merge-lora",
+            )
+        return
+    for given, option in ((quant is not None, "--quant"), (gpu_layers_given, "--n-gpu-layers"),
+                          (flash_attn is not FlashAttn.auto, "--flash-attn")):  # fmt: skip
+        if given:
+            raise UsageError(
+                f"{option} is an option of the GGUF engine (llama.cpp), not of --engine hf",
+                hint=f"leave out {option}; transformers picks the device itself (CUDA, MPS, CPU)",
+            )
+
+
+def _talk_hf(
+    model: str,
+    *,
+    question: str | None,
+    system: str,
+    template: TemplateChoice,
+    lora: str | None,
+    ctx: int | None,
+    threads: int | None,
+    sampling: SamplingParams | None,
+    max_tokens: int,
+    stats: bool,
+    conversation: object,
+) -> None:
+    """``talk`` on transformers: an HF folder (or a pulled full-weights alias) and a LoRA."""
+    from ..chat.conversation import Conversation
+    from ..chat.session import format_stats, open_hf_chat
+    from ..hf.engine import require_torch
+    from ..hub import store
+
+    require_torch(lora=lora is not None)
+    path = store.resolve_hf_dir(model)
+    adapter = None if lora is None else store.resolve_hf_dir(lora, variant=catalog.Variant.LORA)
+    if not store.looks_like_path(model) and not catalog.get_model(model).chat:
+        _output.warn(
+            f"{model} is a base model, not trained to chat: expect rambling answers "
+            "(use instruct-v3 for chat)"
+        )
+    _output.note(f"loading {path.name}{' + ' + adapter.name if adapter else ''} with transformers")
+    loaded = open_hf_chat(
+        path, lora=adapter, n_ctx=ctx, threads=threads, template=template.value,
+        sampling=sampling, system=system or None, max_tokens=max_tokens, notify=_output.note,
+    )  # fmt: skip
+    chat = loaded.chat
+    if isinstance(conversation, Conversation):
+        chat.conversation = conversation
+    if loaded.model.meta("tokenizer.chat_template") is None and template is TemplateChoice.auto:
+        _output.warn(f"{path.name} has no chat template: using the Llama-3-Instruct format")
+    _output.note(
+        f"{path.name}{' + LoRA ' + adapter.name if adapter else ''}: transformers"
+        f" · {loaded.model.plan.summary} · {loaded.model.n_layer} layers · ctx {loaded.n_ctx}"
+        f" · template: {chat.template.origin}"
     )
     try:
         if question is None:
