@@ -245,7 +245,11 @@ def talk(
 
 
 def _check_engine_options(
-    engine: Engine, *, lora: str | None, quant: str | None, gpu_layers_given: bool,
+    engine: Engine,
+    *,
+    lora: str | None,
+    quant: str | None,
+    gpu_layers_given: bool,
     flash_attn: FlashAttn,
 ) -> None:
     """Options that belong to the other engine, refused before anything loads."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperCommand
@@ -15,8 +15,6 @@ from ._options import GpuLayersOpt, JsonOpt, ThreadsOpt, chunk_options
 
 # Library modules are imported inside the command: `llama3zh --help` stays quick.
 if TYPE_CHECKING:
-    import click
-
     from ..quant.evaluate import EvalResult
 
 
@@ -140,7 +138,8 @@ def eval_fidelity(
 
     Verdicts: an F32/F16/BF16 file passes with top-1 >= 99% and mean KLD <= 0.005; a quant is
     reported (info) unless it is broken (mean KLD > 1.5 or top-1 < 30%), which fails any file.
-    Exit code 1 when a file fails. Needs torch and transformers (peft for --lora): pip install "llama3zh-local\\[train]".
+    Exit code 1 when a file fails. Needs torch and transformers (peft for --lora): pip install
+    "llama3zh-local\\[train]".
 
     Examples:
 
@@ -184,21 +183,17 @@ class EvalCommand(TyperCommand):
     """`eval`, whose first argument may be the `fidelity` mode: `llama3zh eval fidelity GGUF...`
     runs that command (its own options and --help); anything else is `eval`'s list of models."""
 
-    def make_context(
-        self,
-        info_name: str | None,
-        args: list[str],
-        parent: click.Context | None = None,
-        **extra: object,
-    ) -> click.Context:
+    def make_context(  # click's types: typer bundles its own click, not public
+        self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any
+    ) -> Any:
         if args and args[0] == "fidelity":
             return _fidelity_command().make_context(
                 f"{info_name} fidelity", args[1:], parent=parent, **extra
             )
-        return super().make_context(info_name, args, parent=parent, **extra)  # type: ignore[arg-type]
+        return super().make_context(info_name, args, parent=parent, **extra)
 
 
-def _fidelity_command() -> click.Command:
+def _fidelity_command() -> Any:
     from ._app import help_text
 
     sub = typer.Typer(add_completion=False, pretty_exceptions_enable=False,

@@ -189,7 +189,8 @@ class HFModel:
             tid = self.tokenizer.token_to_id(text)
             if tid is not None:
                 return int(tid)
-        ids = _id_list(self._gen_config.get(f"{which}_token_id", self.config.get(f"{which}_token_id")))
+        key = f"{which}_token_id"
+        ids = _id_list(self._gen_config.get(key, self.config.get(key)))
         return ids[0] if ids else -1
 
     def _add_bos(self) -> bool:
@@ -298,6 +299,7 @@ def _load_model(path: Path, lora: Path | None, plan: DevicePlan) -> Any:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the CLI reports the load; no tqdm bar on stderr
+    model: Any
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(path), dtype=getattr(torch, plan.dtype), low_cpu_mem_usage=True
@@ -319,7 +321,7 @@ def _load_model(path: Path, lora: Path | None, plan: DevicePlan) -> Any:
                 hint="was the adapter trained on this base model? (adapter_config.json "
                 "base_model_name_or_path)",
             ) from e
-    model.to(plan.device)
+    model.to(device=plan.device)
     model.eval()
     return model
 
@@ -408,9 +410,7 @@ class HFSession:
         import torch
 
         if params.grammar:
-            raise UsageError(
-                "response grammars need the GGUF engine", hint="leave out --engine hf"
-            )
+            raise UsageError("response grammars need the GGUF engine", hint="leave out --engine hf")
         model = self.model
         t0 = time.perf_counter()
         n_evaluated = self.evaluate(prompt)

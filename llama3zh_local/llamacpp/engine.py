@@ -552,8 +552,6 @@ class Session:
                 )
             cached.append(tok)
 
-
-
     def all_logits(self, tokens: Sequence[int]) -> Any:
         """The logits of every position of ``tokens`` (a float32 numpy array, tokens x vocab).
 

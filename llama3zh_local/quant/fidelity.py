@@ -122,7 +122,17 @@ class FidelityReport:
         failed = [r for r in self.rows if r.verdict == "FAIL"]
         if failed:
             return "FAIL: " + "; ".join(f"{r.label}: {r.why}" for r in failed)
-        return f"pass: {len(self.rows)} file{'s' if len(self.rows) != 1 else ''} match the reference"
+        full = [r.label for r in self.rows if r.verdict == "pass"]
+        quants = [r.label for r in self.rows if r.verdict == "info"]
+        parts = []
+        if full:
+            parts.append(
+                f"{', '.join(full)} match{'es' if len(full) == 1 else ''} the reference "
+                f"(top-1 >= {100 * FULL_MIN_TOP1:.0f}%, mean KLD <= {FULL_MAX_KLD})"
+            )
+        if quants:
+            parts.append(f"{', '.join(quants)}: quantization loss reported, none broken")
+        return "pass: " + "; ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
         m = self.mismatch
@@ -144,11 +154,13 @@ class FidelityReport:
 
 def markdown_table(report: FidelityReport) -> str:
     """One row per GGUF: size, top-1, KLD mean / p99 / max, max |Δ logit|, verdict."""
-    head = "| File | Size (MiB) | Top-1 | KLD mean | KLD p99 | KLD max | max \\|Δ logit\\| | Verdict |"
+    head = (
+        "| File | Size (MiB) | Top-1 | KLD mean | KLD p99 | KLD max | max \\|Δ logit\\| | Verdict |"
+    )
     sep = "|---|---:|---:|---:|---:|---:|---:|---|"
     lines = [head, sep]
     for r in report.rows:
-        verdict = r.verdict + (f" ({r.why})" if r.verdict != "pass" else "")
+        verdict = r.verdict + (f" ({r.why})" if r.verdict == "FAIL" else "")
         if r.note:
             verdict += f"; {r.note}"
         lines.append(
@@ -201,7 +213,9 @@ def fidelity(
     """
     t0 = time.perf_counter()
     if not ggufs:
-        raise UsageError("no GGUF files to check", hint="llama3zh eval fidelity F16.gguf --reference DIR")
+        raise UsageError(
+            "no GGUF files to check", hint="llama3zh eval fidelity F16.gguf --reference DIR"
+        )
     if n_ctx < 16 or windows < 1:
         raise UsageError(
             f"--ctx {n_ctx} / --windows {windows}: need at least 16 tokens and one window",
@@ -243,7 +257,7 @@ def fidelity(
         ref.close()
     labels = _labels(infos)
     rows: list[FidelityRow] = []
-    common = dict(
+    common: dict[str, Any] = dict(
         reference=reference, lora=lora, texts=text_path, n_ctx=n_ctx, windows=n_windows,
         tokens=n_windows * n_ctx, reference_device=ref.plan.summary,
     )  # fmt: skip
@@ -258,7 +272,7 @@ def fidelity(
                 return FidelityReport(
                     **common, rows=tuple(rows), mismatch=mismatch, mismatch_file=info.path,
                     seconds=time.perf_counter() - t0,
-                )  # type: ignore[arg-type]  # fmt: skip
+                )  # fmt: skip
             if model.n_vocab != ref_logits[0].shape[1]:
                 rows.append(_failed_row(info, label, f"vocabulary of {model.n_vocab} tokens, "
                                         f"the reference has {ref_logits[0].shape[1]}"))  # fmt: skip
@@ -275,9 +289,7 @@ def fidelity(
                     emit(ADVANCE, label, done=i + 1, total=n_windows, unit="windows")
             emit(DONE, label)
             rows.append(acc.row(info, label))
-    return FidelityReport(
-        **common, rows=tuple(_with_notes(rows)), seconds=time.perf_counter() - t0
-    )  # type: ignore[arg-type]
+    return FidelityReport(**common, rows=tuple(_with_notes(rows)), seconds=time.perf_counter() - t0)
 
 
 def _read_text(path: Path) -> str:
@@ -305,10 +317,13 @@ def _first_difference(
     ga, rb = tuple(a[pos : pos + 4]), tuple(b[pos : pos + 4])
     before = ref.detokenize(b[max(0, pos - 8) : pos], special=True)
     return TokenMismatch(
-        position=pos, gguf_ids=ga, reference_ids=rb,
-        gguf_text=gguf.detokenize(ga, special=True), reference_text=ref.detokenize(rb, special=True),
+        position=pos,
+        gguf_ids=ga,
+        reference_ids=rb,
+        gguf_text=gguf.detokenize(ga, special=True),
+        reference_text=ref.detokenize(rb, special=True),
         context=before[-40:],
-    )  # fmt: skip
+    )
 
 
 class _Accumulator:
@@ -348,8 +363,8 @@ class _Accumulator:
         verdict, why = _verdict(info.file_type, top1=top1, kld=mean)
         return FidelityRow(
             path=info.path, label=label, file_type=info.file_type, size=info.size,
-            positions=self.n, top1=top1, near_ties=self.ties, kld_mean=mean, kld_p99=p99, kld_max=mx,
-            max_abs_dlogit=self.max_abs, verdict=verdict, why=why,
+            positions=self.n, top1=top1, near_ties=self.ties, kld_mean=mean, kld_p99=p99,
+            kld_max=mx, max_abs_dlogit=self.max_abs, verdict=verdict, why=why,
         )  # fmt: skip
 
 
@@ -369,11 +384,13 @@ def _verdict(file_type: str, *, top1: float, kld: float) -> tuple[str, str]:
         )
     if file_type in FULL_TYPES:
         if top1 < FULL_MIN_TOP1:
-            return "FAIL", f"top-1 {100 * top1:.2f}% < {100 * FULL_MIN_TOP1:.0f}% for a full-precision file"
+            return "FAIL", (
+                f"top-1 {100 * top1:.2f}% < {100 * FULL_MIN_TOP1:.0f}% for a full-precision file"
+            )
         if kld > FULL_MAX_KLD:
             return "FAIL", f"mean KLD {kld:.5f} > {FULL_MAX_KLD} for a full-precision file"
         return "pass", f"top-1 >= {100 * FULL_MIN_TOP1:.0f}%, mean KLD <= {FULL_MAX_KLD}"
-    return "info", "a quant: its loss is reported, not judged"
+    return "info", "a quant: its loss is reported, not judged (no pass/fail threshold)"
 
 
 def _failed_row(info: Any, label: str, why: str) -> FidelityRow:
