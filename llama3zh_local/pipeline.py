@@ -32,6 +32,7 @@ from .gguf.info import read_gguf_info
 from .hub import store
 from .hub.pull import PullPlan, plan_pull, pull
 from .progress import DONE, REUSE, START, Callback, emitter
+from .quant.fidelity import FidelityReport, fidelity
 from .quant.imatrix import compute_imatrix, plan_imatrix
 from .quant.options import ChunkOptions
 from .quant.quantize import QuantType, parse_type, plan_quantize, quantize
@@ -556,3 +557,55 @@ def _header_is(path: Path, file_type: str) -> bool:
 def _sha_of(path: Path, folder: Path) -> str:
     entry = state.completed(path, folder=folder)
     return entry.sha256 if entry is not None else state.record(path, step="input").sha256
+
+
+# -- the optional fidelity line -------------------------------------------------------------------
+
+
+def fidelity_reference(plan: RunPlan) -> Path | None:
+    """The HF checkpoint folder ``plan``'s GGUF is made from, when the run has it on disk: the
+    folder it converts (pulled first if need be), or the model's full weights in the store."""
+    for s in plan.steps:
+        if s.kind == "convert" and s.source is not None:
+            return s.source
+    try:
+        hf_dir = store_source(catalog.get_model(plan.label)).hf_dir
+    except ModelNotFoundError:
+        return None
+    return hf_dir if (hf_dir / "config.json").is_file() else None
+
+
+def check_fidelity_possible(plan: RunPlan) -> Path:
+    """``run --fidelity``'s check before any work: the reference will be on disk.
+
+    Raises:
+        UsageError: the run gets its GGUF without the HF weights (nothing to compare with).
+        MissingExtraError: torch / transformers are not installed.
+    """
+    from .hf.engine import require_torch
+
+    require_torch(what="--fidelity")
+    ref = fidelity_reference(plan)
+    if ref is None:
+        raise UsageError(
+            f"--fidelity compares the GGUF with the HF weights, and this run of {plan.label} "
+            "does not have them on disk (it uses a GGUF from the hub)",
+            hint=f"download them first: llama3zh pull {plan.label} --variant full",
+        )
+    return ref
+
+
+def run_fidelity(
+    plan: RunPlan,
+    target: Path,
+    *,
+    threads: int | None = None,
+    progress: Callback | None = None,
+) -> FidelityReport:
+    """``eval fidelity`` of a run's GGUF against the HF weights it came from (default windows).
+
+    Raises:
+        as ``check_fidelity_possible`` and ``quant.fidelity.fidelity``.
+    """
+    ref = check_fidelity_possible(plan)
+    return fidelity([target], reference=ref, threads=threads, progress=progress)

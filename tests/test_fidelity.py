@@ -209,3 +209,22 @@ def test_smollm2_f16_matches_and_quants_lose_less_with_an_imatrix(
     else:
         assert "higher than q4_k's" in q4im.note
     assert "lower than q4_k's" in fid.markdown_table(report) or "higher" in q4im.note
+
+
+def test_run_finishes_with_a_fidelity_line(tiny_f32: Path, tiny_hf: Path) -> None:
+    from llama3zh_local.errors import UsageError
+    from llama3zh_local.pipeline import RunPlan, Step, check_fidelity_possible, run_fidelity
+
+    convert_step = Step("convert", "convert", tiny_f32, 0, 0.0, source=tiny_hf)
+    plan = RunPlan("instruct-v3", "ALL_F32", False, tiny_f32, "local", (convert_step,))
+    report = run_fidelity(plan, tiny_f32, threads=2)
+    assert report.passed and report.windows == fid.DEFAULT_WINDOWS
+    assert report.line().startswith(f"fidelity vs {tiny_hf.name}: f32 top-1 100.00%, mean KLD ")
+    assert report.line().endswith(
+        "-> pass: f32 matches the reference (top-1 >= 99%, mean KLD <= 0.005)"
+    )
+    # a run that downloads the hub's GGUF has no reference: refused before any work
+    hub_plan = RunPlan("instruct-v3", "Q4_K_M", False, tiny_f32, "hub-gguf", ())
+    with pytest.raises(UsageError) as info:
+        check_fidelity_possible(hub_plan)
+    assert info.value.hint == "download them first: llama3zh pull instruct-v3 --variant full"

@@ -59,6 +59,14 @@ def run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show the plan (steps, sizes, time) and stop.")
     ] = False,
+    fidelity: Annotated[
+        bool,
+        typer.Option(
+            "--fidelity",
+            help="Finish with a fidelity line: the GGUF against the HF weights it came from "
+            "(transformers; needs the weights on disk and torch).",
+        ),
+    ] = False,
 ) -> None:
     """Get a model to the quant you ask for, the cheapest way, then chat with it.
 
@@ -79,13 +87,15 @@ def run(
       llama3zh run instruct -q q8_0 --dry-run
     """
     from ..hardware import check_threads, parse_gpu_layers
-    from ..pipeline import execute, plan_run
+    from ..pipeline import check_fidelity_possible, execute, plan_run, run_fidelity
     from ._progress import Progress
 
     check_threads(threads)
     gpu_layers = parse_gpu_layers(n_gpu_layers)
     plan = plan_run(model, quant=quant, imatrix=imatrix, source=source.value, chunks=chunks)
     show_plan(plan)
+    if fidelity:
+        check_fidelity_possible(plan)  # before any work
     if dry_run:
         _output.result(str(plan.target))
         return
@@ -100,6 +110,10 @@ def run(
     with Progress() as bar:
         result = execute(plan, progress=bar, threads=threads, n_gpu_layers=gpu_layers)
     _output.note(f"{result.target} (sha256 {result.sha256[:12]}…)")
+    if fidelity:
+        with Progress() as bar:
+            report = run_fidelity(plan, result.target, threads=threads, progress=bar)
+        (_output.note if report.passed else _output.warn)(report.line())
     if ollama is not None:
         create_in_ollama(ollama, model=str(result.target))
         return

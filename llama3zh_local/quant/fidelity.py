@@ -134,6 +134,14 @@ class FidelityReport:
             parts.append(f"{', '.join(quants)}: quantization loss reported, none broken")
         return "pass: " + "; ".join(parts)
 
+    def line(self) -> str:
+        """One line for the end of a run: each file's top-1 and mean KLD, then the verdict."""
+        figures = "; ".join(
+            f"{r.label} top-1 {100 * r.top1:.2f}%, mean KLD {r.kld_mean:.5f}" for r in self.rows
+        )
+        ref = self.reference.name + (f" + {self.lora.name}" if self.lora else "")
+        return f"fidelity vs {ref}: " + (f"{figures} -> " if figures else "") + self.verdict
+
     def to_json(self) -> dict[str, Any]:
         m = self.mismatch
         return {
