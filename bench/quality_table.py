@@ -35,6 +35,7 @@ from llama3zh_local.quant import evaluate, imatrix, quantize  # noqa: E402
 from llama3zh_local.quant.options import ChunkOptions  # noqa: E402
 
 DOC = ROOT / "docs" / "quality.md"
+FIDELITY = "## Fidelity: the GGUFs against transformers"
 PAIRS = ("q4_k", "q3_k", "q2_k")
 
 
@@ -148,6 +149,14 @@ figures are in `llama3zh_local/quant/recommend.py` (`LLAMA3_8B_PPL_DELTA`).
   {platform.release()}, CPU backend; llama-cpp-python {installed.llama_cpp_version()} (its llama.cpp
   tools built by `llama3zh_local.llamacpp.tools`).
 """
+    # the fidelity section comes from `llama3zh eval fidelity` (see its own notes): kept as it is
+    old = DOC.read_text(encoding="utf-8") if DOC.is_file() else ""
+    start = old.find(FIDELITY)
+    if start >= 0:
+        end = old.find("\n## ", start + len(FIDELITY))
+        kept = old[start : end + 1 if end >= 0 else len(old)]
+        head = "## Why SmolLM2 looks different"
+        body = body.replace(head, kept.rstrip("\n") + "\n\n" + head, 1)
     print(body)
     if not args.no_docs:
         DOC.write_text(body, encoding="utf-8")
