@@ -24,9 +24,7 @@ __all__ = ["MAX_RENDER_CHARS", "MAX_RENDER_SECONDS", "ChatTemplate", "llama3_tem
 @lru_cache(maxsize=1)
 def llama3_template() -> str:
     """The Llama-3-Instruct chat template (Meta's, as in its tokenizer_config.json)."""
-    text = (
-        paths.data_file("llama3_instruct.jinja").read_text("utf-8")
-    )
+    text = paths.data_file("llama3_instruct.jinja").read_text("utf-8")
     return text.rstrip("\n")
 
 

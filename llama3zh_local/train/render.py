@@ -42,7 +42,9 @@ DOCUMENT_ENDS = ("<|end_of_text|>", "<|endoftext|>")
 class Samples(list[Sample]):
     """The samples, and what was left out to make them."""
 
-    def __init__(self, samples: Sequence[Sample] = (), *, dropped: int = 0, dropped_tokens: int = 0):
+    def __init__(
+        self, samples: Sequence[Sample] = (), *, dropped: int = 0, dropped_tokens: int = 0
+    ):
         super().__init__(samples)
         # SFT: conversations with no trained token left after truncation; PT: 0 or 1 (the
         # remainder shorter than a block)
