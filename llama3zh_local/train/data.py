@@ -323,9 +323,10 @@ def _checked(messages: list[Message], where: str) -> tuple[Message, ...]:
     for i, m in enumerate(turns):
         expected = "user" if i % 2 == 0 else "assistant"
         if m.role != expected:
-            what = "a second system message" if m.role == "system" else f"a {m.role} turn"
+            article = "an" if m.role == "assistant" else "a"
+            what = "a second system message" if m.role == "system" else f"{article} {m.role} turn"
             raise DataError(
-                f"{where}: turn {i + 1} is {what} where a {expected} turn belongs "
+                f"{where}: turn {i + 1} is {what} where the {expected}'s turn belongs "
                 "(turns must alternate user, assistant, after one optional system message)",
                 hint=_SFT_HINT,
             )
