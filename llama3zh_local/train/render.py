@@ -271,12 +271,13 @@ def encode_conversation(
     messages = list(conv.messages)
     if default_system is not None and (not messages or messages[0].role != "system"):
         messages.insert(0, Message("system", default_system))
-    text, spans = fmt.spans(messages, conv.source)
-    enc = fmt.tokenizer.encode(text, add_special_tokens=False)
-    ids = list(enc.ids)
-    if train_on_prompt:
+    if train_on_prompt:  # no spans needed: any template will do
+        ids = list(fmt.tokenizer.encode(fmt.render(messages), add_special_tokens=False).ids)
         labels = list(ids)
     else:
+        text, spans = fmt.spans(messages, conv.source)
+        enc = fmt.tokenizer.encode(text, add_special_tokens=False)
+        ids = list(enc.ids)
         labels = [IGNORE_INDEX] * len(ids)
         k = 0
         for t, (start, _end) in enumerate(enc.offsets):
