@@ -104,7 +104,8 @@ SYSTEM = {"role": "system", "content": DEFAULT_SYSTEM_PROMPT}
 GOLDEN = {
     "alpaca": (
         "a.jsonl",
-        {"instruction": "用一句话介绍长城。", "input": "", "output": "长城是中国古代的军事防御工程。"},
+        {"instruction": "用一句话介绍长城。", "input": "",
+         "output": "长城是中国古代的军事防御工程。"},
         [SYSTEM, {"role": "user", "content": "用一句话介绍长城。"},
          {"role": "assistant", "content": "长城是中国古代的军事防御工程。"}],
     ),

@@ -66,8 +66,8 @@ def check_data(
         ModelNotFoundError, InvalidModelError, ChatTemplateError: the base model's tokenizer.
     """
     if kind == "sft":
+        fmt = ChatFormat.from_model_dir(model_dir)  # the base first: a wrong --base is cheap
         data = read_sft(path)
-        fmt = ChatFormat.from_model_dir(model_dir)
         samples: Samples = encode_sft(
             data, fmt, max_len=block_size, train_on_prompt=train_on_prompt
         )
@@ -77,8 +77,8 @@ def check_data(
             block_size, fmt.tokenizer, template=fmt.template.origin,
         )  # fmt: skip
     if kind == "pt":
-        pt = read_pt(path)
         tok = load_tokenizer(model_dir)
+        pt = read_pt(path)
         samples = encode_pt(pt, tok, block_size=block_size)
         lengths = [len(e.ids) for e in tok.tokenizer.encode_batch([t.text for t in pt.texts])]
         return _report(
