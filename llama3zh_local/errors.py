@@ -63,3 +63,8 @@ class UnsafePathError(Llama3zhError):
 
 class OllamaError(Llama3zhError):
     """No Ollama server answers, it is too old, or it refused the request."""
+
+
+class DataError(UsageError):
+    """Training data that cannot be used: unreadable, malformed, or not a conversation; the
+    message names the file and line."""
