@@ -63,3 +63,8 @@ class UnsafePathError(Llama3zhError):
 
 class OllamaError(Llama3zhError):
     """No Ollama server answers, it is too old, or it refused the request."""
+
+
+class MissingExtraError(UsageError):
+    """An optional extra (``[train]``, ``[qlora]``, DeepSpeed) that a command needs is not
+    installed; the message names it and the install command."""
