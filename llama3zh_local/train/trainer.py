@@ -411,6 +411,7 @@ def _run(
     from . import callbacks as cb
 
     transformers.logging.set_verbosity_error()  # the progress events say what happens
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars on stderr
     device, bf16_ok = _device()
     dtype = resolve_dtype(options.dtype, device=device, bf16_supported=bf16_ok)
     main = launch.is_main_process()
