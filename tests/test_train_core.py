@@ -86,9 +86,7 @@ def test_trained_lora_merges_to_a_gguf_that_equals_peft(base: Path, tmp_path: Pa
     assert res.loss_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     advance = [e for e in events if e.kind == "advance"]
     assert [e.done for e in advance] == [1, 2, 3, 4] and {e.total for e in advance} == {4}
-    assert {"loss", "learning_rate", "tokens_per_second", "eta_seconds"} <= set(
-        advance[-1].figures
-    )
+    assert {"loss", "learning_rate", "tokens_per_second", "eta_seconds"} <= set(advance[-1].figures)
     # merge-lora reads PEFT's keys as they are: factors and the two full modules
     lora = open_lora(adapter)
     try:
@@ -103,12 +101,14 @@ def test_trained_lora_merges_to_a_gguf_that_equals_peft(base: Path, tmp_path: Pa
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(models.llama3_tokenizer_json()))
-    ids_list = [[models.LLAMA3_BOS_ID, *tok.encode(p, add_special_tokens=False).ids] for p in PROMPTS]
+    ids_list = [
+        [models.LLAMA3_BOS_ID, *tok.encode(p, add_special_tokens=False).ids] for p in PROMPTS
+    ]
     with torch.no_grad():
         before = [plain(torch.tensor([ids])).logits[0].numpy() for ids in ids_list]
     tuned = peft.PeftModel.from_pretrained(plain, str(adapter)).eval()
     worst = 0.0
-    for ids, base_logits in zip(ids_list, before):
+    for ids, base_logits in zip(ids_list, before, strict=True):
         with torch.no_grad():
             want = tuned(torch.tensor([ids])).logits[0].numpy()
         got = models.llamacpp_logits(merged.path, ids, n_ctx=64)
@@ -204,9 +204,12 @@ def test_deepspeed_config_is_upstreams(tmp_path: Path) -> None:
     cfg = json.loads(path.read_text())
     assert cfg["zero_optimization"]["stage"] == 2
     assert cfg["train_micro_batch_size_per_gpu"] == "auto"
-    assert json.loads(launch.write_deepspeed_config("zero3", tmp_path).read_text())[
-        "zero_optimization"
-    ]["stage"] == 3
+    assert (
+        json.loads(launch.write_deepspeed_config("zero3", tmp_path).read_text())[
+            "zero_optimization"
+        ]["stage"]
+        == 3
+    )
     cmd = launch.torchrun_command(2, ["llama3zh_local", "train"], module=True)
     assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                        "-m", "llama3zh_local", "train"]  # fmt: skip

@@ -59,7 +59,7 @@ def stop_on_signals(flag: StopFlag, signals: tuple[int, ...]) -> Iterator[None]:
             signal.signal(s, h)
 
 
-class InterruptCallback(TrainerCallback):  # type: ignore[misc]
+class InterruptCallback(TrainerCallback):
     """Saves a checkpoint and stops training once ``flag`` is set (every process agrees under
     DDP: the flag is reduced across processes, so that all of them save the same step)."""
 
@@ -88,7 +88,7 @@ class InterruptCallback(TrainerCallback):  # type: ignore[misc]
         return control
 
 
-class CompleteMarker(TrainerCallback):  # type: ignore[misc]
+class CompleteMarker(TrainerCallback):
     """Writes ``checkpoint-N/.complete`` after the Trainer has saved everything of step N: the
     Trainer writes checkpoints in place, so a checkpoint without it was cut short."""
 
@@ -102,7 +102,7 @@ class CompleteMarker(TrainerCallback):  # type: ignore[misc]
         return control
 
 
-class ProgressCallback(TrainerCallback):  # type: ignore[misc]
+class ProgressCallback(TrainerCallback):
     """Progress events for the CLI's live view: step of total, loss, learning rate, tokens/s,
     ETA and (on CUDA) peak GPU memory; only the first process reports."""
 

@@ -66,7 +66,7 @@ class TrainOptions:
 
     kind: str = "pt"
     lora_rank: int = 64  # run_*.sh: lora_rank=64
-    lora_alpha: float = 128.0  # lora_alpha=128
+    lora_alpha: int = 128  # lora_alpha=128
     lora_dropout: float = 0.05  # lora_dropout=0.05
     target_modules: tuple[str, ...] = TARGETS
     modules_to_save: tuple[str, ...] = EMBEDDINGS
@@ -119,7 +119,15 @@ class TrainOptions:
 
         if self.kind not in KINDS:
             raise bad(f"unknown training kind {self.kind!r}: expected pt or sft")
-        for name in ("lora_rank", "batch_size", "grad_accum", "block_size", "gpus", "save_steps"):
+        for name in (
+            "lora_rank",
+            "lora_alpha",
+            "batch_size",
+            "grad_accum",
+            "block_size",
+            "gpus",
+            "save_steps",
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise bad(f"--{name.replace('_', '-')} must be a positive integer (got {v!r})")
@@ -131,8 +139,6 @@ class TrainOptions:
             raise bad(f"--epochs must be above 0 (got {self.epochs})")
         if not self.learning_rate > 0:
             raise bad(f"--learning-rate must be above 0 (got {self.learning_rate})")
-        if not self.lora_alpha > 0:
-            raise bad(f"--lora-alpha must be above 0 (got {self.lora_alpha})")
         if not 0 <= self.lora_dropout < 1:
             raise bad(f"--lora-dropout must be in [0, 1) (got {self.lora_dropout})")
         if not 0 <= self.warmup_ratio < 1:

@@ -320,22 +320,30 @@ def _advice(
 
     out = [
         f"estimated peak {_gb(plan.memory.total)} > {_gb(limit)} usable of {_gb(plan.budget)} "
-        f"{plan.budget_what}"
+        f"{plan.budget_what}; each change below adds to the ones before it"
     ]
-    tried = options
-    if options.modules_to_save:
-        tried = replace(tried, modules_to_save=())
-        out.append(
-            f"train embed_tokens/lm_head through LoRA only (no --train-embeddings / "
-            f"modules_to_save): {_gb(total(tried))}"
-        )
-    if options.bits is None and plan.device == "cuda":
-        tried = replace(tried, bits=4)
-        out.append(f"--bits 4 (QLoRA, needs bitsandbytes): {_gb(total(tried))}")
-    if not options.gradient_checkpointing:
-        tried = replace(tried, gradient_checkpointing=True)
-        out.append(f"turn gradient checkpointing on: {_gb(total(tried))}")
-    n = seq_len
+    tried, n = options, seq_len
+    steps: list[tuple[bool, str, dict[str, Any]]] = [
+        (
+            bool(options.modules_to_save),
+            "train embed_tokens/lm_head through LoRA only (no --train-embeddings)",
+            {"modules_to_save": ()},
+        ),
+        (
+            options.bits is None and plan.device == "cuda",  # bitsandbytes needs a GPU
+            "--bits 4 (QLoRA, needs bitsandbytes)",
+            {"bits": 4},
+        ),
+        (
+            not options.gradient_checkpointing,
+            "gradient checkpointing on",
+            {"gradient_checkpointing": True},
+        ),
+    ]
+    for applies, label, change in steps:
+        if applies and total(tried, n) > limit:
+            tried = replace(tried, **change)
+            out.append(f"{label}: {_gb(total(tried, n))}")
     while n > 256 and total(tried, n) > limit:
         n //= 2
     if n < seq_len:

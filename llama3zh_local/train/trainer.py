@@ -312,7 +312,7 @@ def _load_model(options: TrainOptions, base: Path, dtype: str) -> Any:
             llm_int8_threshold=6.0,
         )
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
+    model: Any = transformers.AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
     model.config.use_cache = False  # no KV cache in training (and it conflicts with checkpointing)
     ckpt_kwargs = {"use_reentrant": False}  # reentrant checkpointing loses LoRA's gradients
     if options.bits is not None:
