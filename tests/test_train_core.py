@@ -5,6 +5,7 @@ uninterrupted run; two processes under torchrun (gloo on CPU)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import os
@@ -63,8 +64,10 @@ def test_trained_lora_merges_to_a_gguf_that_equals_peft(base: Path, tmp_path: Pa
     opts = _small("pt", learning_rate=5e-3, grad_accum=2, max_steps=4, save_steps=2)
     assert opts.modules_to_save == ("embed_tokens", "lm_head")
     events = []
+    held_out = trainproc.samples("pt")[:2]
     res = train(trainproc.samples("pt"), opts, base=base, out=tmp_path / "run",
-                progress=events.append)  # fmt: skip
+                progress=events.append, eval_samples=held_out)  # fmt: skip
+    assert res.eval_loss is not None and 0 < res.eval_loss < 20
     assert res.adapter_dir is not None and not res.interrupted
     assert (res.steps, res.total_steps) == (4, 4)
     adapter = res.adapter_dir
@@ -118,6 +121,23 @@ def test_trained_lora_merges_to_a_gguf_that_equals_peft(base: Path, tmp_path: Pa
         worst = max(worst, float(np.abs(got - want).max()))
     print(f"max |llama.cpp - peft| over {len(PROMPTS)} prompts: {worst:.2e}")
     assert worst < MAX_ABS_DELTA
+
+
+def test_restart_discards_another_runs_checkpoints(base: Path, tmp_path: Path) -> None:
+    first = _small("sft", learning_rate=1e-3, grad_accum=1, max_steps=2, save_steps=1)
+    res = train(trainproc.samples("sft"), first, base=base, out=tmp_path)
+    assert res.steps == 2 and (tmp_path / "checkpoints/checkpoint-1/.complete").is_file()
+    # a checkpoint cut short (no marker) is not resumed from and is removed
+    (tmp_path / "checkpoints/checkpoint-9").mkdir()
+    other = dataclasses.replace(first, max_steps=3)
+    with pytest.raises(UsageError, match=r"max_steps 2 -> 3"):
+        train(trainproc.samples("sft"), other, base=base, out=tmp_path)
+    res = train(trainproc.samples("sft"), other, base=base, out=tmp_path, restart=True)
+    assert res.steps == 3 and res.resumed_from_step is None and not res.reused
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "checkpoint-1", "checkpoint-2", "checkpoint-3"
+    ]  # fmt: skip
+    assert json.loads((tmp_path / "train-state.json").read_text())["options"]["max_steps"] == 3
 
 
 def test_interrupted_run_resumes_to_the_same_weights(base: Path, tmp_path: Path) -> None:

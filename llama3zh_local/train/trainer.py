@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import time
+import warnings
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -254,8 +255,13 @@ def train(
         _remove_incomplete(ckdir)
         shutil.rmtree(out / PARTIAL_ADAPTER, ignore_errors=True)
         _write_run_state(out, record)
-    return _run(samples, options, base=base, out=out, resume=resume, record=record,
-                progress=progress, eval_samples=eval_samples, t0=t0)  # fmt: skip
+    with warnings.catch_warnings():
+        # peft calls transformers 5's renamed gradient-checkpointing methods by their old names
+        warnings.filterwarnings(
+            "ignore", message=".*deprecated and will be removed in v6", category=FutureWarning
+        )
+        return _run(samples, options, base=base, out=out, resume=resume, record=record,
+                    progress=progress, eval_samples=eval_samples, t0=t0)  # fmt: skip
 
 
 def _finished(out: Path, state: Mapping[str, Any], t0: float) -> TrainResult:
