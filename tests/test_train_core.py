@@ -176,22 +176,43 @@ def test_interrupted_run_resumes_to_the_same_weights(base: Path, tmp_path: Path)
     assert res.reused and res.steps == 6 and res.adapter_dir == (tmp_path / "b/adapter").resolve()
 
 
-def test_two_processes_under_torchrun(
-    base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+LAUNCHER = """
+import json, os, sys
+from llama3zh_local.train import launch
+spec = json.loads(sys.argv[1])
+spec["signal_pid"] = os.getpid()  # Ctrl-C reaches the launcher, which forwards it
+sys.exit(launch.relaunch(2, [json.dumps(spec)], module="tests.trainproc"))
+"""
+
+
+def test_two_processes_under_torchrun(base: Path, tmp_path: Path) -> None:
     opts = {"lora_rank": 8, "lora_alpha": 16, "block_size": 64, "learning_rate": 1e-3,
-            "grad_accum": 1, "max_steps": 2, "save_steps": 2, "gpus": 2}  # fmt: skip
+            "grad_accum": 1, "max_steps": 3, "save_steps": 10, "gpus": 2}  # fmt: skip
     spec = {"base": str(base), "kind": "sft", "options": opts, "out": str(tmp_path / "ddp")}
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    monkeypatch.chdir(ROOT)
-    rc = launch.relaunch(2, [json.dumps(spec)], module="tests.trainproc")
-    assert rc == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def launch_run(**extra: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", LAUNCHER, json.dumps({**spec, **extra})],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    # SIGINT to the launcher after step 1: both processes save checkpoint-2 and stop
+    cut = launch_run(interrupt_at=1)
+    assert cut.returncode == 130, cut.stderr[-3000:]
+    ck = tmp_path / "ddp/checkpoints/checkpoint-2"
+    assert (ck / ".complete").is_file()
+    assert {p.name for p in ck.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
+    done = launch_run()
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["resumed_from_step"] == 2 and result["steps"] == 3
     adapter = tmp_path / "ddp/adapter"
     model = transformers.AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     tuned = peft.PeftModel.from_pretrained(model, str(adapter))
     assert sum(1 for n, _ in tuned.named_parameters() if "lora_A" in n) == 2 * 7
     state = json.loads((tmp_path / "ddp/train-state.json").read_text())
-    assert state["complete"] and state["steps"] == 2
+    assert state["complete"] and state["steps"] == 3
 
 
 def test_single_process_refuses_gpus_2(base: Path, tmp_path: Path) -> None:

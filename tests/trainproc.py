@@ -2,7 +2,8 @@
 and multi-process tests: the samples are built here from fixed texts with the real Llama-3
 tokenizer, so that every run and every DDP process trains on the same data.
 
-JSON: ``{"base", "out", "kind", "options": {...}, "interrupt_at": step | null}``. Prints the
+JSON: ``{"base", "out", "kind", "options": {...}, "interrupt_at": step | null,
+"signal_pid": the process to send SIGINT to (default this one)}``. Prints the
 TrainResult as JSON on the last line; exit code 130 when the run was interrupted.
 """
 
@@ -51,9 +52,10 @@ def main() -> int:
     spec = json.loads(sys.argv[1])
     stop_at = spec.get("interrupt_at")
 
-    def progress(e: Event) -> None:
+    def progress(e: Event) -> None:  # only the first process of a DDP run gets events
         if stop_at is not None and e.kind == ADVANCE and e.done == stop_at:
-            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C would
+            # as Ctrl-C would: to this process, or to the launcher that forwards it (--gpus)
+            os.kill(spec.get("signal_pid") or os.getpid(), signal.SIGINT)
 
     opts = TrainOptions.for_kind(spec["kind"], **spec["options"])
     res = train(samples(spec["kind"]), opts, base=Path(spec["base"]), out=Path(spec["out"]),
