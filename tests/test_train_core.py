@@ -254,3 +254,21 @@ def test_deepspeed_config_is_upstreams(tmp_path: Path) -> None:
     cmd = launch.torchrun_command(2, ["llama3zh_local", "train"], module=True)
     assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                        "-m", "llama3zh_local", "train"]  # fmt: skip
+
+
+def test_collator_pads_labels_with_ignore_index() -> None:
+    from llama3zh_local.train.trainer import PaddingCollator, SampleDataset
+
+    samples = trainproc.samples("sft")[:2]
+    data = SampleDataset(samples, block_size=20)  # 18 and 23 ids: one cut, one padded
+    collate = PaddingCollator(pad_id=models.LLAMA3_EOT_ID)
+    batch = collate([data[0], data[1]])
+    lengths = [min(20, len(s.input_ids)) for s in samples]
+    n = max(lengths)
+    assert batch["input_ids"].shape == batch["labels"].shape == (2, n)
+    for i, k in enumerate(lengths):
+        assert batch["attention_mask"][i].tolist() == [1] * k + [0] * (n - k)
+        assert batch["labels"][i, k:].tolist() == [-100] * (n - k)
+        assert batch["input_ids"][i, k:].tolist() == [models.LLAMA3_EOT_ID] * (n - k)
+        assert batch["labels"][i, :k].tolist() == list(samples[i].labels[:k])
+    assert collate.tokens == sum(lengths)
