@@ -126,6 +126,10 @@ def test_memory_grows_with_block_size_and_bits() -> None:
     assert _total(no_ckpt, seq=1024) > _total(opts, seq=1024)
     sft = TrainOptions.for_kind("sft", block_size=1024)
     assert _total(sft, seq=1024) < _total(opts, seq=1024) - 15 * GiB  # 1.05B params x 16 bytes
+    eight = dataclasses.replace(opts, gpus=8)
+    z2, z3 = (dataclasses.replace(eight, deepspeed=z) for z in ("zero2", "zero3"))
+    assert _total(z3, seq=1024) < _total(z2, seq=1024) < _total(eight, seq=1024)
+    assert _total(eight, seq=1024) == _total(opts, seq=1024)  # DDP: a full copy per GPU
     # the 8B PT recipe in bf16: 16 GB weights + ~19 GB trainable state and more
     assert 32 * GiB < _total(opts, seq=1024) < 48 * GiB
 

@@ -199,7 +199,8 @@ def estimate_memory(
     shape: ModelShape, options: TrainOptions, *, dtype: str, device: str, seq_len: int
 ) -> Memory:
     """Peak memory of one process training ``shape`` with ``options`` on sequences of
-    ``seq_len`` tokens (ZeRO's sharding is not counted: it only lowers the figure)."""
+    ``seq_len`` tokens. With ``--deepspeed`` over ``gpus`` processes, ZeRO-2 shards the
+    gradients and Adam's moments, ZeRO-3 the weights too."""
     act_bytes = DTYPE_BYTES[dtype]
     full = shape.full_params(options.modules_to_save)
     frozen = shape.total_params
@@ -209,6 +210,12 @@ def estimate_memory(
         linear = shape.layers * sum(math.prod(shape.linear(n)) for n in TARGETS)
         weights = int(linear * BITS_BYTES[options.bits]) + (frozen - linear) * act_bytes
     trainable = shape.lora_params(options.target_modules, options.lora_rank) + full
+    shards = options.gpus if options.deepspeed else 1
+    per_trainable = {
+        None: TRAINABLE_BYTES,
+        "zero2": 4 + (TRAINABLE_BYTES - 4) / shards,
+        "zero3": TRAINABLE_BYTES / shards,
+    }[options.deepspeed]
     tokens = options.batch_size * seq_len
     per_layer = LAYER_ACTIVATION_FACTOR * tokens * shape.hidden * act_bytes
     # LoRA keeps its inputs and the rank-sized intermediate for each target
@@ -223,8 +230,8 @@ def estimate_memory(
         activations = shape.layers * per_layer
     logits = 3 * tokens * shape.vocab * 4  # logits, log-softmax, their gradient in fp32
     return Memory(
-        weights=int(weights),
-        trainable=int(trainable * TRAINABLE_BYTES),
+        weights=int(weights / shards if options.deepspeed == "zero3" else weights),
+        trainable=int(trainable * per_trainable),
         activations=int(activations),
         logits=int(logits),
         overhead=int(OVERHEAD.get(device, OVERHEAD["cpu"])),
