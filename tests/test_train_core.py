@@ -215,10 +215,17 @@ def test_two_processes_under_torchrun(base: Path, tmp_path: Path) -> None:
     assert state["complete"] and state["steps"] == 3
 
 
-def test_single_process_refuses_gpus_2(base: Path, tmp_path: Path) -> None:
+def test_options_checked_before_loading(base: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="--gpus 2") as err:
         train(trainproc.samples("sft"), _small("sft", gpus=2), base=base, out=tmp_path)
     assert "relaunch" in (err.value.hint or "")
+    with pytest.raises(UsageError, match="would hold the base model"):
+        train(trainproc.samples("sft"), _small("sft"), base=base, out=base.parent)
+    (tmp_path / "f").write_text("")
+    with pytest.raises(UsageError, match="is a file"):
+        train(trainproc.samples("sft"), _small("sft"), base=base, out=tmp_path / "f")
+    with pytest.raises(UsageError, match="no training samples"):
+        train([], _small("sft"), base=base, out=tmp_path / "new")
 
 
 def test_missing_extras_say_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -220,6 +220,15 @@ def train(
     _check_world(options)
     main = launch.is_main_process()
     out = Path(out).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise UsageError(
+            f"--out {out} is a file", hint="give a folder for the run (new or its own)"
+        )
+    if out == base or base.is_relative_to(out):
+        raise UsageError(
+            f"--out {out} would hold the base model {base}",
+            hint="give the run a folder of its own, e.g. --out runs/my-lora",
+        )
     out.mkdir(parents=True, exist_ok=True)
     ckdir = out / CHECKPOINTS_DIR
     record: dict[str, Any] = {
