@@ -68,3 +68,8 @@ class OllamaError(Llama3zhError):
 class DataError(UsageError):
     """Training data that cannot be used: unreadable, malformed, or not a conversation; the
     message names the file and line."""
+
+
+class MissingExtraError(UsageError):
+    """An optional extra (``[train]``, ``[qlora]``, DeepSpeed) that a command needs is not
+    installed; the message names it and the install command."""
