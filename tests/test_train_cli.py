@@ -107,7 +107,7 @@ def test_cli_json(llama3_dir: Path, tmp_path: Path, fresh_consoles: None) -> Non
     assert result.exit_code == 0, result.output
     d = json.loads(result.stdout)
     assert d["format"] == "alpaca" and d["files"] == [str(data)] and d["truncated"] == 0
-    assert d["samples"] == 3 and d["block_size"] == 1024
+    assert d["samples"] == 3 and d["block_size"] == 512  # sft: upstream run_sft.sh's length
     assert {"text": "长城是中国古代的军事防御工程。<|eot_id|>", "trained": True} in d["sample"]
 
 

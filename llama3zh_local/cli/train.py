@@ -12,7 +12,7 @@ import typer
 
 from . import _output
 from ._errors import handle_errors
-from ._options import JsonOpt
+from ._options import DryRunOpt, JsonOpt
 
 if TYPE_CHECKING:
     from ..train.checkdata import DataReport
@@ -41,21 +41,13 @@ DataArg = Annotated[
     ),
 ]
 BaseOpt = Annotated[
-    Path,
+    str,
     typer.Option(
         "--base",
         "-b",
-        help="The base model: an HF checkpoint folder (tokenizer.json, tokenizer_config.json).",
+        help="The base model: an HF checkpoint folder (config.json, safetensors, tokenizer.json), "
+        "or a pulled alias with full weights (`llama3zh pull ALIAS --variant full`).",
         show_default=False,
-    ),
-]
-BlockSizeOpt = Annotated[
-    int,
-    typer.Option(
-        "--block-size",
-        help="Tokens per training sequence: pt packs text into blocks of it, sft cuts longer "
-        "conversations to it.",
-        min=2,
     ),
 ]
 TrainOnPromptOpt = Annotated[
@@ -65,6 +57,18 @@ TrainOnPromptOpt = Annotated[
         help="sft: train on the whole conversation, not only the assistant's turns.",
     ),
 ]
+# Options whose default depends on the kind (upstream's run_pt.sh / run_sft.sh): None = that.
+KindBlockSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--block-size",
+        help="Tokens per training sequence: pt packs text into blocks of it, sft cuts longer "
+        "conversations to it. Default: 1024 for pt, 512 for sft (upstream's).",
+        min=2,
+        show_default=False,
+    ),
+]
+
 KindOpt = Annotated[DataKind, typer.Option("--kind", help="What the data is for.")]
 
 SAMPLE_CHARS = 4000  # of the rendered sample shown (a pt block is ~4k characters)
@@ -75,7 +79,7 @@ def check_data(
     data: DataArg,
     base: BaseOpt,
     kind: KindOpt = DataKind.sft,
-    block_size: BlockSizeOpt = 1024,
+    block_size: KindBlockSizeOpt = None,
     train_on_prompt: TrainOnPromptOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -91,13 +95,21 @@ def check_data(
     from ..train.checkdata import check_data as check
 
     report = check(
-        data, kind=kind.value, model_dir=base, block_size=block_size,
+        data, kind=kind.value, model_dir=base_dir(base),
+        block_size=block_size or (1024 if kind is DataKind.pt else 512),
         train_on_prompt=train_on_prompt,
     )  # fmt: skip
     if as_json:
         _output.result(json.dumps(report_dict(report), ensure_ascii=False, indent=2))
         return
     print_report(report)
+
+
+def base_dir(base: str) -> Path:
+    """``--base``: a folder as given, else a pulled alias's full weights in the store."""
+    from ..hub import store
+
+    return store.resolve_hf_dir(base)
 
 
 def report_dict(report: DataReport) -> dict[str, Any]:
@@ -176,6 +188,350 @@ def _files(files: tuple[Path, ...]) -> str:
     return shown + (f", ... ({len(files) - 3} more)" if len(files) > 3 else "")
 
 
+# -- train pt / train sft ---------------------------------------------------------------------
+
+OutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        "-o",
+        help="The run's folder: checkpoints/, then adapter/ (a PEFT LoRA), loss.csv, loss.png "
+        "and, with --then, the merged model and its quant. Default: ./lora-KIND-DATA.",
+        show_default=False,
+    ),
+]
+EpochsOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--epochs",
+        help="Passes over the data (default: 1 for pt, 3 for sft).",
+        min=0.01,
+        show_default=False,
+    ),
+]
+MaxStepsOpt = Annotated[
+    int | None,
+    typer.Option("--max-steps", help="Stop after this many optimizer steps.", min=1),
+]
+LrOpt = Annotated[
+    float | None,
+    typer.Option("--lr", help="Peak learning rate (default: upstream's 1e-4).", min=0.0),
+]
+RankOpt = Annotated[
+    int | None, typer.Option("--rank", "-r", help="LoRA rank (upstream: 64).", min=1)
+]
+AlphaOpt = Annotated[
+    int | None, typer.Option("--alpha", help="LoRA alpha (default: twice the rank).", min=1)
+]
+EmbeddingsOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--train-embeddings/--no-train-embeddings",
+        help="Train embed_tokens and lm_head in full (modules_to_save; ~1B parameters on 8B). "
+        "Default: on for pt, as upstream; off for sft.",
+        show_default=False,
+    ),
+]
+BitsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--bits",
+        help="QLoRA: load the base in 4 or 8 bits (bitsandbytes, the [qlora] extra).",
+        show_default=False,
+    ),
+]
+BatchOpt = Annotated[
+    int | None, typer.Option("--batch-size", help="Sequences per device step (1).", min=1)
+]
+AccumOpt = Annotated[
+    int | None,
+    typer.Option("--grad-accum", help="Device steps per optimizer step (8).", min=1),
+]
+SaveStepsOpt = Annotated[
+    int | None, typer.Option("--save-steps", help="Write a checkpoint every N steps (200).", min=1)
+]
+SeedOpt = Annotated[
+    int | None, typer.Option("--seed", help="Random seed (42; a rerun resumes the same run).")
+]
+GpusOpt = Annotated[
+    int,
+    typer.Option(
+        "--gpus",
+        help="Train on N GPUs of this machine: the command runs again under torchrun (DDP).",
+        min=1,
+    ),
+]
+DeepSpeedOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--deepspeed", help="zero2 or zero3: DeepSpeed ZeRO (where DeepSpeed is installed)."
+    ),
+]
+HoldoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--holdout",
+        help="Fraction of the samples kept out of training: their loss (and, with --then, the "
+        "quant's perplexity on them) is reported.",
+        min=0.0,
+        max=0.5,
+    ),
+]
+RestartOpt = Annotated[
+    bool,
+    typer.Option("--restart", help="Discard the checkpoints of an earlier run in --out."),
+]
+ThenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--then",
+        help="After training: merge the LoRA, convert, quantize to this type (Q4_K_M: an "
+        "importance matrix first, as `quantize --imatrix`), evaluate and write a Modelfile.",
+        show_default=False,
+    ),
+]
+OllamaOpt = Annotated[
+    str | None,
+    typer.Option("--ollama", help="With --then: create this Ollama model.", show_default=False),
+]
+
+
+@handle_errors
+def pt(
+    data: DataArg,
+    base: BaseOpt,
+    out: OutOpt = None,
+    block_size: KindBlockSizeOpt = None,
+    epochs: EpochsOpt = None,
+    max_steps: MaxStepsOpt = None,
+    lr: LrOpt = None,
+    rank: RankOpt = None,
+    alpha: AlphaOpt = None,
+    train_embeddings: EmbeddingsOpt = None,
+    bits: BitsOpt = None,
+    batch_size: BatchOpt = None,
+    grad_accum: AccumOpt = None,
+    save_steps: SaveStepsOpt = None,
+    seed: SeedOpt = None,
+    gpus: GpusOpt = 1,
+    deepspeed: DeepSpeedOpt = None,
+    holdout: HoldoutOpt = 0.0,
+    restart: RestartOpt = False,
+    then: ThenOpt = None,
+    ollama: OllamaOpt = None,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Continued pre-training: a LoRA (with embed_tokens and lm_head in full, as upstream) on
+    plain text, packed into --block-size blocks.
+
+    Rerun the same command to resume from the last checkpoint; Ctrl-C saves one and stops.
+
+    Examples:
+
+      llama3zh train pt corpus/ --base base --dry-run
+
+      llama3zh train pt corpus/ --base ./llama-3-chinese-8b --bits 4 --then Q4_K_M
+    """
+    _train("pt", **locals())
+
+
+@handle_errors
+def sft(
+    data: DataArg,
+    base: BaseOpt,
+    out: OutOpt = None,
+    block_size: KindBlockSizeOpt = None,
+    epochs: EpochsOpt = None,
+    max_steps: MaxStepsOpt = None,
+    lr: LrOpt = None,
+    rank: RankOpt = None,
+    alpha: AlphaOpt = None,
+    train_embeddings: EmbeddingsOpt = None,
+    train_on_prompt: TrainOnPromptOpt = False,
+    bits: BitsOpt = None,
+    batch_size: BatchOpt = None,
+    grad_accum: AccumOpt = None,
+    save_steps: SaveStepsOpt = None,
+    seed: SeedOpt = None,
+    gpus: GpusOpt = 1,
+    deepspeed: DeepSpeedOpt = None,
+    holdout: HoldoutOpt = 0.0,
+    restart: RestartOpt = False,
+    then: ThenOpt = None,
+    ollama: OllamaOpt = None,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Instruction tuning: a LoRA on conversations (alpaca with system/history, ShareGPT or
+    OpenAI messages, detected), rendered with the model's chat template (Llama-3-Instruct's for
+    Llama-3 vocabularies, with the upstream default system prompt); the loss is taken on every
+    assistant turn and its end-of-turn token.
+
+    Rerun the same command to resume from the last checkpoint; Ctrl-C saves one and stops.
+
+    Examples:
+
+      llama3zh train sft alpaca_zh.json --base instruct-v3 --dry-run
+
+      llama3zh train sft chats.jsonl --base instruct-v3 --then Q4_K_M --ollama my-zh
+    """
+    _train("sft", **locals())
+
+
+def _train(kind: str, **opts: Any) -> None:
+    from ..train import launch
+
+    if opts["gpus"] > 1 and not launch.is_child():
+        if opts["dry_run"]:
+            _output.note(f"--gpus {opts['gpus']}: the run would start under torchrun")
+        else:
+            raise typer.Exit(launch.relaunch(opts["gpus"]))
+    if opts["ollama"] and not opts["then"]:
+        from ..errors import UsageError
+
+        raise UsageError("--ollama needs --then TYPE", hint="e.g. --then Q4_K_M --ollama my-model")
+    from ..train.options import TrainOptions, require_extra
+    from ..train.plan import plan_training
+
+    base = base_dir(opts["base"])
+    changes = {
+        k: v
+        for k, v in {
+            "block_size": opts["block_size"], "epochs": opts["epochs"],
+            "max_steps": opts["max_steps"], "learning_rate": opts["lr"],
+            "lora_rank": opts["rank"],
+            "lora_alpha": opts["alpha"] or (2 * opts["rank"] if opts["rank"] else None),
+            "bits": opts["bits"], "batch_size": opts["batch_size"],
+            "grad_accum": opts["grad_accum"], "save_steps": opts["save_steps"],
+            "seed": opts["seed"], "gpus": opts["gpus"], "deepspeed": opts["deepspeed"],
+        }.items()
+        if v is not None
+    }  # fmt: skip
+    options = TrainOptions.for_kind(kind, train_embeddings=opts["train_embeddings"], **changes)
+    data: Path = opts["data"]
+    out: Path = opts["out"] or Path(f"lora-{kind}-{data.stem or 'data'}")
+    samples, held = _samples(kind, data, base, options, opts)
+    plan = plan_training(samples, options, model_dir=base)
+    show_plan(plan, options, out, held=len(held), as_json=opts["as_json"] and opts["dry_run"])
+    if opts["then"]:
+        from ..trained import plan_finish
+        from ._finish import show_finish_plan
+
+        show_finish_plan(plan_finish(
+            adapter=out / "adapter", base=base, then=opts["then"], out_dir=out,
+            ollama=opts["ollama"], eval_text=None,
+        ))  # fmt: skip
+    if opts["dry_run"]:
+        return
+    require_extra(bits=options.bits, deepspeed=options.deepspeed)
+    from ..train.trainer import train
+    from ._progress import Progress
+
+    with Progress() as bar:
+        result = train(samples, options, base=base, out=out, progress=bar,
+                       eval_samples=held or None, restart=opts["restart"])  # fmt: skip
+    if not launch.is_main_process():
+        return
+    if result.interrupted:
+        _output.note(
+            f"Interrupted at step {result.steps} of {result.total_steps}: checkpoint "
+            f"{result.checkpoint}. Run the same command again to resume."
+        )
+        raise typer.Exit(130)
+    assert result.adapter_dir is not None
+    how = "already trained (same data and options)" if result.reused else (
+        f"{result.steps} steps in {result.seconds:.0f} s"
+        + (f", resumed at step {result.resumed_from_step}" if result.resumed_from_step else "")
+    )  # fmt: skip
+    loss = f", loss {result.final_loss:.4f}" if result.final_loss is not None else ""
+    held_loss = f", held-out loss {result.eval_loss:.4f}" if result.eval_loss is not None else ""
+    _output.note(f"LoRA: {result.adapter_dir} ({how}{loss}{held_loss})")
+    if result.loss_png is not None:
+        _output.note(f"loss curve: {result.loss_png} ({result.loss_csv})")
+    if not opts["then"]:
+        _output.result(str(result.adapter_dir))
+        return
+    from ._finish import finish
+
+    eval_text = _heldout_text(held, base, out) if held else None
+    finish(adapter=result.adapter_dir, base=base, then=opts["then"], out_dir=out,
+           ollama=opts["ollama"], eval_text=eval_text)  # fmt: skip
+
+
+def _samples(
+    kind: str, data: Path, base: Path, options: Any, opts: dict[str, Any]
+) -> tuple[list[Any], list[Any]]:
+    """(training samples, held-out samples): every --holdout-th sample is held out."""
+    from ..train import data as train_data
+    from ..train import render
+
+    if kind == "pt":
+        samples = list(render.encode_pt(
+            train_data.read_pt(data), render.load_tokenizer(base), block_size=options.block_size
+        ))  # fmt: skip
+    else:
+        samples = list(render.encode_sft(
+            train_data.read_sft(data), render.ChatFormat.from_model_dir(base),
+            max_len=options.block_size, train_on_prompt=opts.get("train_on_prompt", False),
+        ))  # fmt: skip
+    fraction = opts["holdout"]
+    if not fraction or len(samples) < 2:
+        return samples, []
+    every = max(2, round(1 / fraction))
+    held = samples[every - 1 :: every]
+    kept = [s for i, s in enumerate(samples) if (i + 1) % every]
+    return kept, held
+
+
+def _heldout_text(held: list[Any], base: Path, out: Path) -> Path:
+    """The held-out samples as text for the quant's perplexity (written once, atomically)."""
+    from ..files import atomic
+    from ..train import render
+
+    tok = render.load_tokenizer(base).tokenizer
+    text = "\n\n".join(tok.decode(list(s.input_ids), skip_special_tokens=True) for s in held)
+    path = out / "heldout.txt"
+    if not (path.is_file() and path.read_text(encoding="utf-8") == text):
+        with atomic.replacing(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    return path
+
+
+def show_plan(plan: Any, options: Any, out: Path, *, held: int, as_json: bool) -> None:
+    """The plan: on stdout for --dry-run --json, else on stderr."""
+    m = plan.memory
+    if as_json:
+        d = asdict(plan)
+        d["fits"] = plan.fits
+        d["out"] = str(out)
+        d["held_out"] = held
+        _output.result(json.dumps(d, ensure_ascii=False, indent=2))
+        return
+    gib = 1 << 30
+    lines = [
+        f"train {options.kind}: {plan.samples:,} samples ({held:,} held out), "
+        f"{plan.tokens:,} tokens ({plan.trained_tokens:,} trained), {plan.truncated:,} truncated "
+        f"to {options.block_size:,}",
+        f"  {plan.steps:,} steps ({plan.steps_per_epoch:,} per epoch; batch {options.batch_size} "
+        f"x accumulation {options.grad_accum} x {options.gpus} process(es))",
+        f"  LoRA rank {options.lora_rank}, alpha {options.lora_alpha} on "
+        f"{', '.join(options.target_modules)}"
+        + (f"; in full: {', '.join(options.modules_to_save)}" if options.modules_to_save else ""),
+        f"  trainable parameters {plan.trainable_params:,} of {plan.total_params:,} "
+        f"({100 * plan.trainable_params / max(plan.total_params, 1):.2f}%)",
+        f"  memory: about {m.total / gib:.1f} GiB on {plan.device} ({plan.dtype}"
+        + (f", {options.bits}-bit base" if options.bits else "")
+        + f"); {plan.budget_what}: {plan.budget / gib:.1f} GiB"
+        + ("" if plan.fits else " - it will not fit"),
+        f"  output: {out}",
+    ]
+    for line in lines:
+        _output.note(line)
+    for advice in plan.advice:
+        (_output.note if plan.fits else _output.warn)(f"  {advice}")
+
+
 # The sub-app's commands, in the order `llama3zh train --help` lists them; cli/_app.py registers
 # them (with its help_text) on train_app.
-COMMANDS: dict[str, Any] = {"check-data": check_data}
+COMMANDS: dict[str, Any] = {"pt": pt, "sft": sft, "check-data": check_data}
