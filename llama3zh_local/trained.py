@@ -429,4 +429,4 @@ def _merged_intact(merged: Path) -> bool:
 
 
 def _ppl_rows(data: Mapping[str, Any]) -> tuple[tuple[str, float, float], ...]:
-    return tuple((r["label"], float(r["ppl"]), float(r["ppl_err"])) for r in data["rows"])
+    return tuple((str(m["label"]), float(m["ppl"]), float(m["ppl_err"])) for m in data["models"])
