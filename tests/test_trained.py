@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
+from typer.testing import CliRunner
 
 from llama3zh_local import trained
 from llama3zh_local.errors import ModelNotFoundError, UsageError
@@ -33,6 +35,7 @@ IDS = [
     13,
 ]  # "<bos>Hello world, this is a test."
 CHUNKS, CTX = 2, 64
+runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +203,44 @@ def test_checked_before_anything_is_written(
     with pytest.raises(UsageError, match="no record of making it"):
         trained.finish_adapter(adapter=lora, base=tiny_llama3_hf, then="Q8_0", out_dir=out)
     assert sorted(p.name for p in out.iterdir()) == ["ggml-model-q8_0.gguf"]
+
+
+# -- the CLI side (cli/_finish.py, what `train --then` calls) -------------------------------------
+
+
+def finish_app() -> typer.Typer:
+    """A one-command app around cli._finish.finish, as the train command uses it."""
+    from llama3zh_local.cli import _finish
+    from llama3zh_local.cli._errors import handle_errors
+
+    app = typer.Typer()
+
+    @app.command()
+    @handle_errors
+    def main(
+        adapter: Path, base: Path, then: str, out: Path, ollama: str | None = None,
+        dry_run: bool = False,
+    ) -> None:  # fmt: skip
+        _finish.finish(adapter=adapter, base=base, then=then, out_dir=out, ollama=ollama,
+                       dry_run=dry_run)  # fmt: skip
+
+    return app
+
+
+def test_cli_dry_run_then_run(lora: Path, tiny_llama3_hf: Path, tmp_path: Path) -> None:
+    app, out = finish_app(), tmp_path / "out"
+    args = [str(lora), str(tiny_llama3_hf), "Q8_0", str(out)]
+    dry = runner.invoke(app, [*args, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "[1/4] merge" in dry.stderr and "[3/4] quantize to ggml-model-q8_0.gguf" in dry.stderr
+    assert dry.stdout == "" and not out.exists()
+    done = runner.invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert done.stdout.strip() == str(out / "ggml-model-q8_0.gguf")
+
+
+def test_cli_one_line_error(lora: Path, tmp_path: Path) -> None:
+    result = runner.invoke(finish_app(), [str(lora), str(tmp_path), "Q8_0", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ") and "not an HF checkpoint" in result.stderr
+    assert "Hint: " in result.stderr and "Traceback" not in result.stderr
