@@ -142,6 +142,7 @@ def plan_finish(
     from .pipeline import refuse_foreign
     from .quant.options import ChunkOptions
     from .quant.quantize import parse_type
+    from .quant.source import F16
 
     adapter_dir, base_dir = Path(adapter).expanduser(), Path(base).expanduser()
     if not (adapter_dir / "adapter_config.json").is_file():
@@ -166,13 +167,13 @@ def plan_finish(
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} is a file", hint="give a folder for the outputs")
     merged = out / MERGED
-    guard.check_not_input(out, [adapter_dir, base_dir])
-    guard.check_not_input(merged, [adapter_dir, base_dir])
-    from .quant.source import F16
-
     f16 = out / F16
     target = out / parse_type(quant).filename(imatrix=want_im)
-    for p in (out / MERGE_RECORD, f16, target, out / EVAL_JSON, out / EVAL_MD, out / MODELFILE):
+    # OUT may hold the adapter (train writes it there): only what is written must not be an input
+    outputs = (out / MERGE_RECORD, f16, target, out / EVAL_JSON, out / EVAL_MD, out / MODELFILE)
+    for p in (merged, *outputs):
+        guard.check_not_input(p, [adapter_dir, base_dir], option="the output")
+    for p in outputs:
         refuse_foreign(p, out, made_from=str(adapter_dir))
     steps = ["merge", "convert", *(["imatrix"] if want_im else []), "quantize"]
     steps += [*(["eval"] if text is not None else []), "modelfile"]

@@ -244,3 +244,15 @@ def test_cli_one_line_error(lora: Path, tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: ") and "not an HF checkpoint" in result.stderr
     assert "Hint: " in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_adapter_may_live_in_out(lora: Path, tiny_llama3_hf: Path, tmp_path: Path) -> None:
+    """train writes OUT/adapter and finishes into OUT; OUT/merged holding an input is refused."""
+    out = tmp_path / "run"
+    adapter = shutil.copytree(lora, out / "adapter")
+    result = trained.finish_adapter(adapter=adapter, base=tiny_llama3_hf, then="Q8_0", out_dir=out)
+    assert result.quant.parent == out and (adapter / "adapter_config.json").is_file()
+    inside = shutil.copytree(lora, tmp_path / "run2" / "merged" / "lora")
+    with pytest.raises(UsageError, match="holds the input"):
+        trained.plan_finish(adapter=inside, base=tiny_llama3_hf, then="Q8_0",
+                            out_dir=tmp_path / "run2")  # fmt: skip
