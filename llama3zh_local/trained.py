@@ -175,6 +175,8 @@ def plan_finish(
         guard.check_not_input(p, [adapter_dir, base_dir], option="the output")
     for p in outputs:
         refuse_foreign(p, out, made_from=str(adapter_dir))
+    if out.is_dir():  # OUT/merged may hold only what an earlier merge wrote (it is replaced)
+        guard.check_folder_output(merged, force=True, inputs=[adapter_dir, base_dir])
     steps = ["merge", "convert", *(["imatrix"] if want_im else []), "quantize"]
     steps += [*(["eval"] if text is not None else []), "modelfile"]
     steps += ["ollama"] if ollama is not None else []

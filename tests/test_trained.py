@@ -203,6 +203,12 @@ def test_checked_before_anything_is_written(
     with pytest.raises(UsageError, match="no record of making it"):
         trained.finish_adapter(adapter=lora, base=tiny_llama3_hf, then="Q8_0", out_dir=out)
     assert sorted(p.name for p in out.iterdir()) == ["ggml-model-q8_0.gguf"]
+    (out / "ggml-model-q8_0.gguf").unlink()
+    (out / "merged").mkdir()
+    (out / "merged" / "notes.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(UsageError, match="notes.txt"):
+        trained.finish_adapter(adapter=lora, base=tiny_llama3_hf, then="Q8_0", out_dir=out)
+    assert sorted(p.name for p in out.rglob("*")) == ["merged", "notes.txt"]
 
 
 # -- the CLI side (cli/_finish.py, what `train --then` calls) -------------------------------------
