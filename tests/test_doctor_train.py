@@ -36,6 +36,8 @@ NONE = dict.fromkeys(ALL)
         (TrainEnv(versions=NONE, gpu_hardware="CUDA"), "cpu", False, "pytorch.org/get-started"),
         # torch without peft: still the install command
         (TrainEnv(versions={**ALL, "peft": None}), "cpu", False, INSTALL),
+        # a torch that fails to import (a broken wheel): reinstall
+        (TrainEnv(versions=ALL, error="import torch failed: libc10.so"), "cpu", False, INSTALL),
         # a CPU torch on a CPU machine, or on a Mac with MPS: fine
         (TrainEnv(versions=ALL), "cpu", False, None),
         (TrainEnv(versions=ALL, mps_available=True, gpu_hardware="Metal"), "mps", False, None),
