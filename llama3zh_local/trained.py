@@ -25,6 +25,7 @@ from .progress import DONE, REUSE, START, Callback, emitter
 
 if TYPE_CHECKING:
     from .ollama.client import OllamaCreateResult
+    from .ollama.modelfile import Modelfile
 
 MERGED = "merged"  # OUT/merged: the LoRA merged into the base, an HF checkpoint in f16
 MERGE_RECORD = "merge.json"  # what OUT/merged was made from
@@ -86,6 +87,7 @@ class FinishResult:
     ollama: OllamaCreateResult | None
     reused: tuple[str, ...]  # the steps that were complete already
     seconds: float
+    notes: tuple[str, ...] = ()  # for the user: the Modelfile's template when not Llama-3
 
 
 def parse_then(then: str, imatrix: bool | None = None) -> tuple[str, bool]:
@@ -247,7 +249,7 @@ def finish_adapter(
         eval_json=plan.out_dir / EVAL_JSON if evaluated else None,
         eval_md=plan.out_dir / EVAL_MD if evaluated else None,
         ppl=ppl, modelfile=modelfile, ollama=created, reused=tuple(run.reused),
-        seconds=time.monotonic() - t0,
+        seconds=time.monotonic() - t0, notes=run.notes,
     )  # fmt: skip
 
 
@@ -264,6 +266,7 @@ class _Run:
         self.progress = progress
         self.emit = emitter(progress, "run")
         self.reused: list[str] = []
+        self.notes: tuple[str, ...] = ()
 
     def event(self, kind: str, event: str, message: str) -> None:
         head = f"[{self.plan.steps.index(kind) + 1}/{len(self.plan.steps)}] {kind}"
@@ -385,12 +388,11 @@ class _Run:
 
     # modelfile
 
-    def modelfile(self) -> tuple[Path, Any]:
-        from .ollama.modelfile import build_modelfile
-
+    def modelfile(self) -> tuple[Path, Modelfile]:
         plan = self.plan
         path = self.out / MODELFILE
-        built = build_modelfile(model=str(plan.target), relative_to=self.out)
+        built = modelfile_for(plan.target, relative_to=self.out, made_from=plan.adapter.name)
+        self.notes += built.warnings
         text = built.text
         inputs = {
             plan.target.name: self._sha(plan.target),
@@ -409,7 +411,7 @@ class _Run:
 
     # ollama
 
-    def create(self, built: Any, *, host: str | None) -> OllamaCreateResult:
+    def create(self, built: Modelfile, *, host: str | None) -> OllamaCreateResult:
         from .ollama.client import ollama_create
 
         assert self.plan.ollama is not None
@@ -419,6 +421,45 @@ class _Run:
                                progress=self.progress)  # fmt: skip
         self.done("ollama", t)
         return result
+
+
+def modelfile_for(quant: Path, *, relative_to: Path, made_from: str) -> Modelfile:
+    """The Modelfile for a finished quant, in the chat format its GGUF has.
+
+    Llama-3-Instruct (what ``train sft`` renders) through ``build_modelfile``; a base with
+    ChatML as its own template (SmolLM2) gets the demo's ChatML Modelfile; any other format a
+    plain completion template, with a warning saying so.
+    """
+    from dataclasses import replace
+
+    from . import __version__
+    from .demo import SMOLLM2_REPO, TEMPLATE_NOTE, chatml_modelfile
+    from .errors import InvalidModelError
+    from .gguf.info import read_gguf_info
+    from .ollama.modelfile import build_modelfile
+
+    try:
+        return build_modelfile(model=str(quant), relative_to=relative_to)
+    except InvalidModelError:
+        template = read_gguf_info(quant).chat_template or ""
+        if "<|im_start|>" not in template:
+            built = build_modelfile(model=str(quant), chat=False, relative_to=relative_to)
+            why = (
+                f"{quant.name}'s chat template is neither Llama-3-Instruct nor ChatML: the "
+                "Modelfile has a plain completion template"
+            )
+            return replace(built, warnings=(why,))
+    built = chatml_modelfile(quant, relative_to=relative_to)
+    header = (
+        built.header[0],  # the title
+        built.header[1],  # the GGUF
+        f"Model: the LoRA {made_from} merged into {SMOLLM2_REPO} (or another ChatML base)",
+        built.header[3],  # the template
+        f"Written by llama3zh {__version__} (llama3zh train --then).",
+        "Use: ollama create NAME -f Modelfile && ollama run NAME",
+    )
+    note = f"the Modelfile has the base's own template: {TEMPLATE_NOTE}"
+    return replace(built, header=header, warnings=(note,))
 
 
 def _merged_intact(merged: Path) -> bool:

@@ -262,3 +262,15 @@ def test_the_adapter_may_live_in_out(lora: Path, tiny_llama3_hf: Path, tmp_path:
     with pytest.raises(UsageError, match="holds the input"):
         trained.plan_finish(adapter=inside, base=tiny_llama3_hf, then="Q8_0",
                             out_dir=tmp_path / "run2")  # fmt: skip
+
+
+def test_a_chatml_base_gets_its_own_template(smollm2_hf: Path, tmp_path: Path) -> None:
+    """SmolLM2 chats in ChatML: the Modelfile gets that template (not Llama-3's), with a note."""
+    lora = lorafix.build_lora(tmp_path / "smol-lora", smollm2_hf, full=(), tokenizer=False)
+    result = trained.finish_adapter(adapter=lora, base=smollm2_hf, then="Q8_0",
+                                    out_dir=tmp_path / "out")  # fmt: skip
+    assert any("ChatML" in n for n in result.notes)
+    text = result.modelfile.read_text(encoding="utf-8")
+    assert "<|im_start|>" in text and "<|eot_id|>" not in text
+    assert "FROM ./ggml-model-q8_0.gguf" in text
+    assert "llama3zh train --then" in text and "smol-lora" in text

@@ -50,6 +50,8 @@ def finish(
             adapter=adapter, base=base, then=then, out_dir=out_dir, ollama=ollama,
             eval_texts=eval_text, threads=threads, n_gpu_layers=n_gpu_layers, progress=bar,
         )  # fmt: skip
+    for note in result.notes:
+        _output.note(note)
     for label, ppl, err in result.ppl:
         _output.note(f"perplexity {label}: {ppl:.4f} ± {err:.4f} (held-out text)")
     _output.note(f"{result.quant} (sha256 {result.sha256[:12]}…); Modelfile: {result.modelfile}")
