@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import MissingExtraError, UsageError
+from .env import CUDA_HINT, INSTALL
 
 KINDS = ("pt", "sft")
 # run_pt.sh / run_sft.sh: lora_trainable="q_proj,v_proj,k_proj,o_proj,gate_proj,down_proj,up_proj"
@@ -47,11 +48,8 @@ _KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
-TORCH_VERSION = "2.13.0"  # the CPU build the README installs first (any torch>=2.1 works)
-INSTALL_HINT = (
-    f'pip install torch=={TORCH_VERSION} && pip install "llama3zh-local[train]" '
-    "(NVIDIA GPUs: a CUDA build of torch comes from https://pytorch.org/get-started/locally/)"
-)
+# the one install command (train/env.py, which doctor reports with)
+INSTALL_HINT = f"{INSTALL} ({CUDA_HINT})"
 
 
 @dataclass(frozen=True)
