@@ -414,14 +414,17 @@ def _train(kind: str, **opts: Any) -> None:
     samples, held = _samples(kind, data, base, options, opts)
     plan = plan_training(samples, options, model_dir=base)
     show_plan(plan, options, out, held=len(held), as_json=opts["as_json"] and opts["dry_run"])
-    if opts["then"]:
-        from ..trained import plan_finish
-        from ._finish import show_finish_plan
+    if opts["then"]:  # checked now; the whole chain is planned once the adapter exists
+        from ..ollama.quoting import check_ollama_name
+        from ..trained import parse_then
 
-        show_finish_plan(plan_finish(
-            adapter=out / "adapter", base=base, then=opts["then"], out_dir=out,
-            ollama=opts["ollama"], eval_text=None,
-        ))  # fmt: skip
+        quant, imatrix = parse_then(opts["then"])
+        if opts["ollama"]:
+            check_ollama_name(opts["ollama"])
+        steps = ["merge", "convert", *(["imatrix"] if imatrix else []), quant]
+        steps += [*(["eval (held-out)"] if held else []), "Modelfile"]
+        steps += [f"ollama create {opts['ollama']}"] if opts["ollama"] else []
+        _output.note("then: " + " -> ".join(steps))
     if opts["dry_run"]:
         return
     require_extra(bits=options.bits, deepspeed=options.deepspeed)
