@@ -279,3 +279,12 @@ def test_collator_pads_labels_with_ignore_index() -> None:
         assert batch["input_ids"][i, k:].tolist() == [models.LLAMA3_EOT_ID] * (n - k)
         assert batch["labels"][i, :k].tolist() == list(samples[i].labels[:k])
     assert collate.tokens == sum(lengths)
+
+
+def test_live_view_line() -> None:
+    from llama3zh_local.train.callbacks import figures_line
+
+    full = {"loss": 2.31014, "learning_rate": 9.5e-5, "tokens_per_second": 1234.5,
+            "gpu_memory_bytes": 3.5 * (1 << 30)}  # fmt: skip
+    assert figures_line(full) == "loss 2.3101 · lr 9.5e-05 · 1,234 tok/s · GPU 3.5 GiB"
+    assert figures_line({"loss": 1.0, "learning_rate": 0.0}) == "loss 1.0000 · lr 0.0e+00"

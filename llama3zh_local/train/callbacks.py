@@ -144,7 +144,8 @@ class ProgressCallback(TrainerCallback):
         mem = _cuda_peak()
         if mem is not None:
             figures["gpu_memory_bytes"] = float(mem)
-        self.emit(ADVANCE, TASK, done=step, total=total, unit="steps", figures=figures)
+        self.emit(ADVANCE, TASK, done=step, total=total, unit="steps", figures=figures,
+                  message=figures_line(figures))  # fmt: skip
         return control
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
@@ -155,6 +156,16 @@ class ProgressCallback(TrainerCallback):
 
     def note(self, message: str) -> None:
         self.emit(NOTE, TASK, message=message)
+
+
+def figures_line(figures: dict[str, float]) -> str:
+    """What the live view shows beside the bar: ``loss 2.3101 · lr 9.5e-05 · 1,234 tok/s``."""
+    parts = [f"loss {figures['loss']:.4f}", f"lr {figures['learning_rate']:.1e}"]
+    if "tokens_per_second" in figures:
+        parts.append(f"{figures['tokens_per_second']:,.0f} tok/s")
+    if "gpu_memory_bytes" in figures:
+        parts.append(f"GPU {figures['gpu_memory_bytes'] / (1 << 30):.1f} GiB")
+    return " · ".join(parts)
 
 
 def _cuda_peak() -> int | None:
