@@ -30,6 +30,9 @@ _EXPORTS: dict[str, str] = {
     "RunPlan": "pipeline",
     "RunResult": "pipeline",
     "run_demo": "demo",
+    # after training: a LoRA folder to a quantized GGUF, its Modelfile and Ollama
+    "plan_finish": "trained",
+    "finish_adapter": "trained",
     # hub: pull and the local store
     "plan_pull": "hub.pull",
     "pull": "hub.pull",
@@ -72,6 +75,8 @@ __all__ = [
     "RunPlan",
     "RunResult",
     "run_demo",
+    "plan_finish",
+    "finish_adapter",
     "plan_pull",
     "pull",
     "local_files",
@@ -131,3 +136,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .quant.imatrix import compute_imatrix, plan_imatrix
     from .quant.quantize import plan_quantize, quantize
     from .quant.recommend import recommend
+    from .trained import finish_adapter, plan_finish

@@ -65,6 +65,11 @@ class OllamaError(Llama3zhError):
     """No Ollama server answers, it is too old, or it refused the request."""
 
 
+class DataError(UsageError):
+    """Training data that cannot be used: unreadable, malformed, or not a conversation; the
+    message names the file and line."""
+
+
 class MissingExtraError(UsageError):
     """An optional extra (``[train]``, ``[qlora]``, DeepSpeed) that a command needs is not
     installed; the message names it and the install command."""

@@ -158,3 +158,9 @@ def test_missing_torch_is_one_clear_line(smollm2_hf: Path, monkeypatch: pytest.M
     )
     assert lines[1].startswith("Hint: pip install torch==") and "pytorch.org" in lines[1]
     assert "Traceback" not in result.output
+
+
+def test_install_hint_is_the_training_one() -> None:
+    from llama3zh_local.train import options
+
+    assert hf_engine.INSTALL_HINT == options.INSTALL_HINT

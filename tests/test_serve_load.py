@@ -117,6 +117,10 @@ def test_second_turn_evaluates_only_new_tokens(server: Any) -> None:
     ).json()  # fmt: skip
     # the new user message and its scaffolding (the answer's end marker, headers)
     assert a2["prompt_eval_count"] <= 20, a2
+    # the end of the first answer and the next user header were evaluated when it ended (the
+    # slot's next-turn prefill): left are "And of Japan?" and the assistant header (ChatML: 5
+    # tokens), 10 here, 16 without the prefill
+    assert a2["prompt_eval_count"] <= 10, a2
     whole = httpx.post(
         server.url + "/v1/chat/completions",
         json={"model": name, "messages": turn2, "max_tokens": 1}, timeout=300,

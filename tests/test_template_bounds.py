@@ -13,7 +13,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from llama3zh_local.chat import template as chat
+from llama3zh_local import templating as chat
 from llama3zh_local.chat.template import ChatTemplate
 from llama3zh_local.errors import ChatTemplateError
 

@@ -33,6 +33,7 @@ from . import (
     run,
     serve,
     show,
+    train,
 )
 
 app = typer.Typer(
@@ -95,6 +96,9 @@ COMMAND_CLASSES: dict[str, type[TyperCommand]] = {
 }
 for _name, _func in COMMANDS.items():
     app.command(_name, help=help_text(_func.__doc__), cls=COMMAND_CLASSES.get(_name))(_func)
+for _name, _func in train.COMMANDS.items():
+    train.train_app.command(_name, help=help_text(_func.__doc__))(_func)
+app.add_typer(train.train_app, name="train")
 
 
 def main() -> None:

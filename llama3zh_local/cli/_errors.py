@@ -72,6 +72,7 @@ def _silence_stdout() -> None:
 def default_hint(err: Llama3zhError) -> str:
     """The next step for an error raised without a hint of its own: every error gets one."""
     hints: tuple[tuple[type[Llama3zhError], str], ...] = (
+        (errors.DataError, "fix the file and line named, then check it: llama3zh train check-data"),
         (errors.UsageError, "see the options and examples: llama3zh COMMAND --help"),
         (errors.ModelNotFoundError, "check the path or alias (`llama3zh list` shows the models)"),
         (errors.InvalidModelError, "check the file, or create or download it again"),

@@ -7,15 +7,25 @@ from __future__ import annotations
 
 import json
 import platform
+from typing import TYPE_CHECKING
 
 from . import _output
 from ._errors import handle_errors
 from ._options import JsonOpt
 
+if TYPE_CHECKING:
+    from ..train.env import TrainEnv
+
+QLORA_MISSING = 'not installed (for --bits 4|8: pip install "llama3zh-local[qlora]")'
+
 
 @handle_errors
 def doctor(as_json: JsonOpt = False) -> None:
     """Show llama.cpp's backend, devices, VRAM/RAM and versions; say how to enable the GPU.
+
+    Also reports the training stack (llama3zh train): torch, its CUDA / MPS support,
+    transformers, peft and bitsandbytes, and flags a CPU-only torch on a machine with an
+    NVIDIA GPU.
 
     Examples:
 
@@ -25,11 +35,13 @@ def doctor(as_json: JsonOpt = False) -> None:
     """
     from .. import __version__, hardware
     from ..llamacpp import repack
+    from ..train.env import training_environment
 
     hw = hardware.detect()
     cpu_repack = repack.current()
     hint = hardware.reinstall_hint(hw)
     gib = hardware.GIB
+    train = training_environment()
     data = {
         "llama3zh": __version__,
         "python": platform.python_version(),
@@ -54,6 +66,7 @@ def doctor(as_json: JsonOpt = False) -> None:
         "system_info": hw.system_info,
         "cpu_repack": cpu_repack.as_dict(),
         "reinstall": hint,
+        "training": train.as_dict(),
     }
     if as_json:
         _output.result(json.dumps(data, indent=2))
@@ -70,6 +83,7 @@ def doctor(as_json: JsonOpt = False) -> None:
         lines.append(f"device            {d.name} ({d.kind}): {d.description} {mem}".rstrip())
     lines.append(f"features          {hw.system_info}")
     lines.append(f"weight repacking  {'on' if cpu_repack.enabled else 'off'}: {cpu_repack.reason}")
+    lines += training_lines(train)
     for line in lines:
         _output.result(line)
     if hint:
@@ -77,3 +91,31 @@ def doctor(as_json: JsonOpt = False) -> None:
             f"this machine has a {data['gpu_hardware']} GPU but llama-cpp-python was built for the "
             f"CPU only. Reinstall it with GPU support:\n  {hint}"
         )
+    if train.installed and train.hint:
+        _output.warn(f"this machine has an NVIDIA GPU but torch cannot use it: {train.hint}")
+
+
+def training_lines(env: TrainEnv) -> list[str]:
+    """The training stack in doctor's layout: one line when it is not installed."""
+    if not env.installed:
+        what = "not installed" if not env.error else env.error
+        missing = (
+            f"; missing {', '.join(env.missing)}" if env.missing and env.versions["torch"] else ""
+        )
+        return [f"training          {what}{missing} ({env.hint})"]
+    v = env.versions
+    if env.cuda_available:
+        build = f"CUDA {env.torch_cuda}: {', '.join(env.cuda_devices)}"
+    elif env.torch_cuda:
+        build = f"CUDA {env.torch_cuda} build, no GPU available"
+    else:
+        build = "CPU build"
+    if env.mps_available:
+        build += ", MPS available"
+    qlora = v["bitsandbytes"] or QLORA_MISSING
+    return [
+        f"torch             {v['torch']} ({build}); training runs on {env.device}",
+        f"transformers      {v['transformers']}",
+        f"peft              {v['peft']}",
+        f"bitsandbytes      {qlora}",
+    ]

@@ -21,10 +21,13 @@ from ..catalog import LLAMA3_STOPS
 from ..errors import InvalidModelError, MissingExtraError, ModelNotFoundError, UsageError
 from ..llamacpp.engine import GenerationRecord, SamplingParams
 
-TORCH_VERSION = "2.5.1"  # the version the install hint names (any torch >= 2.1 works)
+# The install command of train/env.py (INSTALL, CUDA_HINT), mirrored: hf/ comes before train/ in
+# the import order. tests/test_chat_hf.py checks that they stay equal.
+TORCH_VERSION = "2.13.0"
 INSTALL_HINT = (
     f'pip install torch=={TORCH_VERSION} && pip install "llama3zh-local[train]" '
-    "(NVIDIA GPUs: a CUDA build of torch comes from https://pytorch.org/get-started/locally/)"
+    "(for an NVIDIA GPU, install a CUDA build of torch as https://pytorch.org/get-started/locally/ "
+    "shows)"
 )
 LLAMA3_BOS = "<|begin_of_text|>"
 
