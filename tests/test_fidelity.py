@@ -228,3 +228,35 @@ def test_run_finishes_with_a_fidelity_line(tiny_f32: Path, tiny_hf: Path) -> Non
     with pytest.raises(UsageError) as info:
         check_fidelity_possible(hub_plan)
     assert info.value.hint == "download them first: llama3zh pull instruct-v3 --variant full"
+
+
+def test_train_then_finishes_with_a_fidelity_line(tiny_hf: Path, work: Path) -> None:
+    """`train ... --then Q8_0 --fidelity`: the chain's f16 and quant against base + the LoRA."""
+    import typer
+
+    from llama3zh_local.cli import _finish
+    from llama3zh_local.cli._errors import handle_errors
+
+    lora = lorafix.build_lora(work / "then-lora", tiny_hf, dtype="float32")
+    one = typer.Typer()
+
+    @one.command()
+    @handle_errors
+    def main(out: Path) -> None:
+        _finish.finish(adapter=lora, base=tiny_hf, then="Q8_0", out_dir=out, fidelity=True)
+
+    result = runner.invoke(one, [str(work / "then-out")])
+    assert result.exit_code == 0, result.output
+    line = next(ln for ln in result.stderr.splitlines() if ln.startswith("fidelity vs "))
+    assert line.startswith(f"fidelity vs {tiny_hf.name} + then-lora: f16 top-1 ")
+    assert "q8_0 top-1 " in line and line.endswith("none broken"), line
+    assert "pass: f16 matches the reference" in line
+
+
+def test_train_fidelity_needs_then(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"instruction": "hi", "output": "hello"}\n', encoding="utf-8")
+    result = runner.invoke(app, ["train", "sft", str(data), "--base", "x", "--fidelity"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: --fidelity checks the GGUFs that --then makes")
+    assert "Hint: e.g. --then Q4_K_M --fidelity" in result.stderr

@@ -34,9 +34,14 @@ def finish(
     threads: int | None = None,
     n_gpu_layers: int | None = None,
     dry_run: bool = False,
+    fidelity: bool = False,
 ) -> FinishResult | None:
     """Check the chain, show it, and (unless ``dry_run``) run it with progress on stderr; the
-    quant's path (or the Ollama name) on stdout. None for a dry run."""
+    quant's path (or the Ollama name) on stdout. None for a dry run.
+
+    ``fidelity``: then compare the f16 and quant GGUFs with the base + the unmerged adapter
+    (transformers + peft) and show the fidelity line.
+    """
     from ..trained import finish_adapter, plan_finish
     from ._progress import Progress
 
@@ -55,6 +60,13 @@ def finish(
     for label, ppl, err in result.ppl:
         _output.note(f"perplexity {label}: {ppl:.4f} ± {err:.4f} (held-out text)")
     _output.note(f"{result.quant} (sha256 {result.sha256[:12]}…); Modelfile: {result.modelfile}")
+    if fidelity:
+        from ..quant.fidelity import fidelity as check_fidelity
+
+        with Progress() as bar:
+            report = check_fidelity([result.f16, result.quant], reference=base, lora=adapter,
+                                    threads=threads, progress=bar)  # fmt: skip
+        (_output.note if report.passed else _output.warn)(report.line())
     if result.ollama is not None:
         _output.note(
             f"Created {result.ollama.name} on Ollama {result.ollama.server_version} at "

@@ -294,6 +294,14 @@ OllamaOpt = Annotated[
     str | None,
     typer.Option("--ollama", help="With --then: create this Ollama model.", show_default=False),
 ]
+FidelityOpt = Annotated[
+    bool,
+    typer.Option(
+        "--fidelity",
+        help="With --then: finish with a fidelity line, the f16 and quant GGUFs against the base "
+        "+ the unmerged LoRA run by transformers (as `eval fidelity --lora`).",
+    ),
+]
 
 
 @handle_errors
@@ -319,6 +327,7 @@ def pt(
     restart: RestartOpt = False,
     then: ThenOpt = None,
     ollama: OllamaOpt = None,
+    fidelity: FidelityOpt = False,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -360,6 +369,7 @@ def sft(
     restart: RestartOpt = False,
     then: ThenOpt = None,
     ollama: OllamaOpt = None,
+    fidelity: FidelityOpt = False,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -391,6 +401,14 @@ def _train(kind: str, **opts: Any) -> None:
         from ..errors import UsageError
 
         raise UsageError("--ollama needs --then TYPE", hint="e.g. --then Q4_K_M --ollama my-model")
+    if opts["fidelity"] and not opts["then"]:
+        from ..errors import UsageError
+
+        raise UsageError(
+            "--fidelity checks the GGUFs that --then makes: it needs --then TYPE",
+            hint="e.g. --then Q4_K_M --fidelity (or later: llama3zh eval fidelity F16.gguf "
+            "--reference BASE --lora ADAPTER)",
+        )
     from ..train.options import TrainOptions, require_extra
     from ..train.plan import plan_training
 
@@ -423,6 +441,7 @@ def _train(kind: str, **opts: Any) -> None:
             check_ollama_name(opts["ollama"])
         steps = ["merge", "convert", *(["imatrix"] if imatrix else []), quant]
         steps += [*(["eval (held-out)"] if held else []), "Modelfile"]
+        steps += ["fidelity (transformers + the LoRA)"] if opts["fidelity"] else []
         steps += [f"ollama create {opts['ollama']}"] if opts["ollama"] else []
         _output.note("then: " + " -> ".join(steps))
     if opts["dry_run"]:
@@ -459,7 +478,7 @@ def _train(kind: str, **opts: Any) -> None:
 
     eval_text = _heldout_text(held, base, out) if held else None
     finish(adapter=result.adapter_dir, base=base, then=opts["then"], out_dir=out,
-           ollama=opts["ollama"], eval_text=eval_text)  # fmt: skip
+           ollama=opts["ollama"], eval_text=eval_text, fidelity=opts["fidelity"])  # fmt: skip
 
 
 def _samples(
