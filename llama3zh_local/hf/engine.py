@@ -396,7 +396,7 @@ class HFSession:
         try:
             self._forward(tokens[keep:])
         except BaseException:
-            self.reset()  # an interrupted forward leaves the cache in an unknown state
+            self.reset()  # an interrupted forward pass leaves the cache in an unknown state
             raise
         return len(tokens) - keep
 
@@ -458,7 +458,11 @@ class HFSession:
             if text:
                 yield record(text)
                 pending.clear()
-            self._forward([tok])
+            try:
+                self._forward([tok])
+            except BaseException:
+                self.reset()  # Ctrl-C inside a forward pass: layers of the cache may differ
+                raise
 
 
 def token_bytes(model: HFModel, token: int) -> bytes:
