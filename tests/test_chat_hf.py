@@ -164,3 +164,21 @@ def test_install_hint_is_the_training_one() -> None:
     from llama3zh_local.train import options
 
     assert hf_engine.INSTALL_HINT == options.INSTALL_HINT
+
+
+def test_ctrl_c_stops_the_answer_and_the_next_one_works(tiny_hf: Path) -> None:
+    # random weights never say <|eot_id|>: the answer runs until Ctrl-C
+    child = spawn(tiny_hf, "--engine", "hf", "--ctx", "4096", "--seed", "3")
+    child.sendline("写一个很长的故事。")
+    child.expect_exact("写一个很长的故事。\r\n")  # the terminal's echo of the line
+    child.expect(r"\S{3}")  # the answer is streaming
+    child.sendintr()
+    child.expect_exact("(answer stopped)")
+    child.expect_exact(PROMPT)
+    child.sendline("/stats")
+    child.expect("answer \\d+ tokens")
+    child.expect_exact(PROMPT)
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
