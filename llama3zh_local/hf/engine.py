@@ -19,7 +19,7 @@ from typing import Any
 
 from ..catalog import LLAMA3_STOPS
 from ..errors import InvalidModelError, MissingExtraError, ModelNotFoundError, UsageError
-from ..llamacpp.engine import GenerationRecord, SamplingParams
+from ..llamacpp.engine import GenerationRecord, SamplingParams, reusable_prefix
 
 # The install command of train/env.py (INSTALL, CUDA_HINT), mirrored: hf/ comes before train/ in
 # the import order. tests/test_chat_hf.py checks that they stay equal.
@@ -370,20 +370,7 @@ class HFSession:
 
     def evaluate(self, tokens: Sequence[int]) -> int:
         """Make the cache hold exactly ``tokens``; returns how many were evaluated now."""
-        if not tokens:
-            raise UsageError(
-                "empty prompt: the chat template rendered no tokens",
-                hint="use the built-in template: --template llama3",
-            )
-        if len(tokens) > self.n_ctx:
-            raise UsageError(
-                f"prompt of {len(tokens)} tokens exceeds the context of {self.n_ctx}",
-                hint="shorten it, or start with a larger context (--ctx)",
-            )
-        keep = 0
-        limit = min(len(self.cached), len(tokens) - 1)
-        while keep < limit and self.cached[keep] == tokens[keep]:
-            keep += 1
+        keep = reusable_prefix(self.cached, tokens, n_ctx=self.n_ctx)
         if keep == 0 or self._cache is None or not hasattr(self._cache, "crop"):
             self.reset()
             keep = 0

@@ -377,6 +377,30 @@ def new_context(model: Model, settings: ContextSettings) -> Any:
     return ptr
 
 
+def reusable_prefix(cached: Sequence[int], tokens: Sequence[int], *, n_ctx: int) -> int:
+    """How many leading ``tokens`` a cache holding ``cached`` can keep: the shared prefix, short
+    of the last token (its logits must be computed to sample from). Shared by both engines.
+
+    Raises:
+        UsageError: an empty prompt, or one longer than the context.
+    """
+    if not tokens:
+        raise UsageError(
+            "empty prompt: the chat template rendered no tokens",
+            hint="use the built-in template: --template llama3",
+        )
+    if len(tokens) > n_ctx:
+        raise UsageError(
+            f"prompt of {len(tokens)} tokens exceeds the context of {n_ctx}",
+            hint="shorten it, or start with a larger context (--ctx)",
+        )
+    keep = 0
+    limit = min(len(cached), len(tokens) - 1)
+    while keep < limit and cached[keep] == tokens[keep]:
+        keep += 1
+    return keep
+
+
 class Session:
     """One llama.cpp context with its KV cache and sampler: evaluates prompts and generates.
 
@@ -453,20 +477,7 @@ class Session:
         The longest prefix already cached is kept. At least the last token is always evaluated,
         so that its logits are there to sample from.
         """
-        if not tokens:
-            raise UsageError(
-                "empty prompt: the chat template rendered no tokens",
-                hint="use the built-in template: --template llama3",
-            )
-        if len(tokens) > self.n_ctx:
-            raise UsageError(
-                f"prompt of {len(tokens)} tokens exceeds the context of {self.n_ctx}",
-                hint="shorten it, or start with a larger context (--ctx)",
-            )
-        keep = 0
-        limit = min(len(self.cached), len(tokens) - 1)
-        while keep < limit and self.cached[keep] == tokens[keep]:
-            keep += 1
+        keep = reusable_prefix(self.cached, tokens, n_ctx=self.n_ctx)
         # Always trim from `keep`: an interrupted decode (Ctrl-C) can leave positions in the cache
         # that `self.cached` does not list, and llama_batch_get_one places tokens after them.
         if self._ll.llama_memory_seq_rm(self._mem, -1, keep, -1):
