@@ -111,3 +111,55 @@ def test_unstreamed_answer_and_next_turn_prefill(smollm2_gguf: Path) -> None:
             # at the length limit the last sampled token was not evaluated yet: it is now too
             saved = len(nxt) + (1 if reason == "length" else 0)
             assert cached_last.prompt_evaluated == plain_last.prompt_evaluated - saved  # type: ignore[attr-defined]
+
+
+def test_next_turn_prefill_waits_for_an_idle_cpu(
+    smollm2_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step for the next-turn tokens alone waits ``PREFILL_DELAY``: a request sent the moment
+    an answer ends gets them evaluated with its own new tokens in one step; a step that runs
+    anyway for another slot takes them along at once."""
+    from llama3zh_local.chat.prompt_tokens import chat_prompt_tokens, next_turn_tokens
+    from llama3zh_local.chat.template import choose_template
+    from llama3zh_local.llamacpp import batch
+    from llama3zh_local.llamacpp.batch import BatchEngine, Request
+    from llama3zh_local.llamacpp.engine import Model
+    from llama3zh_local.llamacpp.engine import SamplingParams as Sampling
+
+    monkeypatch.setattr(batch, "PREFILL_DELAY", 3600.0)
+    greedy = Sampling(temperature=0, repeat_penalty=1.0)
+    with Model(smollm2_gguf) as m, BatchEngine(m, parallel=2, n_ctx=512) as e:
+        template = choose_template(m, "auto")
+        nxt = next_turn_tokens(m, template)
+        first = [{"role": "user", "content": "What is 2+2?"}]
+        p1 = chat_prompt_tokens(m, template, first).ids
+        recs = list(e.generate(Request(p1, greedy, max_tokens=64, next_turn=nxt)))
+        assert recs[-1].finish_reason == "stop"
+        slot = e.slots[recs[-1].slot]
+        steps = e.steps
+        time.sleep(0.3)
+        assert slot.prefill == list(nxt) and e.steps == steps  # no step of their own yet
+        second = [*first, {"role": "assistant", "content": "".join(r.text for r in recs)},
+                  {"role": "user", "content": "And of Germany?"}]  # fmt: skip
+        p2 = chat_prompt_tokens(m, template, second).ids
+        it = e.generate(Request(p2, greedy, max_tokens=4))
+        head = next(it)
+        # the answer's end, the next user header and the new text: one step, first token out
+        assert e.steps == steps + 1 and slot.prefill == []
+        assert head.slot == slot.seq and head.prompt_evaluated > len(nxt)
+        kept = len(p2) - head.prompt_evaluated
+        assert p2[:kept] == slot.tokens[:kept] and p2[kept : kept + len(nxt)] == list(nxt)
+        it.close()
+        # another slot generating: the idle slot's next-turn tokens ride along in its steps
+        long = m.tokenize("Count from 1 to 100: 1, 2, 3,", add_special=True)
+        busy = e.generate(Request(long, greedy, max_tokens=300))
+        running = next(busy).slot
+        short = list(e.generate(Request(p1, greedy, max_tokens=64, next_turn=nxt)))
+        assert short[-1].slot != running
+        done = e.slots[short[-1].slot]
+        deadline = time.monotonic() + 30
+        while done.prefill and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert done.prefill == [] and done.tokens[-len(nxt) :] == list(nxt)
+        assert e.busy == 1  # the long answer is still running
+        busy.close()

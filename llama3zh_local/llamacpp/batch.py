@@ -12,9 +12,13 @@ of its prompt is evaluated (``llama_memory_seq_rm`` trims the slot's KV to the s
 
 A chat request may name the tokens that follow its answer when the conversation goes on (the
 template's end of the assistant turn and the next user header, ``Request.next_turn``). When the
-answer ends, the idle slot evaluates them in the next steps, while the user reads and types, so
-the next turn's prompt finds them cached and its first token comes that much sooner. (llama-server
-and Ollama evaluate them with the next prompt.) A next turn that goes another way just trims them.
+answer ends, the idle slot evaluates them while the user reads and types, so the next turn's
+prompt finds them cached and its first token comes that much sooner. (llama-server and Ollama
+evaluate them with the next prompt.) They ride along in a step that runs anyway; a step of their
+own waits ``PREFILL_DELAY``, so a client that sends its next request the moment an answer ends
+(a title request, a scripted conversation) finds the CPU free for it and gets all its new tokens
+evaluated in one step, not after a step that would only have saved it a few. A next turn that
+goes another way just trims them.
 """
 
 from __future__ import annotations
@@ -38,6 +42,11 @@ from .engine import (
     sampler_chain,
 )
 from .native import last_log_lines, lib
+
+# Seconds an idle slot waits before a step of its own evaluates its next-turn tokens. Longer than
+# a client takes to send a follow-up request on its own (milliseconds), far shorter than a person
+# takes to read an answer and type.
+PREFILL_DELAY = 0.2
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,7 @@ class _Slot:
         self.job: Job | None = None
         self.last_used = 0.0
         self.prefill: list[int] = []  # next_turn tokens to evaluate while the slot is idle
+        self.prefill_at = 0.0  # time.monotonic() after which a step may run for them alone
         self._reset_request()
 
     def _reset_request(self) -> None:
@@ -317,9 +327,15 @@ class BatchEngine:
             self._ready.set()
         try:
             while True:
-                active = any(s.job is not None or s.prefill for s in self.slots)
+                active = self._waiting or any(s.job is not None for s in self.slots)
+                due = min((s.prefill_at for s in self.slots if s.prefill), default=None)
+                wait = None if due is None else max(0.0, due - time.monotonic())
                 try:
-                    item = self._inbox.get(block=not active and not self._waiting, timeout=None)
+                    item = (
+                        self._inbox.get_nowait()
+                        if active or wait == 0.0
+                        else self._inbox.get(timeout=wait)
+                    )
                     while True:
                         if item is None:
                             self._shutdown()
@@ -330,8 +346,7 @@ class BatchEngine:
                     pass
                 self._reap_cancelled()
                 self._assign()
-                if any(s.job is not None or s.prefill for s in self.slots):
-                    self._step()
+                self._step()
         except BaseException as err:  # noqa: BLE001 - never leave a client waiting forever
             why = f"the engine stopped: {type(err).__name__}: {err}"
             with self._lock:
@@ -472,6 +487,7 @@ class BatchEngine:
             tokens = tuple(slot.held_tokens)
         if then and len(slot.tokens) + len(then) < self.n_ctx:
             slot.prefill = list(then)  # before the answer is out: the next turn may come at once
+            slot.prefill_at = time.monotonic() + PREFILL_DELAY
         now = time.perf_counter_ns()
         self._deliver(job, self._record(slot, text, tokens, now, reason, error))
         if slot.sampler:
@@ -548,9 +564,13 @@ class BatchEngine:
             n = end
             slot.tokens.extend(chunk)
             slot.n_past_prompt += len(chunk)
-        # then the next-turn tokens of idle slots (no logits: nothing is sampled there)
+        # then the next-turn tokens of idle slots (no logits: nothing is sampled there): in a
+        # step that runs anyway, or once they are due
+        now = time.monotonic()
         for slot in slots:
             if slot.job is not None or not slot.prefill or n >= self.n_batch:
+                continue
+            if n == 0 and slot.prefill_at > now:
                 continue
             chunk = slot.prefill[: self.n_batch - n]
             del slot.prefill[: len(chunk)]
