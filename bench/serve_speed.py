@@ -3,8 +3,9 @@
     python bench/serve_speed.py [--model GGUF] [--llama-server PATH] [--threads N] [--parallel 4]
                                 [--tokens 128] [--runs 3] [--repack auto|on|off]
 
-Both servers run as processes on 127.0.0.1 and are measured through the same OpenAI
-``/v1/chat/completions`` requests (temperature 0):
+Both servers run at once as processes on 127.0.0.1 and are measured through the same OpenAI
+``/v1/chat/completions`` requests (temperature 0), one after the other within each run (the
+order flips each run), so that a machine whose speed drifts weighs on both sides alike:
 
 * single: one request; decode tokens/s from each server's own ``timings.predicted_per_second``
   (llama-server's field, which serve reports too), median over the runs: answered whole, and
@@ -141,41 +142,47 @@ def streamed_tps(url: str, messages: list[dict[str, str]], tokens: int) -> float
     return tps
 
 
-def measure(url: str, *, tokens: int, parallel: int, runs: int, pause: float) -> dict[str, float]:
-    chat(url, [{"role": "user", "content": "Hi"}], 4)  # warm up (and load the model)
-    single = []
-    for _ in range(runs):
-        done = chat(url, [{"role": "user", "content": STORY}], tokens)
-        single.append(float(done["timings"]["predicted_per_second"]))
-    streamed = [
-        streamed_tps(url, [{"role": "user", "content": STORY}], tokens) for _ in range(runs)
-    ]
-    agg = []
+def measure(
+    urls: dict[str, str], *, tokens: int, parallel: int, runs: int, pause: float
+) -> dict[str, dict[str, list[float]]]:
+    """Each run's figures of every measure, taken on each server in turn (the order flips each
+    run), so a machine that speeds up or slows down meanwhile (a shared VM does) weighs on both."""
+    for url in urls.values():
+        chat(url, [{"role": "user", "content": "Hi"}], 4)  # warm up (and load the model)
+    got: dict[str, dict[str, list[float]]] = {name: {} for name in urls}
+
+    def add(name: str, key: str, value: float) -> None:
+        got[name].setdefault(key, []).append(value)
+
     for r in range(runs):
-        qs = [QUESTIONS[(r + i) % len(QUESTIONS)] for i in range(parallel)]
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(parallel) as pool:
-            answers = list(
-                pool.map(lambda q: chat(url, [{"role": "user", "content": q}], tokens), qs)
+        order = list(urls.items()) if r % 2 == 0 else list(reversed(urls.items()))
+        for name, url in order:
+            done = chat(url, [{"role": "user", "content": STORY}], tokens)
+            add(name, "single_tps", float(done["timings"]["predicted_per_second"]))
+        for name, url in order:
+            add(
+                name,
+                "streamed_tps",
+                streamed_tps(url, [{"role": "user", "content": STORY}], tokens),
             )
-        wall = time.perf_counter() - t0
-        agg.append(sum(a["usage"]["completion_tokens"] for a in answers) / wall)
-    ttft: dict[float, list[float]] = {pause: [], 0.0: []}
-    for r in range(runs):
-        for wait in ttft:
-            first = [{"role": "user", "content": f"{STORY} (version {r}, {wait})"}]
-            answer = chat(url, first, 64)["choices"][0]["message"]["content"]
-            second = [*first, {"role": "assistant", "content": answer},
-                      {"role": "user", "content": "Now give it a title."}]  # fmt: skip
-            time.sleep(wait)
-            ttft[wait].append(first_token_seconds(url, second))
-    return {
-        "single_tps": statistics.median(single),
-        "streamed_tps": statistics.median(streamed),
-        "parallel_tps": statistics.median(agg),
-        "second_turn_ttft_ms": statistics.median(ttft[pause]) * 1000,
-        "at_once_ttft_ms": statistics.median(ttft[0.0]) * 1000,
-    }
+        for name, url in order:
+            qs = [QUESTIONS[(r + i) % len(QUESTIONS)] for i in range(parallel)]
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(parallel) as pool:
+                answers = list(
+                    pool.map(lambda q, u=url: chat(u, [{"role": "user", "content": q}], tokens), qs)
+                )
+            wall = time.perf_counter() - t0
+            add(name, "parallel_tps", sum(a["usage"]["completion_tokens"] for a in answers) / wall)
+        for wait, key in ((pause, "second_turn_ttft_ms"), (0.0, "at_once_ttft_ms")):
+            for name, url in order:
+                first = [{"role": "user", "content": f"{STORY} (version {r}, {wait})"}]
+                answer = chat(url, first, 64)["choices"][0]["message"]["content"]
+                second = [*first, {"role": "assistant", "content": answer},
+                          {"role": "user", "content": "Now give it a title."}]  # fmt: skip
+                time.sleep(wait)
+                add(name, key, first_token_seconds(url, second) * 1000)
+    return got
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,7 +211,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     model = args.model or default_model()
-    results: dict[str, dict[str, float]] = {}
 
     server_env: dict[str, str] | None = None
     if args.llama_server:
@@ -234,22 +240,21 @@ def main(argv: list[str] | None = None) -> int:
         "PYTHONPATH": str(ROOT),
         repack.OVERRIDE_ENV: "on" if use_repack else "off",
     }
-    log(f"serve: {' '.join(ours)}")
-    with running(ours, port, env) as url:
-        results["llama3zh serve"] = measure(
-            url, tokens=args.tokens, parallel=args.parallel, runs=args.runs, pause=args.pause
-        )
-    port = free_port()
+    port2 = free_port()
     ngl = "99" if args.ngl == "all" else ("0" if args.ngl == "auto" else args.ngl)
-    theirs = [str(llama_server), "-m", str(model), "--port", str(port),
+    theirs = [str(llama_server), "-m", str(model), "--port", str(port2),
               "--parallel", str(args.parallel), "-c", str(args.ctx * args.parallel),
               "-t", str(args.threads), "-ngl", ngl, "--jinja",
               "--repack" if use_repack else "--no-repack"]  # fmt: skip
+    log(f"serve: {' '.join(ours)}")
     log(f"llama-server: {' '.join(theirs)}")
-    with running(theirs, port, server_env) as url:
-        results["llama-server"] = measure(
-            url, tokens=args.tokens, parallel=args.parallel, runs=args.runs, pause=args.pause
-        )
+    # both run at once, idle but for the one being measured
+    with running(ours, port, env) as url, running(theirs, port2, server_env) as url2:
+        raw = measure(
+            {"llama3zh serve": url, "llama-server": url2},
+            tokens=args.tokens, parallel=args.parallel, runs=args.runs, pause=args.pause,
+        )  # fmt: skip
+    results = {n: {k: statistics.median(v) for k, v in m.items()} for n, m in raw.items()}
     keys = ["single_tps", "streamed_tps", "parallel_tps", "second_turn_ttft_ms", "at_once_ttft_ms"]
     print(f"model {model.name}, threads {args.threads}, parallel {args.parallel}, "
           f"{args.tokens} tokens, median of {args.runs}, weight repacking {repacking}")  # fmt: skip
@@ -269,6 +274,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{a['second_turn_ttft_ms'] / b['second_turn_ttft_ms']:.3f} | "
             f"{a['at_once_ttft_ms'] / b['at_once_ttft_ms']:.3f} |"
         )
+        # the run-by-run ratios' middle half: how far one run's ratio strays on this machine
+        spread = []
+        for k in keys:
+            pairs = zip(raw["llama3zh serve"][k], raw["llama-server"][k], strict=True)
+            ratios = [x / y for x, y in pairs]
+            q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+            spread.append(f"{q[0]:.2f}-{q[2]:.2f}")
+        print("| per-run ratios, middle half | " + " | ".join(spread) + " |")
     return 0
 
 
