@@ -222,6 +222,53 @@ def test_answer(demo_run: DemoRun) -> None:
     assert f"A: {answer.strip()}\n" in demo_run.proc.stdout
 
 
+# Greedy decoding of the demo's question, in a child process (a native crash fails this test
+# only): the answer and, for each token up to "Paris", how far its logit leads the runner-up's.
+_GREEDY = """
+import json, sys
+import llama_cpp
+import numpy as np
+path, prompt = sys.argv[1], sys.argv[2]
+llm = llama_cpp.Llama(path, n_ctx=512, n_threads=2, logits_all=True, verbose=False)
+llm.eval(llm.tokenize(prompt.encode(), add_bos=False, special=True))
+text, margins = "", []
+while "Paris" not in text and len(margins) < 24:
+    logits = np.array(llm.eval_logits[-1])
+    first, second = np.argsort(-logits)[:2]
+    if first == llm.token_eos():
+        break
+    text += llm.detokenize([int(first)]).decode(errors="replace")
+    margins.append(float(logits[first] - logits[second]))
+    llm.eval([int(first)])
+print(json.dumps({"text": text, "margins": margins}))
+"""
+
+
+@pytest.mark.slow
+def test_the_question_is_no_coin_flip(demo_run: DemoRun, smollm2_gguf: Path) -> None:
+    """Each greedy token of the demo's answer up to "Paris" leads by at least half a logit, in
+    the shipped Q4_1, the f16 and the Q4_K_M-im: rounding that differs between CPUs (AVX2,
+    AVX-512, AMX kernels; an imatrix computed on another machine) cannot flip the answer. On
+    the bare question the first token was a near tie ("The" vs "L", 0.1-0.2 logits apart), and
+    an AMX Xeon answered "L'Étoile, la Marseilla, ..."."""
+    source = gguf.GGUFReader(smollm2_gguf).fields[gguf.Keys.Tokenizer.CHAT_TEMPLATE].contents()
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    prompt = env.from_string(source).render(
+        messages=[{"role": "user", "content": demo.PROMPT}], add_generation_prompt=True
+    )
+    assert prompt.startswith(f"<|im_start|>system\n{demo.SMOLLM2_SYSTEM}<|im_end|>")
+    for model in (smollm2_gguf, demo_run.out / "ggml-model-f16.gguf",
+                  demo_run.out / "ggml-model-q4_k-im.gguf"):  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-c", _GREEDY, str(model), prompt],
+            capture_output=True, text=True, timeout=300, env=demo_run.env,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        found = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert "Paris" in found["text"], (model.name, found)
+        assert min(found["margins"]) >= 0.5, (model.name, found)
+
+
 @pytest.mark.slow
 def test_state_file_records_f16_and_quant(demo_run: DemoRun) -> None:
     entries = state.read_state(demo_run.out)
