@@ -47,7 +47,7 @@ DEFAULT_CHUNKS = 4
 DEFAULT_CTX = 256  # imatrix and eval: chunks x ctx tokens each (1,024 by default)
 # SmolLM2-135M is torn on the bare question: after its own system prompt, "The" (... Paris) and
 # "L" (L'Étoile, ...) are within 0.1-0.2 logits as the first token of its answer, in f16, Q4_1 and
-# Q4_K_M-im alike, so another CPU's rounding (AVX-512 or AMX kernels, a different imatrix) flips
+# Q4_K_M-im alike, so another CPU's rounding (other SIMD kernels, a different imatrix) flips
 # it. With "Answer in one sentence." every greedy token up to "Paris" wins by more than 1 logit
 # (tests/test_demo.py::test_the_question_is_no_coin_flip).
 PROMPT = "What is the capital of France? Answer in one sentence."

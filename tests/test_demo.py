@@ -250,7 +250,7 @@ def test_the_question_is_no_coin_flip(demo_run: DemoRun, smollm2_gguf: Path) -> 
     the shipped Q4_1, the f16 and the Q4_K_M-im: rounding that differs between CPUs (AVX2,
     AVX-512, AMX kernels; an imatrix computed on another machine) cannot flip the answer. On
     the bare question the first token was a near tie ("The" vs "L", 0.1-0.2 logits apart), and
-    an AMX Xeon answered "L'Étoile, la Marseilla, ..."."""
+    the CI machine of an earlier run (another CPU) answered "L'Étoile, la Marseilla, ..."."""
     source = gguf.GGUFReader(smollm2_gguf).fields[gguf.Keys.Tokenizer.CHAT_TEMPLATE].contents()
     env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
     prompt = env.from_string(source).render(
