@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.isolated]
 
 
 def test_batch_engine(smollm2_gguf: Path) -> None:
-    from llama3zh_local.llamacpp.batch import BatchEngine, Busy, Request
+    from llama3zh_local.llamacpp.batch import COPY_MIN, BatchEngine, Busy, Request
     from llama3zh_local.llamacpp.engine import Model
     from llama3zh_local.llamacpp.engine import SamplingParams as Sampling
 
@@ -27,9 +27,12 @@ def test_batch_engine(smollm2_gguf: Path) -> None:
         assert [r.finish_reason for r in recs[:-1]] == [None] * (len(recs) - 1)
         assert sum(len(r.tokens) for r in recs) == 12
         assert " 5" in text
-        # the same prompt again: only its last token is evaluated
+        # the same prompt again (a regenerated answer): the slot holding it keeps its answer
+        # cached; the prompt goes to the other slot, evaluated whole there, since a prefix this
+        # short is cheaper to evaluate than a copy of a KV stream (long ones are copied: below)
+        assert len(prompt) < COPY_MIN
         again = list(e.generate(Request(prompt, greedy, max_tokens=12)))
-        assert again[-1].prompt_evaluated == 1
+        assert again[-1].prompt_evaluated == len(prompt) and again[-1].slot != last.slot
         assert "".join(r.text for r in again) == text
         # a stop string cuts the answer before it, even across tokens
         cut = text.index(" 5")
@@ -163,3 +166,58 @@ def test_next_turn_prefill_waits_for_an_idle_cpu(
         assert done.prefill == [] and done.tokens[-len(nxt) :] == list(nxt)
         assert e.busy == 1  # the long answer is still running
         busy.close()
+
+
+def test_shared_prefix_is_copied_between_kv_streams(smollm2_gguf: Path) -> None:
+    """Each slot has its own KV stream. A request sharing a long prefix (a system prompt) with
+    another slot's tokens gets that prefix copied into its stream and evaluates only the rest,
+    answers exactly as with everything evaluated, and leaves the other slot's cache whole; a
+    prefix shorter than COPY_MIN is evaluated again rather than copied."""
+    from llama3zh_local.chat.prompt_tokens import chat_prompt_tokens
+    from llama3zh_local.chat.template import choose_template
+    from llama3zh_local.llamacpp.batch import COPY_MIN, BatchEngine, Request
+    from llama3zh_local.llamacpp.engine import Model
+    from llama3zh_local.llamacpp.engine import SamplingParams as Sampling
+
+    greedy = Sampling(temperature=0, repeat_penalty=1.0)
+    system = {"role": "system", "content": "You are a geography teacher. " * 8}
+    with Model(smollm2_gguf) as m:
+        template = choose_template(m, "auto")
+
+        def prompt(question: str, *, with_system: bool = True) -> list[int]:
+            msgs = [system] if with_system else []
+            msgs.append({"role": "user", "content": question})
+            return chat_prompt_tokens(m, template, msgs).ids
+
+        def ask(e: BatchEngine, ids: list[int]) -> tuple[str, object]:
+            recs = list(e.generate(Request(ids, greedy, max_tokens=12)))
+            return "".join(r.text for r in recs), recs[-1]
+
+        def common(a: list[int], b: list[int]) -> int:
+            return next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
+
+        first, second = prompt("What is the capital of France?"), prompt("Name a river in Spain.")
+        shared = common(first, second)
+        assert shared >= COPY_MIN
+        # the reference: the same prefix evaluated in the same pieces, in one slot (a prompt
+        # evaluated whole can round differently and flip a near tie of this small model)
+        with BatchEngine(m, parallel=1, n_ctx=512) as one:
+            ask(one, first)
+            want, trimmed = ask(one, second)
+            assert trimmed.prompt_evaluated == len(second) - shared  # type: ignore[attr-defined]
+        with BatchEngine(m, parallel=2, n_ctx=512) as e:
+            _, head1 = ask(e, first)
+            got, head2 = ask(e, second)
+            assert head2.slot != head1.slot  # type: ignore[attr-defined]
+            assert head2.prompt_evaluated == len(second) - shared  # type: ignore[attr-defined]
+            assert got == want
+            # the first conversation's slot kept its cache: its prompt again evaluates one token
+            _, again = ask(e, first)
+            assert again.slot == head1.slot and again.prompt_evaluated == 1  # type: ignore[attr-defined]
+            # a short shared prefix (the template's opening) is not copied: the slot it goes to
+            # keeps what it shares itself and evaluates the rest
+            bare = prompt("Hi", with_system=False)
+            k = common(bare, first)
+            assert 0 < k < COPY_MIN
+            _, short = ask(e, bare)
+            assert short.prompt_evaluated == len(bare) - k  # type: ignore[attr-defined]

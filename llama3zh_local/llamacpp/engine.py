@@ -338,7 +338,10 @@ class ContextSettings:
     n_threads: int = field(default_factory=default_threads)
     n_threads_batch: int | None = None
     flash_attn: str = "auto"  # auto | on | off
-    n_seq_max: int = 1  # parallel sequences (serve's slots), in one unified KV cache
+    n_seq_max: int = 1  # parallel sequences (serve's slots)
+    # n_seq_max > 1: one KV cache for all sequences (True), or a stream of n_ctx / n_seq_max
+    # cells for each (False: a sequence's attention spans only its own cells)
+    kv_unified: bool = True
     kv_f32: bool = False  # keys and values in f32, not f16 (fidelity: only the weights differ)
 
 
@@ -361,7 +364,7 @@ def new_context(model: Model, settings: ContextSettings) -> Any:
         cp.type_k = cp.type_v = 0  # GGML_TYPE_F32
     if settings.n_seq_max > 1:
         cp.n_seq_max = settings.n_seq_max
-        cp.kv_unified = True
+        cp.kv_unified = settings.kv_unified
     ptr = ll.llama_init_from_model(model.ptr, cp)
     if not ptr:
         what = f"{settings.n_ctx} tokens" + (
