@@ -54,8 +54,8 @@ from .native import last_log_lines, lib
 # a client takes to send a follow-up request on its own (milliseconds), far shorter than a person
 # takes to read an answer and type.
 PREFILL_DELAY = 0.2
-# Fewest shared prefix tokens worth copying from another slot's KV stream rather than evaluating
-# again: the copy moves the whole stream (n_ctx cells of every layer) whatever the prefix.
+# Fewest prompt tokens that a copy from another slot's KV stream must spare from evaluation: the
+# copy moves the whole stream (n_ctx cells of every layer) however few tokens it saves.
 COPY_MIN = 32
 
 
@@ -440,8 +440,9 @@ class BatchEngine:
             # The slot whose tokens the prompt reuses nearly all of (the next turn of its
             # conversation: at most a quarter as many thrown away as kept) takes it. Otherwise
             # the request gets an empty slot, else the one unused the longest, and a shared
-            # prefix (a system prompt, a regenerated answer's prompt) of COPY_MIN tokens or
-            # more is copied into it from the slot that holds it: a memory copy, no compute.
+            # prefix (a system prompt, a regenerated answer's prompt) is copied into it from the
+            # slot that holds it when that spares COPY_MIN tokens or more: a memory copy, no
+            # compute.
             # So a side request (a title, a tag) never trims a conversation's cache.
             # (A running sequence's decoded tokens can be copied too.)
             best = max(free, key=lambda s: (shared(s), -s.last_used))
@@ -454,7 +455,7 @@ class BatchEngine:
             slot = empty[0] if empty else min(others, key=lambda s: s.last_used)
             source = max((s for s in self.slots if s is not slot), key=shared)
             keep, n = shared(slot), shared(source)
-            if n > keep and n >= COPY_MIN:
+            if n - keep >= COPY_MIN:
                 # Each slot has its own KV stream, and llama.cpp copies between streams only
                 # whole (a GGML_ASSERT otherwise; the copy runs at the next decode): copy the
                 # source's stream, then drop what follows the shared prefix.
