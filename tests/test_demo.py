@@ -222,6 +222,13 @@ def test_answer(demo_run: DemoRun) -> None:
     assert f"A: {answer.strip()}\n" in demo_run.proc.stdout
 
 
+def _smollm2_jinja(smollm2_gguf: Path, messages: list[dict[str, str]]) -> str:
+    """SmolLM2's own chat template (the GGUF's Jinja), rendered as transformers renders it."""
+    source = gguf.GGUFReader(smollm2_gguf).fields[gguf.Keys.Tokenizer.CHAT_TEMPLATE].contents()
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(source).render(messages=messages, add_generation_prompt=True)
+
+
 # Greedy decoding of the demo's question, in a child process (a native crash fails this test
 # only): the answer and, for each token up to "Paris", how far its logit leads the runner-up's.
 _GREEDY = """
@@ -251,11 +258,7 @@ def test_the_question_is_no_coin_flip(demo_run: DemoRun, smollm2_gguf: Path) -> 
     AVX-512, AMX kernels; an imatrix computed on another machine) cannot flip the answer. On
     the bare question the first token was a near tie ("The" vs "L", 0.1-0.2 logits apart), and
     the CI machine of an earlier run (another CPU) answered "L'Étoile, la Marseilla, ..."."""
-    source = gguf.GGUFReader(smollm2_gguf).fields[gguf.Keys.Tokenizer.CHAT_TEMPLATE].contents()
-    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
-    prompt = env.from_string(source).render(
-        messages=[{"role": "user", "content": demo.PROMPT}], add_generation_prompt=True
-    )
+    prompt = _smollm2_jinja(smollm2_gguf, [{"role": "user", "content": demo.PROMPT}])
     assert prompt.startswith(f"<|im_start|>system\n{demo.SMOLLM2_SYSTEM}<|im_end|>")
     for model in (smollm2_gguf, demo_run.out / "ggml-model-f16.gguf",
                   demo_run.out / "ggml-model-q4_k-im.gguf"):  # fmt: skip
@@ -333,9 +336,7 @@ def test_chatml_template_in_go_equals_smollm2_jinja(
     smollm2_gguf: Path,
     messages: list[dict[str, str]],
 ) -> None:
-    source = gguf.GGUFReader(smollm2_gguf).fields[gguf.Keys.Tokenizer.CHAT_TEMPLATE].contents()
-    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
-    want = env.from_string(source).render(messages=messages, add_generation_prompt=True)
+    want = _smollm2_jinja(smollm2_gguf, messages)
     # Ollama sends the Modelfile's SYSTEM when the conversation has no system message
     sent = messages
     if messages[0]["role"] != "system":

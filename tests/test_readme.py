@@ -146,11 +146,13 @@ def test_readme_walkthrough_in_a_fresh_virtualenv(hub: HubServer, tmp_path: Path
     # the demo lists what it made ("what  path" lines on stdout): every one is there
     # (only the demo's names: `run`'s answer from the tiny random model is random text that may
     # look like such a line, e.g. 'expirymovierequire />";')
-    artifacts = "hf|f16|imatrix|quant|eval|modelfile|answer|state"
+    artifacts = {"hf", "f16", "imatrix", "quant", "eval", "modelfile", "answer", "state"}
     listed = dict(
-        ln.split(None, 1) for ln in proc.stdout.splitlines() if re.match(rf"^({artifacts})\s+/", ln)
+        ln.split(None, 1)
+        for ln in proc.stdout.splitlines()
+        if re.match(rf"^({'|'.join(artifacts)})\s+/", ln)
     )
-    assert set(listed) >= {"hf", "f16", "imatrix", "quant", "eval", "modelfile", "answer", "state"}
+    assert set(listed) >= artifacts
     for what, where in listed.items():
         assert Path(where.strip()).exists(), what
     hf = Path(listed["hf"].strip())

@@ -175,7 +175,7 @@ def test_shared_prefix_is_copied_between_kv_streams(smollm2_gguf: Path) -> None:
     prefix shorter than COPY_MIN is evaluated again rather than copied."""
     from llama3zh_local.chat.prompt_tokens import chat_prompt_tokens
     from llama3zh_local.chat.template import choose_template
-    from llama3zh_local.llamacpp.batch import COPY_MIN, BatchEngine, Request
+    from llama3zh_local.llamacpp.batch import COPY_MIN, BatchEngine, Record, Request
     from llama3zh_local.llamacpp.engine import Model
     from llama3zh_local.llamacpp.engine import SamplingParams as Sampling
 
@@ -189,7 +189,7 @@ def test_shared_prefix_is_copied_between_kv_streams(smollm2_gguf: Path) -> None:
             msgs.append({"role": "user", "content": question})
             return chat_prompt_tokens(m, template, msgs).ids
 
-        def ask(e: BatchEngine, ids: list[int]) -> tuple[str, object]:
+        def ask(e: BatchEngine, ids: list[int]) -> tuple[str, Record]:
             recs = list(e.generate(Request(ids, greedy, max_tokens=12)))
             return "".join(r.text for r in recs), recs[-1]
 
@@ -204,20 +204,20 @@ def test_shared_prefix_is_copied_between_kv_streams(smollm2_gguf: Path) -> None:
         with BatchEngine(m, parallel=1, n_ctx=512) as one:
             ask(one, first)
             want, trimmed = ask(one, second)
-            assert trimmed.prompt_evaluated == len(second) - shared  # type: ignore[attr-defined]
+            assert trimmed.prompt_evaluated == len(second) - shared
         with BatchEngine(m, parallel=2, n_ctx=512) as e:
             _, head1 = ask(e, first)
             got, head2 = ask(e, second)
-            assert head2.slot != head1.slot  # type: ignore[attr-defined]
-            assert head2.prompt_evaluated == len(second) - shared  # type: ignore[attr-defined]
+            assert head2.slot != head1.slot
+            assert head2.prompt_evaluated == len(second) - shared
             assert got == want
             # the first conversation's slot kept its cache: its prompt again evaluates one token
             _, again = ask(e, first)
-            assert again.slot == head1.slot and again.prompt_evaluated == 1  # type: ignore[attr-defined]
+            assert again.slot == head1.slot and again.prompt_evaluated == 1
             # a short shared prefix (the template's opening) is not copied: the slot it goes to
             # keeps what it shares itself and evaluates the rest
             bare = prompt("Hi", with_system=False)
             k = common(bare, first)
             assert 0 < k < COPY_MIN
             _, short = ask(e, bare)
-            assert short.prompt_evaluated == len(bare) - k  # type: ignore[attr-defined]
+            assert short.prompt_evaluated == len(bare) - k
